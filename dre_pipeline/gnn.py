@@ -1,0 +1,76 @@
+r"""The multi-view GNN encoder of stage one (Dr.E sections 3.1-3.3).
+
+Layer ``t`` of a T-layer GraphSAGE sees the t-hop neighbourhood: its output is view t.
+Each view is quantized into K words (:class:`~dre_pipeline.quantizer.ResidualVQ`, the
+intra-layer residual, Eq. 5-6) and the quantized view is added back before the next
+hop aggregates (the inter-layer residual, Eq. 7):
+
+.. math::
+    h^t = \sigma\big(\mathrm{dropout}(\mathrm{SAGE}_t(\tilde h^{t-1}, A))\big), \qquad
+    z^t = \mathrm{RVQ}(h^t), \qquad
+    \tilde h^t = h^t + z^t, \qquad \tilde h^0 = x.
+
+Hidden size = the LLM's embedding size, so views live where the codebook lives.
+"""
+
+import torch
+from torch import Tensor, nn
+from torch_geometric.nn import SAGEConv
+
+from .quantizer import Quantized, ResidualVQ
+
+
+class MultiViewSAGE(nn.Module):
+    """Args:
+        in_channels (int): node feature size F.
+        codebook (Tensor): ``[M, d]`` frozen LLM word embeddings; d is the hidden size.
+        num_views (int): T, number of SAGEConv layers / hops. (default: 3)
+        codes_per_view (int): K. (default: 4)
+        dropout (float): after each convolution. (default: 0.5)
+        inter_residual (bool): add z^t back before hop t+1 (Eq. 7). (default: True)
+
+    Shapes: ``x`` ``[N, F]``, ``edge_index`` ``[2, E]`` → T :class:`Quantized` views of ``[N, d]``.
+    """
+
+    def __init__(self, in_channels: int, codebook: Tensor, num_views: int = 3, codes_per_view: int = 4,
+                 dropout: float = 0.5, inter_residual: bool = True):
+        super().__init__()
+        hidden = codebook.shape[1]
+        self.convs = nn.ModuleList(
+            SAGEConv(in_channels if t == 0 else hidden, hidden) for t in range(num_views)
+        )
+        self.dropout = nn.Dropout(dropout)
+        # ELU rather than ReLU: word embeddings have negative coordinates too.
+        self.act = nn.ELU()
+        self.quantizer = ResidualVQ(codebook, codes_per_view)
+        self.inter_residual = inter_residual
+
+    def forward(self, x: Tensor, edge_index: Tensor) -> list:
+        views = []
+        for conv in self.convs:
+            h = self.act(self.dropout(conv(x, edge_index)))
+            view = self.quantizer(h)
+            views.append(view)
+            x = h + view.z if self.inter_residual else h
+        return views
+
+
+class StageOneModel(nn.Module):
+    """Encoder plus the three decoders that train it: labels, features, adjacency.
+
+    Shapes: returns the views, class logits ``[N, C]``, reconstructed features ``[N, F]``
+    and node embeddings ``[N, d]`` for the inner-product adjacency decoder.
+    """
+
+    def __init__(self, encoder: MultiViewSAGE, num_features: int, num_classes: int):
+        super().__init__()
+        self.encoder = encoder
+        width = encoder.quantizer.words.shape[1] * len(encoder.convs)
+        self.label_head = nn.Linear(width, num_classes)
+        self.feature_decoder = nn.Linear(width, num_features)
+
+    def forward(self, x: Tensor, edge_index: Tensor):
+        views = self.encoder(x, edge_index)
+        z = torch.cat([v.z for v in views], dim=-1)
+        return views, self.label_head(z), self.feature_decoder(z), views[-1].z
+

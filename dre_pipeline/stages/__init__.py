@@ -1,0 +1,1 @@
+"""Each stage: config in, artifact out, one plain loop in between (nanoGPT style)."""

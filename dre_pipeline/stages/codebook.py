@@ -1,0 +1,35 @@
+"""``dre-pipeline codebook``: refine the LLM vocabulary into the VQ codebook."""
+
+import time
+
+from ..artifacts import Artifact, Store, artifact_key
+from ..codebook import Codebook, refine_vocabulary
+from ..config import CodebookConfig, key_fields
+from ..llm import load_embeddings, load_tokenizer, resolve_llm
+from ..runtime import log
+
+
+def run(cfg: CodebookConfig, store: Store, force: bool = False, cached_only: bool = False) -> Artifact:
+    llm = resolve_llm(cfg.llm_path, store)
+    settings = key_fields(cfg, exclude=("llm_path",))
+    key = artifact_key({"llm": llm.identity, "settings": settings})
+    if found := store.lookup("codebook", key, force, cached_only):
+        return found
+    started = time.time()
+    tokenizer = load_tokenizer(llm)
+    kept = refine_vocabulary(tokenizer, cfg.min_chars, cfg.word_start_only, cfg.max_codes)
+    embeddings = load_embeddings(llm)
+    token_ids = [token_id for token_id, _ in kept]
+    codebook = Codebook(embeddings[token_ids].contiguous(), token_ids, [word for _, word in kept])
+    manifest = {
+        "llm": {"name": llm.name, "identity": llm.identity, "folder": str(llm.folder)},
+        "settings": settings,
+        "kept": len(kept),
+        "total": embeddings.shape[0],
+        "dim": embeddings.shape[1],
+        "seconds": round(time.time() - started, 2),
+    }
+    with store.writing("codebook", key, manifest) as out:
+        codebook.save(out)
+    log.info("codebook: kept %d of %d tokens → %s", len(kept), embeddings.shape[0], store.root / "codebook" / key)
+    return store.find("codebook", key, cached=False)

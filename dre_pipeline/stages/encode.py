@@ -1,0 +1,139 @@
+"""``dre-pipeline encode``: train the multi-view GNN + residual VQ, write each node's words.
+
+One plain loop: forward, the four losses, backward, step, evaluate the label head on
+validation, keep the best state, stop early. Then every node's codes go to
+``codes.parquet`` and the run's history to ``metrics.json``.
+"""
+
+import copy
+import time
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+
+from .. import losses
+from ..artifacts import Artifact, Store, artifact_key, write_json
+from ..codebook import Codebook
+from ..config import CodebookConfig, EncodeConfig, key_fields, subset
+from ..data import SPLIT_NAMES, GraphData, load_dataset, make_split
+from ..gnn import MultiViewSAGE, StageOneModel
+from ..quantizer import perplexity
+from ..runtime import log, progress, seed_everything
+from . import codebook as codebook_stage
+
+
+def load_graph(cfg: EncodeConfig, store: Store):
+    """The dataset and its split as the config names them: (data, split [N] int8)."""
+    data = load_dataset(cfg.dataset, cfg.data_dir, store.root / "data", seed=cfg.seed)
+    return data, make_split(data, cfg.split, cfg.seed)
+
+
+def encode_key(cfg: EncodeConfig, codebook: Artifact, data: GraphData) -> str:
+    settings = key_fields(subset(cfg, EncodeConfig), exclude=("data_dir", *CodebookConfig.__dataclass_fields__))
+    return artifact_key({"settings": settings, "codebook": codebook.key, "data": data.fingerprint})
+
+
+def build_model(cfg: EncodeConfig, data: GraphData, codebook: Codebook) -> StageOneModel:
+    encoder = MultiViewSAGE(data.x.size(1), codebook.vectors, cfg.num_views, cfg.codes_per_view, cfg.dropout,
+                            cfg.inter_residual)
+    return StageOneModel(encoder, data.x.size(1), data.num_classes)
+
+
+def accuracies(logits: torch.Tensor, y: torch.Tensor, split: torch.Tensor) -> dict:
+    pred = logits.argmax(-1)
+    return {name: float((pred[split == i] == y[split == i]).float().mean()) for i, name in enumerate(SPLIT_NAMES)}
+
+
+def run(cfg: EncodeConfig, store: Store, force: bool = False, quiet: bool = False,
+        cached_only: bool = False) -> Artifact:
+    codebook_artifact = codebook_stage.run(subset(cfg, CodebookConfig), store, cached_only=cached_only)
+    data, split_np = load_graph(cfg, store)
+    key = encode_key(cfg, codebook_artifact, data)
+    if found := store.lookup("encode", key, force, cached_only):
+        return found
+    log.info("encode: %s (%d nodes), codebook %s", data.name, data.num_nodes, codebook_artifact.path)
+
+    codebook = Codebook.load(codebook_artifact.path)
+    seed_everything(cfg.seed)
+    model = build_model(cfg, data, codebook)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    x, edge_index, y = data.x, data.edge_index, data.y
+    split = torch.from_numpy(split_np).long()
+    train_mask = split == 0
+
+    history, best_val, best_state, stale = [], -1.0, None, 0
+    started = time.time()
+    bar = progress(range(cfg.epochs), quiet=quiet, desc="encode")
+    for epoch in bar:
+        model.train()
+        views, logits, x_rec, z = model(x, edge_index)
+        parts = {
+            "feature": losses.feature_loss(x_rec, x),
+            "adjacency": losses.adjacency_loss(z, edge_index, data.num_nodes),
+            "label": losses.label_loss(logits, y, train_mask),
+            "commitment": torch.stack([v.commitment for v in views]).mean(),
+        }
+        loss = (cfg.feature_weight * parts["feature"] + cfg.adjacency_weight * parts["adjacency"]
+                 + cfg.label_weight * parts["label"] + cfg.beta * parts["commitment"])
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+        model.eval()
+        with torch.no_grad():
+            views, logits, _, _ = model(x, edge_index)
+        acc = accuracies(logits, y, split)
+        record = {"epoch": epoch, "loss": loss.item(), **{k: v.item() for k, v in parts.items()},
+                  "accuracy": acc, "perplexity": [perplexity(v.codes, len(codebook)) for v in views]}
+        history.append(record)
+        bar.set_postfix(loss=f"{loss.item():.3f}", val=f"{acc['val']:.3f}")
+        if acc["val"] > best_val:
+            best_val, best_state, stale = acc["val"], copy.deepcopy(model.state_dict()), 0
+        else:
+            stale += 1
+            if stale >= cfg.patience:
+                break
+    train_seconds = time.time() - started
+
+    model.load_state_dict(best_state)
+    model.eval()
+    with torch.no_grad():
+        views, logits, _, _ = model(x, edge_index)
+    acc = accuracies(logits, y, split)
+    codes = [v.codes.numpy() for v in views]
+    shrink = torch.stack([v.residual_norms for v in views]).mean(dim=(0, 1))  # per level, over views and nodes
+    metrics = {
+        "label_head_accuracy": acc,
+        "perplexity": [perplexity(v.codes, len(codebook)) for v in views],
+        "residual_norm_by_level": shrink.tolist(),
+        "best_epoch": max(range(len(history)), key=lambda i: history[i]["accuracy"]["val"]),
+        "epochs_run": len(history),
+        "train_seconds": round(train_seconds, 2),
+        "history": history,
+    }
+    manifest = {
+        "dataset": data.name, "fingerprint": data.fingerprint, "codebook": codebook_artifact.key,
+        "settings": key_fields(cfg), "label_head_accuracy": acc, "perplexity": metrics["perplexity"],
+        "num_nodes": data.num_nodes, "class_names": data.class_names, "seconds": round(time.time() - started, 2),
+    }
+    with store.writing("encode", key, manifest) as out:
+        pq.write_table(codes_table(data, split_np, codes, codebook), out / "codes.parquet")
+        write_json(out / "metrics.json", metrics)
+        torch.save({"state_dict": model.state_dict()}, out / "gnn.pt")
+    log.info("encode: label head accuracy train %.4f val %.4f test %.4f; perplexity per view %s; %.1fs → %s",
+             acc["train"], acc["val"], acc["test"], [round(p, 1) for p in metrics["perplexity"]], train_seconds,
+             store.root / "encode" / key)
+    return store.find("encode", key, cached=False)
+
+
+def codes_table(data: GraphData, split: np.ndarray, codes: list, codebook: Codebook) -> pa.Table:
+    """node_id, split, label, and per view t: ``view{t}_codes`` (code ids) and ``view{t}_words``."""
+    words = np.asarray(codebook.words, dtype=object)
+    split_names = np.asarray(SPLIT_NAMES + ("unused",), dtype=object)[split]  # -1 → "unused"
+    columns = {"node_id": data.node_ids, "split": split_names.tolist(), "label": data.y.numpy()}
+    for t, view in enumerate(codes, start=1):
+        columns[f"view{t}_codes"] = pa.array(list(view.astype(np.int32)), type=pa.list_(pa.int32()))
+        columns[f"view{t}_words"] = pa.array([list(w) for w in words[view]], type=pa.list_(pa.string()))
+    return pa.table(columns)

@@ -1,0 +1,47 @@
+"""``dre-pipeline predict``: answer for given nodes with a saved adapter, without retraining."""
+
+import numpy as np
+import pyarrow.parquet as pq
+
+from ..artifacts import Store
+from ..config import FinetuneConfig
+from ..errors import InputError
+from ..llm import load_model, resolve_device, resolve_llm
+from ..predictor import GraphWordPredictor
+from ..prompts import render
+from .finetune import codes_from_table, prepare, score, suffixes_for
+
+
+def run(cfg: FinetuneConfig, store: Store, node_ids: list, device: str = "auto", quiet: bool = False) -> list:
+    """One dict per node: id, label, prediction, per-class scores, its words and prompt."""
+    from peft import PeftModel
+
+    ws = prepare(cfg, store, quiet, cached_only=True)
+    found = store.find("finetune", ws.key)
+    if found is None:
+        raise InputError("no fine-tuned model for these settings: run `dre-pipeline finetune` with the same options first")
+    position = {int(node): i for i, node in enumerate(ws.data.node_ids)}
+    unknown = [n for n in node_ids if n not in position]
+    if unknown:
+        raise InputError(f"unknown node ids {unknown[:5]}: {ws.data.name} has ids {ws.data.node_ids.min()}..{ws.data.node_ids.max()}")
+    nodes = np.array([position[n] for n in node_ids], dtype=np.int64)
+
+    device = resolve_device(device)
+    model = PeftModel.from_pretrained(load_model(resolve_llm(cfg.llm_path, store), device, cfg.quantization),
+                                      found.path / "adapter")
+    predictor = GraphWordPredictor(model, ws.template, ws.tokenizer.pad_token_id)
+    codes = codes_from_table(pq.read_table(found.path / "codes.parquet"), cfg.num_views)
+    scores = score(predictor, ws, codes, nodes, quiet)
+    suffixes, _ = suffixes_for(ws, codes[nodes], nodes)
+    names, split_names = ws.data.class_names, ("train", "val", "test")
+    return [{
+        "node_id": int(ws.data.node_ids[i]),
+        "split": split_names[ws.split[i]] if ws.split[i] >= 0 else "unused",
+        "label": names[int(ws.data.y[i])],
+        "prediction": names[int(row.argmax())],
+        "correct": int(row.argmax()) == int(ws.data.y[i]),
+        "scores": {name: round(float(s), 4) for name, s in zip(names, row)},
+        "words": [[ws.codebook.words[c] for c in view] for view in codes[i]],
+        "text": ws.data.text[i] if ws.data.text is not None else None,
+        "prompt": render(ws.tokenizer, ws.template, suffix),
+    } for i, row, suffix in zip(nodes, scores, suffixes)]

@@ -1,0 +1,52 @@
+"""The command line through typer's runner: options from the configs, one-line errors."""
+
+import pytest
+from typer.testing import CliRunner
+
+from dre_pipeline.cli import app
+
+runner = CliRunner()
+
+
+def invoke(*args, store=None):
+    extra = ["--store", str(store)] if store is not None else []
+    return runner.invoke(app, [*args, *extra, "--quiet"])
+
+
+def test_help_lists_config_options_with_their_help():
+    result = runner.invoke(app, ["encode", "--help"])
+    assert result.exit_code == 0
+    for option in ("--codes-per-view", "--num-views", "--inter-residual", "--dataset", "--llm-path", "--force"):
+        assert option in result.output
+    assert "--lora-r" in runner.invoke(app, ["finetune", "--help"]).output
+
+
+@pytest.mark.parametrize("args, message", [
+    (["codebook", "--llm-path", "/no/such/model"], "expected a Hugging Face model folder"),
+    (["encode", "--split", "weird"], "--split must be"),
+    (["encode", "--dataset", "no-such-dataset"], "dataset"),
+    (["predict", "--node-ids", "x,y"], "--node-ids"),
+])
+def test_bad_input_is_one_line_and_exit_2(tmp_path, tiny_llm, args, message):
+    result = invoke(*args, "--llm-path", str(tiny_llm), store=tmp_path) if "--llm-path" not in args \
+        else invoke(*args, store=tmp_path)
+    assert result.exit_code == 2, result.output
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert lines[-1].startswith("error:") and message in lines[-1]
+    assert "Traceback" not in result.output
+
+
+def test_quantization_on_cpu_stops_clearly(tmp_path, tiny_llm):
+    result = invoke("finetune", "--dataset", "synthetic", "--llm-path", str(tiny_llm), "--quantization", "4bit",
+                    "--device", "cpu", store=tmp_path)
+    assert result.exit_code == 2
+    assert "needs a CUDA device" in result.output
+
+
+def test_codebook_command_then_cache_hit(tmp_path, tiny_llm):
+    first = invoke("codebook", "--llm-path", str(tiny_llm), "--max-codes", "300", store=tmp_path)
+    assert first.exit_code == 0, first.output
+    assert "kept 300/49152" in first.output
+    second = invoke("codebook", "--llm-path", str(tiny_llm), "--max-codes", "300", store=tmp_path)
+    assert second.output.splitlines()[-1] == first.output.splitlines()[-1]
+    assert len(list((tmp_path / "codebook").iterdir())) == 1

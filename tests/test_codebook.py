@@ -1,0 +1,29 @@
+"""Token refinement on the real SmolLM2 tokenizer."""
+
+import re
+
+from dre_pipeline.codebook import refine_vocabulary
+
+
+def test_refinement_keeps_only_words(smollm2_tokenizer):
+    tok = smollm2_tokenizer
+    kept = refine_vocabulary(tok, min_chars=3, word_start_only=True, max_codes=0)
+    ids = [i for i, _ in kept]
+    words = [w for _, w in kept]
+    assert 10_000 < len(kept) < len(tok)
+    assert not set(ids) & set(tok.all_special_ids)
+    assert all(re.fullmatch(r"[A-Za-z]{3,}", w) for w in words)
+    assert len({w.lower() for w in words}) == len(words)  # no case or marker duplicates
+    # every kept token begins a word and reads back as that word
+    assert all(tok.convert_ids_to_tokens(i) == "Ġ" + w for i, w in kept)
+    assert ids == sorted(ids)  # most frequent (lowest merge rank) first
+
+
+def test_thresholds_are_honoured(smollm2_tokenizer):
+    all_words = refine_vocabulary(smollm2_tokenizer, 3, word_start_only=True, max_codes=0)
+    longer = refine_vocabulary(smollm2_tokenizer, 6, word_start_only=True, max_codes=0)
+    fragments = refine_vocabulary(smollm2_tokenizer, 3, word_start_only=False, max_codes=0)
+    capped = refine_vocabulary(smollm2_tokenizer, 3, word_start_only=True, max_codes=500)
+    assert len(longer) < len(all_words) < len(fragments)
+    assert all(len(w) >= 6 for _, w in longer)
+    assert capped == all_words[:500]

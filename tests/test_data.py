@@ -1,0 +1,257 @@
+"""Tests for dre_pipeline.data: real Cora from the shared read-only folder, the synthetic
+graph, and the parquet folder format.  All offline; Cora is processed once per module."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+from dre_pipeline.data import (
+    DATASETS,
+    SPLIT_NAMES,
+    GraphData,
+    load_dataset,
+    make_split,
+)
+from dre_pipeline.errors import InputError
+
+CORA_COUNTS = {
+    "Theory": 351,
+    "Reinforcement Learning": 217,
+    "Genetic Algorithms": 418,
+    "Neural Networks": 818,
+    "Probabilistic Methods": 426,
+    "Case Based": 298,
+    "Rule Learning": 180,
+}
+
+
+def snapshot(folder: Path) -> dict[str, tuple[int, int]]:
+    """Every file and folder under ``folder`` with its size and mtime, to prove nothing changed."""
+    return {
+        str(p.relative_to(folder)): (p.stat().st_size, p.stat().st_mtime_ns)
+        for p in sorted(folder.rglob("*"))
+    }
+
+
+@pytest.fixture(scope="module")
+def cora_load(tmp_path_factory: pytest.TempPathFactory, datasets_root: Path) -> tuple[GraphData, dict, dict]:
+    root = datasets_root
+    before = snapshot(root)
+    data = load_dataset("cora", root, tmp_path_factory.mktemp("cache"))
+    return data, before, snapshot(root)
+
+
+@pytest.fixture(scope="module")
+def cora(cora_load: tuple[GraphData, dict, dict]) -> GraphData:
+    return cora_load[0]
+
+
+def test_constants() -> None:
+    assert SPLIT_NAMES == ("train", "val", "test")
+    assert DATASETS == ("cora", "citeseer", "pubmed", "ogbn-arxiv", "synthetic")
+
+
+def test_cora_shapes(cora: GraphData) -> None:
+    assert cora.name == "cora"
+    assert cora.num_nodes == 2708
+    assert cora.x.shape == (2708, 1433) and cora.x.dtype == torch.float32
+    assert cora.num_classes == 7
+    assert cora.edge_index.shape == (2, 10556) and cora.edge_index.dtype == torch.int64
+    assert cora.y.dtype == torch.int64 and cora.y.shape == (2708,)
+    assert cora.text is None
+    assert np.array_equal(cora.node_ids, np.arange(2708))
+    assert len(cora.fingerprint) == 16 and int(cora.fingerprint, 16) >= 0
+
+
+def test_cora_edges_undirected_without_self_loops(cora: GraphData) -> None:
+    src, dst = cora.edge_index.tolist()
+    pairs = set(zip(src, dst))
+    assert len(pairs) == 10556
+    assert all((d, s) in pairs for s, d in pairs)
+    assert all(s != d for s, d in pairs)
+
+
+def test_cora_class_names_and_counts(cora: GraphData) -> None:
+    assert cora.class_names[3] == "Neural Networks"
+    assert cora.class_names == list(CORA_COUNTS)
+    counts = torch.bincount(cora.y, minlength=7).tolist()
+    assert dict(zip(cora.class_names, counts)) == CORA_COUNTS
+
+
+def test_cora_shared_folder_untouched(cora_load: tuple[GraphData, dict, dict]) -> None:
+    _, before, after = cora_load
+    assert before == after
+
+
+def test_cora_public_split(cora: GraphData) -> None:
+    split = make_split(cora, "public", seed=0)
+    assert split.dtype == np.int8
+    assert [int((split == code).sum()) for code in (0, 1, 2)] == [140, 500, 1000]
+    assert int((split == -1).sum()) == 2708 - 1640
+
+
+def test_random_split_sizes_and_seeds(cora: GraphData) -> None:
+    split = make_split(cora, "random", seed=0)
+    assert split.dtype == np.int8 and split.shape == (2708,)
+    assert set(np.unique(split).tolist()) == {0, 1, 2}
+    sizes = [int((split == code).sum()) for code in (0, 1, 2)]
+    for size, ratio in zip(sizes, (0.6, 0.2, 0.2)):
+        assert abs(size - ratio * 2708) <= 1
+    assert sum(sizes) == 2708
+    assert np.array_equal(split, make_split(cora, "random", seed=0))
+    assert not np.array_equal(split, make_split(cora, "random", seed=1))
+
+
+def test_cora_from_env_var_reuses_nothing_shared(
+    cora: GraphData, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, datasets_root: Path
+) -> None:
+    monkeypatch.setenv("DRE_DATA_DIR", str(datasets_root))
+    again = load_dataset("Cora", None, tmp_path)
+    assert again.fingerprint == cora.fingerprint
+    # A second load from the same cache copies nothing and gives the same data.
+    assert load_dataset("cora", None, tmp_path).fingerprint == cora.fingerprint
+
+
+def test_planetoid_missing_raw_folder(tmp_path: Path) -> None:
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(InputError, match="Cora/raw"):
+        load_dataset("cora", empty, tmp_path / "cache")
+    with pytest.raises(InputError, match="does not exist"):
+        load_dataset("cora", tmp_path / "nowhere", tmp_path / "cache")
+
+
+def test_synthetic(tmp_path: Path) -> None:
+    data = load_dataset("synthetic", None, tmp_path, seed=3)
+    assert data.num_nodes == 300 and data.x.shape == (300, 64)
+    assert data.class_names == ["astronomy", "botany", "chemistry", "geology", "music"]
+    assert torch.bincount(data.y).tolist() == [60] * 5
+    assert data.public_split is None
+    assert data.text is not None and len(data.text) == 300
+    assert all(len(t.split()) == 8 for t in data.text)
+
+    src, dst = data.edge_index
+    assert bool((src != dst).all())
+    pairs = set(zip(src.tolist(), dst.tolist()))
+    assert all((d, s) in pairs for s, d in pairs)
+    homophily = (data.y[src] == data.y[dst]).float().mean().item()
+    assert homophily > 0.6
+
+    same = load_dataset("synthetic", None, tmp_path, seed=3)
+    assert same.fingerprint == data.fingerprint
+    assert torch.equal(same.x, data.x) and same.text == data.text
+    assert load_dataset("synthetic", None, tmp_path, seed=4).fingerprint != data.fingerprint
+
+
+def test_public_split_missing_and_unknown_kind(tmp_path: Path) -> None:
+    data = load_dataset("synthetic", None, tmp_path)
+    with pytest.raises(InputError, match="public split"):
+        make_split(data, "public", seed=0)
+    with pytest.raises(InputError, match="unknown split"):
+        make_split(data, "stratified", seed=0)
+    with pytest.raises(InputError, match="ratios"):
+        make_split(data, "random", seed=0, ratios=(0.5, 0.5, 0.5))
+
+
+def test_unknown_dataset(tmp_path: Path) -> None:
+    with pytest.raises(InputError, match="unknown dataset"):
+        load_dataset("no-such-dataset", None, tmp_path)
+
+
+def write_folder(folder: Path, nodes: dict, edges: dict, classes: list[str] | None = None) -> Path:
+    folder.mkdir()
+    pq.write_table(pa.table(nodes), folder / "nodes.parquet")
+    pq.write_table(pa.table(edges), folder / "edges.parquet")
+    if classes is not None:
+        (folder / "classes.json").write_text(json.dumps(classes))
+    return folder
+
+
+def test_folder_string_labels_and_text(tmp_path: Path) -> None:
+    folder = write_folder(
+        tmp_path / "tiny",
+        nodes={
+            "node_id": [10, 20, 30, 40],
+            "label": ["music", "botany", "music", "geology_rocks"],
+            "text": ["a song", "a leaf", None, "a stone"],
+            "features": [[1.0, 0.0], [0.0, 1.0], [1.0, 1.0], [0.5, 0.5]],
+            "split": ["train", "val", "test", None],
+        },
+        edges={"src": [10, 20, 30, 30], "dst": [20, 30, 40, 30]},
+    )
+    data = load_dataset(str(folder), None, tmp_path / "cache")
+    assert data.name == "tiny"
+    assert data.class_names == ["botany", "geology rocks", "music"]
+    assert data.y.tolist() == [2, 0, 2, 1]
+    assert data.text == ["a song", "a leaf", "", "a stone"]
+    assert data.node_ids.tolist() == [10, 20, 30, 40]
+    assert data.x.dtype == torch.float32 and data.x[3].tolist() == [0.5, 0.5]
+    # ids 10-20, 20-30, 30-40 become positions 0-1, 1-2, 2-3; the 30-30 self loop is dropped
+    expected = {(0, 1), (1, 0), (1, 2), (2, 1), (2, 3), (3, 2)}
+    assert set(zip(*data.edge_index.tolist())) == expected
+    assert data.edge_index.shape[1] == len(expected)
+    assert make_split(data, "public", seed=0).tolist() == [0, 1, 2, -1]
+
+
+def test_folder_int_labels_with_classes_and_f_columns(tmp_path: Path) -> None:
+    folder = write_folder(
+        tmp_path / "ints",
+        nodes={"node_id": [0, 1, 2], "label": [1, 0, 1], "f0": [1, 2, 3], "f1": [0.5, 0.5, 0.5]},
+        edges={"src": [0], "dst": [2]},
+        classes=["Case_Based", "Theory"],
+    )
+    data = load_dataset(str(folder), None, tmp_path / "cache")
+    assert data.class_names == ["Case Based", "Theory"]
+    assert data.x.tolist() == [[1.0, 0.5], [2.0, 0.5], [3.0, 0.5]]
+    assert data.text is None and data.public_split is None
+
+
+def test_folder_errors(tmp_path: Path) -> None:
+    cache = tmp_path / "cache"
+    no_label = write_folder(
+        tmp_path / "no_label",
+        nodes={"node_id": [0, 1], "features": [[1.0], [2.0]]},
+        edges={"src": [0], "dst": [1]},
+    )
+    with pytest.raises(InputError, match="label"):
+        load_dataset(str(no_label), None, cache)
+
+    unknown_id = write_folder(
+        tmp_path / "unknown_id",
+        nodes={"node_id": [0, 1], "label": [0, 1], "features": [[1.0], [2.0]]},
+        edges={"src": [0], "dst": [7]},
+    )
+    with pytest.raises(InputError, match="node_id 7"):
+        load_dataset(str(unknown_id), None, cache)
+
+    out_of_range = write_folder(
+        tmp_path / "out_of_range",
+        nodes={"node_id": [0, 1], "label": [0, 2], "features": [[1.0], [2.0]]},
+        edges={"src": [0], "dst": [1]},
+        classes=["a", "b"],
+    )
+    with pytest.raises(InputError, match="labels must lie in 0..1"):
+        load_dataset(str(out_of_range), None, cache)
+
+    no_features = write_folder(
+        tmp_path / "no_features",
+        nodes={"node_id": [0, 1], "label": ["a", "b"]},
+        edges={"src": [0], "dst": [1]},
+    )
+    with pytest.raises(InputError, match="no features"):
+        load_dataset(str(no_features), None, cache)
+
+    no_edges = tmp_path / "no_edges"
+    no_edges.mkdir()
+    nodes = pa.table({"node_id": [0], "label": [0], "f0": [1.0]})
+    pq.write_table(nodes, no_edges / "nodes.parquet")
+    with pytest.raises(InputError, match="edges.parquet"):
+        load_dataset(str(no_edges), None, cache)

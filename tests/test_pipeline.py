@@ -1,0 +1,85 @@
+"""End to end on the synthetic graph with a tiny random Llama: codebook → encode → finetune
+(+ joint) → predict, through the same stage functions the CLI calls."""
+
+import json
+import time
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+from dre_pipeline.artifacts import Store
+from dre_pipeline.config import EncodeConfig, FinetuneConfig, subset
+from dre_pipeline.stages import encode, finetune, predict
+
+SETTINGS = dict(dataset="synthetic", epochs=30, patience=30, ft_epochs=2, batch_size=8, joint=True)
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory, tiny_llm):
+    store = Store(tmp_path_factory.mktemp("store"))
+    cfg = FinetuneConfig(llm_path=str(tiny_llm), **SETTINGS)
+    artifact = finetune.run(cfg, store, quiet=True, device="cpu")
+    return cfg, store, artifact
+
+
+def test_codes_parquet(run):
+    cfg, store, artifact = run
+    enc = store.find("encode", artifact.manifest["encode"])
+    table = pq.read_table(enc.path / "codes.parquet")
+    assert table.num_rows == 300
+    assert set(table.column("split").to_pylist()) == {"train", "val", "test"}
+    for t in range(1, cfg.num_views + 1):
+        codes, words = table[f"view{t}_codes"].to_pylist(), table[f"view{t}_words"].to_pylist()
+        assert all(len(c) == cfg.codes_per_view for c in codes)
+        assert all(w.isalpha() for row in words for w in row)
+    metrics = json.loads((enc.path / "metrics.json").read_text())
+    assert len(metrics["perplexity"]) == cfg.num_views and all(p >= 1 for p in metrics["perplexity"])
+    levels = metrics["residual_norm_by_level"]
+    assert all(b <= a for a, b in zip(levels, levels[1:]))
+
+
+def test_predictions_are_always_class_names(run):
+    cfg, store, artifact = run
+    names = artifact.manifest["class_names"]
+    table = pq.read_table(artifact.path / "predictions.parquet").to_pydict()
+    assert set(table["prediction_name"]) <= set(names)
+    assert set(table["split"]) == {"val", "test"}
+    assert all(len(s) == len(names) for s in table["scores"])
+    metrics = json.loads((artifact.path / "metrics.json").read_text())
+    for part in ("val", "test"):
+        report = metrics["final"][part]
+        assert 0 <= report["accuracy"] <= 1 and 0 <= report["macro_f1"] <= 1
+        assert np.array(report["confusion"]).shape == (len(names), len(names))
+    assert all(h["seconds"] > 0 for h in metrics["finetune"]["history"])
+
+
+def test_joint_pass_moves_the_gnn(run):
+    cfg, store, artifact = run
+    joint = json.loads((artifact.path / "metrics.json").read_text())["joint"]
+    assert joint["gnn_grad_norm_mean"] > 0
+    assert joint["gnn_weight_change"] > 0
+    enc = store.find("encode", artifact.manifest["encode"])
+    before = torch.load(enc.path / "gnn.pt")["state_dict"]
+    after = torch.load(artifact.path / "gnn.pt")["state_dict"]
+    assert any(not torch.equal(before[k], after[k]) for k in before if k.startswith("encoder.convs"))
+
+
+def test_predict_agrees_with_saved_predictions(run):
+    cfg, store, artifact = run
+    saved = pq.read_table(artifact.path / "predictions.parquet").to_pydict()
+    ids = saved["node_id"][:5]
+    rows = predict.run(cfg, store, ids, device="cpu", quiet=True)
+    assert [r["node_id"] for r in rows] == ids
+    assert [r["prediction"] for r in rows] == saved["prediction_name"][:5]
+    assert all(len(r["words"]) == cfg.num_views for r in rows)
+
+
+def test_rerun_is_a_cache_hit(run):
+    cfg, store, artifact = run
+    started = time.time()
+    again = finetune.run(cfg, store, quiet=True, device="cpu")
+    assert again.cached and again.key == artifact.key
+    assert encode.run(subset(cfg, EncodeConfig), store, quiet=True).cached
+    assert time.time() - started < 30

@@ -1,0 +1,54 @@
+"""The shared-prefix forward pass gives what a plain full-prompt forward gives."""
+
+import torch
+import torch.nn.functional as F
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from dre_pipeline.predictor import GraphWordPredictor
+from dre_pipeline.prompts import build_template, node_suffix
+
+NAMES = ["Theory", "Neural Networks", "Case Based"]
+
+
+def setup(folder):
+    tok = AutoTokenizer.from_pretrained(folder)
+    model = AutoModelForCausalLM.from_pretrained(folder).eval()
+    template = build_template(tok, NAMES, num_views=2, use_text=False)
+    return tok, model, template
+
+
+def test_template_pieces(tiny_llm):
+    tok, _, template = setup(tiny_llm)
+    assert template.first_token_unique
+    suffix, positions = node_suffix(template, [[1000, 1001], [1002, 1003]])
+    assert [suffix[p] for view in positions for p in view] == [1000, 1001, 1002, 1003]
+    text = tok.decode(template.prefix_ids + suffix)
+    assert "Neural Networks" in text and "2-hop information being" in text
+
+
+def test_shared_prefix_matches_full_forward(tiny_llm):
+    tok, model, template = setup(tiny_llm)
+    predictor = GraphWordPredictor(model, template, tok.pad_token_id or 0)
+    suffixes = [node_suffix(template, [[1000, 1001], [1002, 1003]])[0],
+                node_suffix(template, [[2000, 2001], [2002, 2003]], text_ids=[500, 501, 502])[0]]
+    scores = predictor.class_scores(suffixes)
+    firsts = [a[0] for a in template.answer_ids]
+    for row, suffix in zip(scores, suffixes):
+        with torch.no_grad():
+            logits = model(torch.tensor([template.prefix_ids + suffix])).logits[0, -1]
+        assert torch.allclose(row, F.log_softmax(logits, -1)[firsts], atol=1e-4)
+
+
+def test_sequence_scoring_when_first_tokens_collide(tiny_llm):
+    tok, model, _ = setup(tiny_llm)
+    template = build_template(tok, ["Neural Networks", "Neural Nets"], num_views=1, use_text=False)
+    assert not template.first_token_unique
+    predictor = GraphWordPredictor(model, template, tok.pad_token_id or 0)
+    suffix = node_suffix(template, [[1000, 1001]])[0]
+    scores = predictor.class_scores([suffix])
+    for c, answer in enumerate(template.answer_ids):
+        with torch.no_grad():
+            logp = F.log_softmax(model(torch.tensor([template.prefix_ids + suffix + answer])).logits[0], -1)
+        start = len(template.prefix_ids) + len(suffix) - 1
+        expected = sum(logp[start + j, t] for j, t in enumerate(answer))
+        assert torch.allclose(scores[0, c], expected, atol=1e-4)
