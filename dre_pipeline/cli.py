@@ -168,6 +168,66 @@ def predict(cfg: FinetuneConfig, store: Store, force: bool, quiet: bool, node_id
                    f"prediction={row['prediction']:<24} {mark} score={row['scores'][row['prediction']]:.3f}")
 
 
+def _check_format(format: str) -> None:
+    if format not in ("text", "json"):
+        raise InputError(f"--format must be text or json, got {format!r}")
+
+
+@stage_command("explain", FinetuneConfig, extra=(
+    inspect.Parameter("node_id", inspect.Parameter.KEYWORD_ONLY, annotation=int,
+                      default=typer.Argument(..., help="The node to explain.")),
+    _option("format", str, "text", "text | json."),
+    DEVICE,
+))
+def explain(cfg: FinetuneConfig, store: Store, force: bool, quiet: bool, node_id: int, format: str, device: str):
+    """One node: its words per hop, its text, the prompt, the prediction with per-class scores, the true label."""
+    from .report import explanation_text
+    from .stages import predict as stage
+
+    _check_format(format)
+    row = stage.run(cfg, store, [node_id], device=device, quiet=quiet)[0]
+    typer.echo(json.dumps(row, indent=2) if format == "json" else explanation_text(row))
+
+
+@stage_command("report", FinetuneConfig, extra=(
+    _option("out", Optional[Path], None, "Report folder (default: <store>/report)."),
+    _option("explain_nodes", int, 6, "Test nodes shown with their words and prompts (the paper's Table 4)."),
+    DEVICE,
+))
+def report(cfg: FinetuneConfig, store: Store, force: bool, quiet: bool, out: Optional[Path], explain_nodes: int,
+           device: str):
+    """Write index.html and PNG figures about the fine-tuned model of these settings (opens with no server)."""
+    from .report import write_report
+
+    index = write_report(cfg, store, out or store.root / "report", explain_nodes, device=device, quiet=quiet)
+    typer.echo(f"report: {index}")
+
+
+@stage_command("status", FinetuneConfig)
+def status(cfg: FinetuneConfig, store: Store, force: bool, quiet: bool):
+    """The artifact store at a glance: keys, sizes, headline metrics, and which are stale for these settings."""
+    from .status import inventory, status_text
+
+    typer.echo(status_text(inventory(cfg, store), store.root))
+
+
+@stage_command("clean", FinetuneConfig, extra=(
+    _option("dry_run", bool, False, "Only list what would be removed."),
+    _option("stage", Optional[str], None, "Only this stage: llm | codebook | encode | finetune."),
+    _option("stale_only", bool, False, "Only artifacts that are stale for these settings."),
+))
+def clean(cfg: FinetuneConfig, store: Store, force: bool, quiet: bool, dry_run: bool, stage: Optional[str],
+          stale_only: bool):
+    """Remove artifact folders and leftovers of interrupted runs (all, one stage's, or the stale ones)."""
+    from .status import clean as remove, human_size
+
+    removed = remove(cfg, store, stage, stale_only, dry_run)
+    verb = "would remove" if dry_run else "removed"
+    for path, size in removed:
+        typer.echo(f"{verb} {path} ({human_size(size)})")
+    typer.echo(f"{verb} {len(removed)} folders, {human_size(sum(size for _, size in removed))}")
+
+
 def main() -> None:
     app()
 

@@ -109,12 +109,21 @@ class FinetuneConfig(EncodeConfig):
     llm_lr: float = field(default=1e-4, metadata=_help("LLM (LoRA) learning rate."))
     gnn_lr: float = field(default=8e-4, metadata=_help("GNN learning rate in the joint pass."))
     ft_weight_decay: float = field(default=5e-4, metadata=_help("Weight decay of stage two."))
+    node_tokens: str = field(
+        default="words",
+        metadata=_help(
+            "words: the node's code words (Dr.E) | soft: its continuous GNN views through a learned projector "
+            "as soft prompt tokens (LLaGA / G-Retriever-style baseline, no quantization)."
+        ),
+    )
     joint: bool = field(default=False, metadata=_help("After fine-tuning, train GNN and LLM end to end."))
     joint_epochs: int = field(default=1, metadata=_help("Epochs of the joint pass."))
     quantization: str = field(default="none", metadata=_help("none | 4bit | 8bit | auto (bitsandbytes; needs CUDA)."))
 
     def __post_init__(self):
         super().__post_init__()
+        if self.node_tokens not in ("words", "soft"):
+            raise InputError(f"--node-tokens must be words or soft, got {self.node_tokens!r}")
         if self.quantization not in ("none", "4bit", "8bit", "auto"):
             raise InputError(f"--quantization must be none, 4bit, 8bit or auto, got {self.quantization!r}")
 

@@ -82,15 +82,20 @@ class GraphWordPredictor:
         return -logprob.sum() / count
 
     @torch.no_grad()
-    def class_scores(self, suffixes: list) -> Tensor:
+    def class_scores(self, suffixes: list, words: Optional[tuple] = None) -> Tensor:
         """``[B, C]`` log-probability of each class name; the prediction is the argmax."""
         answers = self.template.answer_ids
         if self.template.first_token_unique:
-            hidden = self.hidden_states(suffixes)
+            hidden = self.hidden_states(suffixes, words)
             last = torch.tensor([len(s) - 1 for s in suffixes], device=self.device)
             logits = self.lm_head(hidden[torch.arange(len(suffixes), device=self.device), last]).float()
             firsts = torch.tensor([a[0] for a in answers], device=self.device)
             return F.log_softmax(logits, dim=-1)[:, firsts].cpu()
         repeated = [s for s in suffixes for _ in answers]
-        logprob, _ = self.answer_logprobs(repeated, [a for _ in suffixes for a in answers])
+        if words is not None:  # each row is repeated once per class: so are its replaced positions
+            row_index, position, vectors = words
+            copies = torch.arange(len(answers)).repeat(len(row_index))
+            row_index = (row_index.repeat_interleave(len(answers)) * len(answers) + copies)
+            words = (row_index, position.repeat_interleave(len(answers)), vectors.repeat_interleave(len(answers), 0))
+        logprob, _ = self.answer_logprobs(repeated, [a for _ in suffixes for a in answers], words)
         return logprob.view(len(suffixes), len(answers)).cpu()

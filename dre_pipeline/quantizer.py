@@ -28,6 +28,7 @@ from torch import Tensor, nn
 
 @dataclass
 class Quantized:
+    h: Tensor  # [N, d] the view before quantization
     z: Tensor  # [N, d] straight-through quantized view
     codes: Tensor  # [N, K] code ids, level by level
     commitment: Tensor  # scalar: ||h - sg(z_hat)||^2, pulls the GNN towards words
@@ -65,7 +66,7 @@ class ResidualVQ(nn.Module):
                 norms.append(residual.norm(dim=-1))
         commitment = F.mse_loss(h, z_hat)
         z = h + (z_hat - h).detach()
-        return Quantized(z, torch.stack(codes, dim=1), commitment, torch.stack(norms, dim=1))
+        return Quantized(h, z, torch.stack(codes, dim=1), commitment, torch.stack(norms, dim=1))
 
 
 def straight_through_words(h: Tensor, codes: Tensor, embeddings: Tensor) -> Tensor:

@@ -28,10 +28,11 @@ def setup_logging(quiet: bool) -> None:
         level=logging.WARNING if quiet else logging.INFO, format="%(message)s", stream=sys.stderr, force=True
     )
     # transformers and PEFT speak at INFO/WARNING about things users need not act on.
-    for noisy in ("transformers", "peft", "httpx", "huggingface_hub"):
+    # bitsandbytes (imported by PEFT) says on every CPU import that optional kernels are absent.
+    for noisy in ("transformers", "peft", "httpx", "huggingface_hub", "bitsandbytes"):
         logging.getLogger(noisy).setLevel(logging.ERROR)
-    # bitsandbytes (imported by PEFT) warns on every CPU import that its optional kernels are absent.
-    warnings.filterwarnings("ignore", message="Failed to load CPU gemm_4bit")
+    # PEFT calls a transformers method that transformers has renamed; nothing for a user to do.
+    warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated")
     from transformers.utils import logging as hf_logging
 
     if quiet or not sys.stderr.isatty():

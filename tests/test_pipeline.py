@@ -62,8 +62,9 @@ def test_joint_pass_moves_the_gnn(run):
     assert joint["gnn_weight_change"] > 0
     enc = store.find("encode", artifact.manifest["encode"])
     before = torch.load(enc.path / "gnn.pt")["state_dict"]
-    after = torch.load(artifact.path / "gnn.pt")["state_dict"]
-    assert any(not torch.equal(before[k], after[k]) for k in before if k.startswith("encoder.convs"))
+    after = torch.load(artifact.path / "graph_in_the_loop.pt")
+    convs = [k for k in before if k.startswith("encoder.convs")]
+    assert convs and any(not torch.equal(before[k], after[k]) for k in convs)
 
 
 def test_predict_agrees_with_saved_predictions(run):
@@ -83,3 +84,16 @@ def test_rerun_is_a_cache_hit(run):
     assert again.cached and again.key == artifact.key
     assert encode.run(subset(cfg, EncodeConfig), store, quiet=True).cached
     assert time.time() - started < 30
+
+
+def test_soft_prompt_baseline_trains_projector_and_predicts(run, tiny_llm):
+    cfg, store, _ = run
+    soft = FinetuneConfig(llm_path=str(tiny_llm), **{**SETTINGS, "joint": False}, node_tokens="soft")
+    artifact = finetune.run(soft, store, quiet=True, device="cpu")
+    metrics = json.loads((artifact.path / "metrics.json").read_text())
+    assert metrics["finetune"]["gnn_grad_norm_mean"] > 0  # the loss reaches projector and GNN
+    state = torch.load(artifact.path / "graph_in_the_loop.pt")
+    assert "projector.weight" in state
+    saved = pq.read_table(artifact.path / "predictions.parquet").to_pydict()
+    rows = predict.run(soft, store, saved["node_id"][:3], device="cpu", quiet=True)
+    assert [r["prediction"] for r in rows] == saved["prediction_name"][:3]

@@ -52,3 +52,16 @@ def test_sequence_scoring_when_first_tokens_collide(tiny_llm):
         start = len(template.prefix_ids) + len(suffix) - 1
         expected = sum(logp[start + j, t] for j, t in enumerate(answer))
         assert torch.allclose(scores[0, c], expected, atol=1e-4)
+
+
+def test_replaced_embeddings_are_used_in_both_scoring_modes(tiny_llm):
+    tok, model, _ = setup(tiny_llm)
+    for names in (NAMES, ["Neural Networks", "Neural Nets"]):
+        template = build_template(tok, names, num_views=1, use_text=False)
+        predictor = GraphWordPredictor(model, template, tok.pad_token_id or 0)
+        suffix, positions = node_suffix(template, [[1000, 1001]])
+        same = (torch.tensor([0, 0]), torch.tensor(positions[0]), model.get_input_embeddings().weight[[1000, 1001]])
+        other = (same[0], same[1], torch.randn(2, 32))
+        plain = predictor.class_scores([suffix])
+        assert torch.allclose(predictor.class_scores([suffix], same), plain, atol=1e-5)
+        assert not torch.allclose(predictor.class_scores([suffix], other), plain, atol=1e-3)

@@ -1,20 +1,26 @@
 """``dre-pipeline finetune``: LoRA-finetune the LLM on graph-word prompts; optional joint pass.
 
-One plain loop: shuffle the training nodes, batch, answer-token loss, backward, step;
-score validation at the end of each epoch (or every ``eval_every`` steps), keep the best
-adapter, stop early. Then score validation and test, write the adapter, predictions and
-metrics. With ``--joint``, a second loop trains GNN and LLM together: the GNN's code
-words enter the LLM as straight-through embeddings, so the LLM's loss reaches the GNN.
+One plain loop (:func:`train`): shuffle the training nodes, batch, answer-token loss,
+backward, step; score validation at the end of each epoch (or every ``eval_every``
+steps), keep the best state, stop early. What fills the node's slots in the prompt is
+the only thing that changes between phases:
+
+- :class:`StoredWords` — the code words stage one wrote (Dr.E stage two);
+- :class:`GraphInTheLoop` — the GNN runs inside each step: its code words enter the LLM
+  as straight-through embeddings, so the LLM's loss reaches the GNN (``--joint``), or its
+  continuous views enter through a learned projector as soft prompt tokens
+  (``--node-tokens soft``, the LLaGA / G-Retriever-style baseline without quantization).
 """
 
-import copy
 import time
 from dataclasses import dataclass
+from typing import Optional
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
+from torch import nn
 from torch_geometric.utils import k_hop_subgraph
 
 from ..artifacts import Artifact, Store, artifact_key, write_json
@@ -76,26 +82,102 @@ def codes_from_table(table: pa.Table, num_views: int) -> np.ndarray:
                      for t in range(1, num_views + 1)], axis=1)
 
 
-def score(predictor: GraphWordPredictor, ws: Workspace, codes: np.ndarray, nodes: np.ndarray, quiet: bool,
-          desc: str = "score") -> torch.Tensor:
+class StoredWords(nn.Module):
+    """The code words stage one wrote, placed by token id; nothing here is trained."""
+
+    def __init__(self, ws: Workspace, codes: np.ndarray):
+        super().__init__()
+        self.ws, self.codes = ws, codes
+
+    def tokens(self, nodes: np.ndarray) -> tuple:
+        suffixes, _ = suffixes_for(self.ws, self.codes[nodes], nodes)
+        return suffixes, None, 0.0
+
+
+class GraphInTheLoop(nn.Module):
+    """The stage-one GNN inside each step, run on the nodes' T-hop subgraph (exact for them).
+
+    Args:
+        ws (Workspace): prompts, data, codebook.
+        encoder (MultiViewSAGE): initialised from stage one.
+        word_embeddings (Tensor): ``[M, d]`` the LLM's embeddings of the codebook words.
+        soft (bool): False: straight-through code words (Dr.E joint pass); True: continuous
+            views through a learned projector, K soft tokens per view (no quantization).
+        beta (float): commitment weight, which keeps views close to words in the joint pass.
+    """
+
+    def __init__(self, ws: Workspace, encoder: nn.Module, word_embeddings: torch.Tensor, soft: bool, beta: float):
+        super().__init__()
+        self.ws, self.encoder, self.soft, self.beta = ws, encoder, soft, beta
+        self.register_buffer("word_embeddings", word_embeddings, persistent=False)
+        d, k = word_embeddings.shape[1], ws.cfg.codes_per_view
+        self.projector = nn.Linear(d, k * d) if soft else None
+        self.register_buffer("x", ws.data.x, persistent=False)
+        self.register_buffer("edge_index", ws.data.edge_index, persistent=False)
+
+    def tokens(self, nodes: np.ndarray) -> tuple:
+        device = self.x.device
+        subset_nodes, edges, centre, _ = k_hop_subgraph(torch.from_numpy(nodes).to(device), len(self.encoder.convs),
+                                                        self.edge_index, relabel_nodes=True,
+                                                        num_nodes=self.ws.data.num_nodes)
+        views = self.encoder(self.x[subset_nodes], edges)
+        codes = torch.stack([v.codes[centre] for v in views], dim=1)  # b t k
+        suffixes, positions = suffixes_for(self.ws, codes.cpu().numpy(), nodes)
+        if self.soft:
+            k, d = codes.size(2), self.word_embeddings.size(1)
+            vectors = torch.cat([self.projector(v.h[centre]).view(len(nodes), k, d) for v in views], dim=1)
+            extra = 0.0
+        else:
+            vectors = torch.cat([straight_through_words(v.z[centre], v.codes[centre], self.word_embeddings)
+                                 for v in views], dim=1)
+            extra = self.beta * torch.stack([v.commitment for v in views]).mean()
+        row_index = torch.arange(len(nodes)).repeat_interleave(vectors.size(1))
+        position = torch.tensor([p for row in positions for view in row for p in view])
+        return suffixes, (row_index, position, vectors.flatten(0, 1)), extra
+
+    @torch.no_grad()
+    def all_codes(self) -> np.ndarray:
+        self.encoder.eval()
+        return torch.stack([v.codes for v in self.encoder(self.x, self.edge_index)], dim=1).cpu().numpy()
+
+
+def graph_in_the_loop(ws: Workspace, predictor: GraphWordPredictor, soft: bool,
+                      gnn_state: Optional[dict] = None) -> GraphInTheLoop:
+    """Build the GNN-in-the-loop module from the stage-one GNN (or a saved state of this module)."""
+    stage_one = encode_stage.build_model(subset(ws.cfg, EncodeConfig), ws.data, ws.codebook)
+    stage_one.load_state_dict(torch.load(ws.encode.path / "gnn.pt")["state_dict"])
+    module = GraphInTheLoop(ws, stage_one.encoder, ws.codebook.vectors.to(predictor.embed.weight.dtype), soft,
+                            ws.cfg.beta)
+    if gnn_state is not None:
+        module.load_state_dict(gnn_state)
+    return module.to(predictor.device)
+
+
+def score(predictor: GraphWordPredictor, node_tokens: nn.Module, ws: Workspace, nodes: np.ndarray,
+          quiet: bool) -> torch.Tensor:
     """``[n, C]`` class log-probabilities for ``nodes``, batched by prompt length."""
-    suffixes, _ = suffixes_for(ws, codes[nodes], nodes)
-    order = np.argsort([len(s) for s in suffixes], kind="stable")
+    order = np.argsort([len(ws.text_ids[i]) for i in nodes], kind="stable")  # the rest is T*K words for all
     scores = torch.empty(len(nodes), len(ws.data.class_names))
     predictor.model.eval()
-    for start in progress(range(0, len(order), EVAL_BATCH), quiet=quiet, desc=desc):
-        batch = order[start: start + EVAL_BATCH]
-        scores[batch] = predictor.class_scores([suffixes[i] for i in batch])
+    node_tokens.eval()
+    with torch.no_grad():
+        for start in progress(range(0, len(order), EVAL_BATCH), quiet=quiet, desc="score"):
+            batch = order[start: start + EVAL_BATCH]
+            suffixes, words, _ = node_tokens.tokens(nodes[batch])
+            scores[batch] = predictor.class_scores(suffixes, words)
     return scores
 
 
-def evaluate(predictor, ws: Workspace, codes: np.ndarray, quiet: bool) -> tuple:
-    """Scores of validation and test nodes and their reports."""
-    nodes = np.flatnonzero(ws.split >= 1)
-    scores = score(predictor, ws, codes, nodes, quiet, desc="evaluate")
+def evaluate(predictor, node_tokens: nn.Module, ws: Workspace, quiet: bool, parts=("val", "test")) -> tuple:
+    """Scores of the nodes of ``parts`` and a report per part (early stopping asks for val only)."""
+    wanted = [SPLIT_NAMES.index(p) for p in parts]
+    nodes = np.flatnonzero(np.isin(ws.split, wanted))
+    started = time.time()
+    scores = score(predictor, node_tokens, ws, nodes, quiet)
     pred, true, part = scores.argmax(1).numpy(), ws.data.y.numpy()[nodes], ws.split[nodes]
-    reports = {name: classification_report(pred[part == i], true[part == i], len(ws.data.class_names))
-               for i, name in enumerate(SPLIT_NAMES) if i > 0}
+    reports = {SPLIT_NAMES[i]: classification_report(pred[part == i], true[part == i], len(ws.data.class_names))
+               for i in wanted}
+    reports["inference_nodes_per_second"] = round(len(nodes) / max(time.time() - started, 1e-9), 2)
     return nodes, scores, reports
 
 
@@ -114,54 +196,44 @@ def attach_lora(model, cfg: FinetuneConfig, quantized: bool):
     return get_peft_model(model, lora)
 
 
-def train_batches(nodes: np.ndarray, batch_size: int, generator: np.random.Generator):
-    shuffled = generator.permutation(nodes)
-    return [shuffled[i: i + batch_size] for i in range(0, len(shuffled), batch_size)]
-
-
-def run(cfg: FinetuneConfig, store: Store, force: bool = False, quiet: bool = False,
-        device: str = "auto") -> Artifact:
-    device = resolve_device(device)
-    quantization_config(cfg.quantization, device)  # an impossible setting stops before any work
-    ws = prepare(cfg, store, quiet)
-    if found := store.lookup("finetune", ws.key, force):
-        return found
-    log.info("finetune: reading %s", ws.encode.path)
-    run_started = time.time()
-    seed_everything(cfg.seed)
-    llm = resolve_llm(cfg.llm_path, store)
-    model = attach_lora(load_model(llm, device, cfg.quantization), cfg, cfg.quantization != "none")
-    predictor = GraphWordPredictor(model, ws.template, ws.tokenizer.pad_token_id)
-    codes = codes_from_table(pq.read_table(ws.encode.path / "codes.parquet"), cfg.num_views)
-    train_nodes = np.flatnonzero(ws.split == 0)
-    labels = ws.data.y.numpy()
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.llm_lr,
-                                  weight_decay=cfg.ft_weight_decay)
-    generator = np.random.default_rng(cfg.seed)
-
-    history, step, trained_tokens = [], 0, 0
-    stopper = EarlyStopping(cfg.ft_patience, lambda: lora_state(model))
+def train(predictor: GraphWordPredictor, node_tokens: nn.Module, ws: Workspace, epochs: int, seed: int,
+          quiet: bool, phase: str) -> dict:
+    """The training loop; returns its metrics and leaves the best state (LoRA + node tokens) loaded."""
+    cfg, model = ws.cfg, predictor.model
+    groups = [{"params": [p for p in model.parameters() if p.requires_grad], "lr": cfg.llm_lr}]
+    gnn_params = [p for p in node_tokens.parameters() if p.requires_grad]
+    if gnn_params:
+        groups.append({"params": gnn_params, "lr": cfg.gnn_lr})
+    optimizer = torch.optim.AdamW(groups, weight_decay=cfg.ft_weight_decay)
+    stopper = EarlyStopping(cfg.ft_patience, lambda: (lora_state(model), {
+        k: v.detach().clone() for k, v in node_tokens.state_dict().items()}))
+    train_nodes, labels = np.flatnonzero(ws.split == 0), ws.data.y.numpy()
+    generator = np.random.default_rng(seed)
+    history, step, trained_tokens, gnn_grad_norms = [], 0, 0, []
 
     def checkpoint(epoch: int, losses: list, seconds: float) -> None:
-        _, _, reports = evaluate(predictor, ws, codes, quiet)
-        record = {"epoch": epoch + 1, "step": step, "train_loss": float(np.mean(losses)),
-                  "val_accuracy": reports["val"]["accuracy"], "val_macro_f1": reports["val"]["macro_f1"],
-                  "seconds": round(seconds, 2)}
-        history.append(record)
-        stopper.update(record["val_accuracy"])
-        log.info("finetune: epoch %d step %d loss %.4f val accuracy %.4f", epoch + 1, step, record["train_loss"],
-                 record["val_accuracy"])
+        _, _, reports = evaluate(predictor, node_tokens, ws, quiet, parts=("val",))
+        history.append({"epoch": epoch + 1, "step": step, "train_loss": float(np.mean(losses)),
+                        "val_accuracy": reports["val"]["accuracy"], "val_macro_f1": reports["val"]["macro_f1"],
+                        "seconds": round(seconds, 2)})
+        stopper.update(reports["val"]["accuracy"])
+        log.info("%s: epoch %d step %d loss %.4f val accuracy %.4f", phase, epoch + 1, step,
+                 history[-1]["train_loss"], history[-1]["val_accuracy"])
 
     started = time.time()
-    for epoch in range(cfg.ft_epochs):
+    for epoch in range(epochs):
         epoch_start, losses = time.time(), []
         for batch in progress(train_batches(train_nodes, cfg.batch_size, generator), quiet=quiet,
-                              desc=f"finetune epoch {epoch + 1}"):
+                              desc=f"{phase} epoch {epoch + 1}"):
             model.train()
-            suffixes, _ = suffixes_for(ws, codes[batch], batch)
-            loss = predictor.loss(suffixes, labels[batch].tolist())
+            node_tokens.train()
+            suffixes, words, extra = node_tokens.tokens(batch)
+            loss = predictor.loss(suffixes, labels[batch].tolist(), words) + extra
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
+            if gnn_params:
+                gnn_grad_norms.append(float(torch.norm(torch.stack(
+                    [p.grad.norm() for p in gnn_params if p.grad is not None]))))
             optimizer.step()
             losses.append(loss.item())
             trained_tokens += len(ws.template.prefix_ids) + sum(map(len, suffixes))
@@ -175,73 +247,57 @@ def run(cfg: FinetuneConfig, store: Store, force: bool = False, quiet: bool = Fa
         if stopper.stop:
             break
     train_seconds = time.time() - started
-    model.load_state_dict(stopper.best_state, strict=False)
-    nodes, scores, reports = evaluate(predictor, ws, codes, quiet)
-    metrics = {"finetune": {**reports, "history": history, "train_seconds": round(train_seconds, 2),
-                            "trained_tokens_per_second": round(trained_tokens / max(train_seconds, 1e-9), 1),
-                            "scoring": "first-token" if ws.template.first_token_unique else "sequence"}}
+    lora, tokens_state = stopper.best_state
+    model.load_state_dict(lora, strict=False)
+    node_tokens.load_state_dict(tokens_state)
+    metrics = {"history": history, "train_seconds": round(train_seconds, 2), "steps": step,
+               "trained_tokens_per_second": round(trained_tokens / max(train_seconds, 1e-9), 1)}
+    if gnn_grad_norms:
+        metrics["gnn_grad_norm_mean"] = float(np.mean(gnn_grad_norms))
+    return metrics
 
-    gnn_state = None
-    if cfg.joint:
-        codes, gnn_state, joint_metrics = joint_pass(cfg, predictor, ws, quiet)
-        nodes, scores, reports = evaluate(predictor, ws, codes, quiet)
-        metrics["joint"] = {**reports, **joint_metrics}
+
+def train_batches(nodes: np.ndarray, batch_size: int, generator: np.random.Generator):
+    shuffled = generator.permutation(nodes)
+    return [shuffled[i: i + batch_size] for i in range(0, len(shuffled), batch_size)]
+
+
+def run(cfg: FinetuneConfig, store: Store, force: bool = False, quiet: bool = False,
+        device: str = "auto") -> Artifact:
+    device = resolve_device(device)
+    quantization_config(cfg.quantization, device)  # an impossible setting stops before any work
+    ws = prepare(cfg, store, quiet)
+    if found := store.lookup("finetune", ws.key, force):
+        return found
+    log.info("finetune: reading %s", ws.encode.path)
+    started = time.time()
+    seed_everything(cfg.seed)
+    llm = resolve_llm(cfg.llm_path, store)
+    model = attach_lora(load_model(llm, device, cfg.quantization), cfg, cfg.quantization != "none")
+    predictor = GraphWordPredictor(model, ws.template, ws.tokenizer.pad_token_id)
+    codes = codes_from_table(pq.read_table(ws.encode.path / "codes.parquet"), cfg.num_views)
+    soft = cfg.node_tokens == "soft"
+    node_tokens = graph_in_the_loop(ws, predictor, soft=True) if soft else StoredWords(ws, codes)
+
+    metrics = {"finetune": train(predictor, node_tokens, ws, cfg.ft_epochs, cfg.seed, quiet, "finetune")}
+    nodes, scores, reports = evaluate(predictor, node_tokens, ws, quiet)
+    metrics["finetune"].update(reports, scoring="first-token" if ws.template.first_token_unique else "sequence")
+    if cfg.joint and not soft:
+        node_tokens = graph_in_the_loop(ws, predictor, soft=False)
+        before = [p.detach().clone() for p in node_tokens.encoder.parameters()]
+        joint = train(predictor, node_tokens, ws, cfg.joint_epochs, cfg.seed + 1, quiet, "joint")
+        codes, old = node_tokens.all_codes(), codes
+        joint["gnn_weight_change"] = float(torch.norm(torch.stack(
+            [(p.detach() - b).norm() for p, b in zip(node_tokens.encoder.parameters(), before)])))
+        joint["codes_changed_fraction"] = float((codes != old).mean())
+        log.info("joint: GNN weights moved by %.4f; %.1f%% of codes changed", joint["gnn_weight_change"],
+                 100 * joint["codes_changed_fraction"])
+        nodes, scores, reports = evaluate(predictor, node_tokens, ws, quiet)
+        metrics["joint"] = {**joint, **reports}
     metrics["final"] = reports
-    metrics["seconds"] = round(time.time() - run_started, 2)
+    metrics["seconds"] = round(time.time() - started, 2)
+    gnn_state = node_tokens.state_dict() if isinstance(node_tokens, GraphInTheLoop) else None
     return _write(store, ws, model, codes, nodes, scores, metrics, gnn_state, llm)
-
-
-
-def joint_pass(cfg: FinetuneConfig, predictor: GraphWordPredictor, ws: Workspace, quiet: bool) -> tuple:
-    """Train GNN and LLM end to end; return the new codes ``[N, T, K]``, the GNN state and metrics.
-
-    Each step runs the GNN on the batch's T-hop subgraph only (exact for its centre nodes),
-    quantizes, and puts the code words into the prompt as straight-through embeddings.
-    """
-    device = predictor.device
-    stage_one = encode_stage.build_model(subset(cfg, EncodeConfig), ws.data, ws.codebook)
-    stage_one.load_state_dict(torch.load(ws.encode.path / "gnn.pt")["state_dict"])
-    encoder = stage_one.encoder.to(device)
-    before = [p.detach().clone() for p in encoder.parameters()]
-    lora = [p for p in predictor.model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW([{"params": lora, "lr": cfg.llm_lr}, {"params": encoder.parameters(), "lr": cfg.gnn_lr}],
-                                  weight_decay=cfg.ft_weight_decay)
-    words = ws.codebook.vectors.to(device, predictor.embed.weight.dtype)
-    x, edge_index = ws.data.x.to(device), ws.data.edge_index.to(device)
-    labels, generator, gnn_grad_norms, started = ws.data.y.numpy(), np.random.default_rng(cfg.seed + 1), [], time.time()
-    for epoch in range(cfg.joint_epochs):
-        for batch in progress(train_batches(np.flatnonzero(ws.split == 0), cfg.batch_size, generator), quiet=quiet,
-                              desc=f"joint epoch {epoch + 1}"):
-            encoder.train()
-            predictor.model.train()
-            nodes, sub_edges, centre, _ = k_hop_subgraph(torch.from_numpy(batch).to(device), cfg.num_views, edge_index,
-                                                         relabel_nodes=True, num_nodes=ws.data.num_nodes)
-            views = encoder(x[nodes], sub_edges)
-            batch_codes = torch.stack([v.codes[centre] for v in views], dim=1)  # b t k
-            suffixes, positions = suffixes_for(ws, batch_codes.cpu().numpy(), batch)
-            vectors = torch.cat([straight_through_words(v.z[centre], v.codes[centre], words) for v in views], 1)
-            row_index = torch.arange(len(batch)).repeat_interleave(vectors.size(1))
-            position = torch.tensor([p for row in positions for view in row for p in view])
-            loss = predictor.loss(suffixes, labels[batch].tolist(), (row_index, position, vectors.flatten(0, 1)))
-            loss = loss + cfg.beta * torch.stack([v.commitment for v in views]).mean()
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            gnn_grad_norms.append(float(torch.norm(torch.stack([p.grad.norm() for p in encoder.parameters()
-                                                                 if p.grad is not None]))))
-            optimizer.step()
-    encoder.eval()
-    with torch.no_grad():
-        codes = torch.stack([v.codes for v in encoder(x, edge_index)], dim=1).cpu().numpy()
-    old = codes_from_table(pq.read_table(ws.encode.path / "codes.parquet"), cfg.num_views)
-    metrics = {
-        "seconds": round(time.time() - started, 2),
-        "gnn_grad_norm_mean": float(np.mean(gnn_grad_norms)),
-        "gnn_weight_change": float(torch.norm(torch.stack([(p.detach() - b).norm() for p, b in zip(encoder.parameters(), before)]))),
-        "codes_changed_fraction": float((codes != old).mean()),
-    }
-    log.info("joint: GNN weights moved by %.4f; %.1f%% of codes changed", metrics["gnn_weight_change"],
-             100 * metrics["codes_changed_fraction"])
-    return codes, stage_one.state_dict(), metrics
 
 
 def predictions_table(ws: Workspace, nodes: np.ndarray, scores: torch.Tensor) -> pa.Table:
@@ -263,7 +319,7 @@ def _write(store: Store, ws: Workspace, model, codes: np.ndarray, nodes: np.ndar
     final = metrics["final"]
     manifest = {
         "dataset": ws.data.name, "encode": ws.encode.key, "llm": {"name": llm.name, "identity": llm.identity},
-        "settings": key_fields(ws.cfg), "class_names": ws.data.class_names, "joint": gnn_state is not None,
+        "settings": key_fields(ws.cfg), "class_names": ws.data.class_names, "joint": ws.cfg.joint, "node_tokens": ws.cfg.node_tokens,
         "test_accuracy": final["test"]["accuracy"], "test_macro_f1": final["test"]["macro_f1"],
         "val_accuracy": final["val"]["accuracy"],
         "stage_one_test_accuracy": ws.encode.manifest["label_head_accuracy"]["test"], "seconds": metrics["seconds"],
@@ -276,8 +332,8 @@ def _write(store: Store, ws: Workspace, model, codes: np.ndarray, nodes: np.ndar
         write_json(out / "metrics.json", metrics)
         write_json(out / "prompt.json", {"instruction": ws.template.instruction,
                                          "scoring": "first-token" if ws.template.first_token_unique else "sequence"})
-        if gnn_state is not None:
-            torch.save({"state_dict": gnn_state}, out / "gnn.pt")
+        if gnn_state is not None:  # the GNN (and projector) the final model reads through
+            torch.save(gnn_state, out / "graph_in_the_loop.pt")
     log.info("finetune: test accuracy %.4f (macro-F1 %.4f) → %s", final["test"]["accuracy"],
              final["test"]["macro_f1"], store.root / "finetune" / ws.key)
     return store.find("finetune", ws.key, cached=False)

@@ -2,6 +2,7 @@
 
 import numpy as np
 import pyarrow.parquet as pq
+import torch
 
 from ..artifacts import Store
 from ..config import FinetuneConfig
@@ -9,7 +10,7 @@ from ..errors import InputError
 from ..llm import load_model, resolve_device, resolve_llm
 from ..predictor import GraphWordPredictor
 from ..prompts import render
-from .finetune import codes_from_table, prepare, score, suffixes_for
+from .finetune import StoredWords, codes_from_table, graph_in_the_loop, prepare, score
 
 
 def run(cfg: FinetuneConfig, store: Store, node_ids: list, device: str = "auto", quiet: bool = False) -> list:
@@ -30,9 +31,16 @@ def run(cfg: FinetuneConfig, store: Store, node_ids: list, device: str = "auto",
     model = PeftModel.from_pretrained(load_model(resolve_llm(cfg.llm_path, store), device, cfg.quantization),
                                       found.path / "adapter")
     predictor = GraphWordPredictor(model, ws.template, ws.tokenizer.pad_token_id)
-    codes = codes_from_table(pq.read_table(found.path / "codes.parquet"), cfg.num_views)
-    scores = score(predictor, ws, codes, nodes, quiet)
-    suffixes, _ = suffixes_for(ws, codes[nodes], nodes)
+    if cfg.node_tokens == "soft":
+        node_tokens = graph_in_the_loop(ws, predictor, soft=True, gnn_state=torch.load(found.path / "graph_in_the_loop.pt"))
+        codes = node_tokens.all_codes()  # the soft tokens' slots; shown as the nearest words
+    else:  # after --joint these are the codes of the jointly trained GNN
+        codes = codes_from_table(pq.read_table(found.path / "codes.parquet"), cfg.num_views)
+        node_tokens = StoredWords(ws, codes)
+    scores = score(predictor, node_tokens, ws, nodes, quiet)
+    node_tokens.eval()
+    with torch.no_grad():
+        suffixes, _, _ = node_tokens.tokens(nodes)
     names, split_names = ws.data.class_names, ("train", "val", "test")
     return [{
         "node_id": int(ws.data.node_ids[i]),
