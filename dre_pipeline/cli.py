@@ -16,7 +16,7 @@ from typing import Callable, Optional
 import typer
 
 from .artifacts import Store
-from .config import CodebookConfig, EncodeConfig, FinetuneConfig
+from .config import BenchConfig, CodebookConfig, EncodeConfig, FinetuneConfig
 from .errors import InputError
 from .runtime import setup_logging
 
@@ -30,9 +30,9 @@ def _option(name: str, annotation, default, help: str) -> inspect.Parameter:
 
 RUN_OPTIONS = [
     _option("store", Path, Path("artifacts"), "Artifact store folder ($DRE_STORE overrides the default)."),
-    _option("force", bool, False, "Recompute even when a cached artifact matches."),
     _option("quiet", bool, False, "No progress bars, warnings only."),
 ]
+FORCE = _option("force", bool, False, "Recompute even when a cached artifact matches.")
 
 
 def _store(path: Path) -> Store:
@@ -56,8 +56,11 @@ def user_errors():
         raise typer.Exit(130)
 
 
-def stage_command(name: str, config_cls, extra: tuple = ()) -> Callable:
-    """Register ``body(cfg, store, force=, quiet=, **extra)`` as a command with options from ``config_cls``."""
+def stage_command(name: str, config_cls, extra: tuple = (), computes: bool = True) -> Callable:
+    """Register ``body(cfg, store, quiet=, [force=,] **extra)`` as a command with options from ``config_cls``.
+
+    ``computes``: the command produces artifacts, so it takes ``--force``.
+    """
 
     def register(body: Callable) -> Callable:
         config_names = [f.name for f in fields(config_cls)]
@@ -71,7 +74,7 @@ def stage_command(name: str, config_cls, extra: tuple = ()) -> Callable:
 
         params = [_option(f.name, f.type, f.default if f.default is not MISSING else f.default_factory(),
                           f.metadata["help"]) for f in fields(config_cls)]
-        command.__signature__ = inspect.Signature(params + RUN_OPTIONS + list(extra))
+        command.__signature__ = inspect.Signature(params + RUN_OPTIONS + ([FORCE] if computes else []) + list(extra))
         command.__doc__ = body.__doc__
         app.command(name)(command)
         return body
@@ -145,19 +148,23 @@ def _node_ids(node_ids: Optional[str], node_file: Optional[Path]) -> list:
     return ids
 
 
+def _check_format(format: str) -> None:
+    if format not in ("text", "json"):
+        raise InputError(f"--format must be text or json, got {format!r}")
+
+
 @stage_command("predict", FinetuneConfig, extra=(
     _option("node_ids", Optional[str], None, "Comma-separated node ids."),
     _option("node_file", Optional[Path], None, "A file of node ids, one per line."),
     _option("format", str, "text", "text | json."),
     DEVICE,
-))
-def predict(cfg: FinetuneConfig, store: Store, force: bool, quiet: bool, node_ids: Optional[str],
+), computes=False)
+def predict(cfg: FinetuneConfig, store: Store, quiet: bool, node_ids: Optional[str],
             node_file: Optional[Path], format: str, device: str):
     """Answer for some nodes with the saved adapter of the same settings, without retraining."""
     from .stages import predict as stage
 
-    if format not in ("text", "json"):
-        raise InputError(f"--format must be text or json, got {format!r}")
+    _check_format(format)
     rows = stage.run(cfg, store, _node_ids(node_ids, node_file), device=device, quiet=quiet)
     if format == "json":
         typer.echo(json.dumps(rows, indent=2))
@@ -168,18 +175,13 @@ def predict(cfg: FinetuneConfig, store: Store, force: bool, quiet: bool, node_id
                    f"prediction={row['prediction']:<24} {mark} score={row['scores'][row['prediction']]:.3f}")
 
 
-def _check_format(format: str) -> None:
-    if format not in ("text", "json"):
-        raise InputError(f"--format must be text or json, got {format!r}")
-
-
 @stage_command("explain", FinetuneConfig, extra=(
     inspect.Parameter("node_id", inspect.Parameter.KEYWORD_ONLY, annotation=int,
                       default=typer.Argument(..., help="The node to explain.")),
     _option("format", str, "text", "text | json."),
     DEVICE,
-))
-def explain(cfg: FinetuneConfig, store: Store, force: bool, quiet: bool, node_id: int, format: str, device: str):
+), computes=False)
+def explain(cfg: FinetuneConfig, store: Store, quiet: bool, node_id: int, format: str, device: str):
     """One node: its words per hop, its text, the prompt, the prediction with per-class scores, the true label."""
     from .report import explanation_text
     from .stages import predict as stage
@@ -193,8 +195,8 @@ def explain(cfg: FinetuneConfig, store: Store, force: bool, quiet: bool, node_id
     _option("out", Optional[Path], None, "Report folder (default: <store>/report)."),
     _option("explain_nodes", int, 6, "Test nodes shown with their words and prompts (the paper's Table 4)."),
     DEVICE,
-))
-def report(cfg: FinetuneConfig, store: Store, force: bool, quiet: bool, out: Optional[Path], explain_nodes: int,
+), computes=False)
+def report(cfg: FinetuneConfig, store: Store, quiet: bool, out: Optional[Path], explain_nodes: int,
            device: str):
     """Write index.html and PNG figures about the fine-tuned model of these settings (opens with no server)."""
     from .report import write_report
@@ -203,8 +205,8 @@ def report(cfg: FinetuneConfig, store: Store, force: bool, quiet: bool, out: Opt
     typer.echo(f"report: {index}")
 
 
-@stage_command("status", FinetuneConfig)
-def status(cfg: FinetuneConfig, store: Store, force: bool, quiet: bool):
+@stage_command("status", FinetuneConfig, computes=False)
+def status(cfg: FinetuneConfig, store: Store, quiet: bool):
     """The artifact store at a glance: keys, sizes, headline metrics, and which are stale for these settings."""
     from .status import inventory, status_text
 
@@ -215,8 +217,8 @@ def status(cfg: FinetuneConfig, store: Store, force: bool, quiet: bool):
     _option("dry_run", bool, False, "Only list what would be removed."),
     _option("stage", Optional[str], None, "Only this stage: llm | codebook | encode | finetune."),
     _option("stale_only", bool, False, "Only artifacts that are stale for these settings."),
-))
-def clean(cfg: FinetuneConfig, store: Store, force: bool, quiet: bool, dry_run: bool, stage: Optional[str],
+), computes=False)
+def clean(cfg: FinetuneConfig, store: Store, quiet: bool, dry_run: bool, stage: Optional[str],
           stale_only: bool):
     """Remove artifact folders and leftovers of interrupted runs (all, one stage's, or the stale ones)."""
     from .status import clean as remove, human_size
@@ -226,6 +228,15 @@ def clean(cfg: FinetuneConfig, store: Store, force: bool, quiet: bool, dry_run: 
     for path, size in removed:
         typer.echo(f"{verb} {path} ({human_size(size)})")
     typer.echo(f"{verb} {len(removed)} folders, {human_size(sum(size for _, size in removed))}")
+
+
+@stage_command("bench", BenchConfig, computes=False)
+def bench(cfg: BenchConfig, store: Store, quiet: bool):
+    """Dr.E, its ablations and the GNN / soft-prompt baselines on the same splits; writes benchmarks/RESULTS.md."""
+    from .bench import run
+
+    results = run(cfg, store, quiet=quiet, command="dre-pipeline " + " ".join(sys.argv[1:]))
+    typer.echo(f"bench: {results} and {Path(cfg.out) / 'RESULTS.md'}")
 
 
 def main() -> None:

@@ -19,10 +19,15 @@ WORD_START_MARKERS = ("Ġ", "▁")  # byte-level BPE (GPT-2, SmolLM2) and Senten
 LETTERS = re.compile(r"^[A-Za-z]+$")
 
 
-def refine_vocabulary(tokenizer, min_chars: int, word_start_only: bool, max_codes: int) -> list:
-    """Return ``[(token_id, word), ...]`` of kept tokens, most frequent (lowest merge rank) first."""
+def refine_vocabulary(tokenizer, min_chars: int, word_start_only: bool, max_codes: int, refine: bool = True) -> list:
+    """Return ``[(token_id, word), ...]`` of kept tokens, most frequent (lowest merge rank) first.
+
+    ``refine=False`` is the paper's ablation: the first ``max_codes`` rows, whatever they are.
+    """
     special = set(tokenizer.all_special_ids)
     vocab = sorted(tokenizer.get_vocab().items(), key=lambda item: item[1])
+    if not refine:
+        return [(token_id, token) for token, token_id in vocab[: max_codes or None]]
     kept, seen = [], set()
     for token, token_id in vocab:
         if token_id in special:

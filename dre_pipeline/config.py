@@ -31,6 +31,10 @@ class LLMConfig:
 class CodebookConfig(LLMConfig):
     """Token refinement: which rows of the LLM's embedding matrix become VQ codes."""
 
+    refine: bool = field(
+        default=True,
+        metadata=_help("Token refinement; --no-refine keeps the first --max-codes vocabulary rows as they are (ablation)."),
+    )
     min_chars: int = field(default=3, metadata=_help("Drop tokens shorter than this many letters."))
     word_start_only: bool = field(
         default=True,
@@ -124,8 +128,29 @@ class FinetuneConfig(EncodeConfig):
         super().__post_init__()
         if self.node_tokens not in ("words", "soft"):
             raise InputError(f"--node-tokens must be words or soft, got {self.node_tokens!r}")
+        if self.joint and self.node_tokens == "soft":
+            raise InputError("--joint trains the code words end to end; it does not apply to --node-tokens soft")
         if self.quantization not in ("none", "4bit", "8bit", "auto"):
             raise InputError(f"--quantization must be none, 4bit, 8bit or auto, got {self.quantization!r}")
+
+
+@dataclass
+class BenchConfig(LLMConfig):
+    """The benchmark harness: Dr.E, its ablations and the baselines on one split, side by side."""
+
+    dataset: str = field(default="cora", metadata=_help("Dataset to benchmark (see encode --dataset)."))
+    data_dir: Optional[str] = field(default=None, metadata=_help("Local raw data (default $DRE_DATA_DIR)."))
+    seeds: int = field(default=3, metadata=_help("Seeds (random 60/20/20 splits) for the main rows."))
+    ablation_seeds: int = field(default=1, metadata=_help("Seeds for the ablation rows."))
+    rows: str = field(
+        default="",
+        metadata=_help("Comma-separated subset of: gcn, sage, soft, one-view, single-code, no-inter, no-refine, dre, joint."),
+    )
+    ft_epochs: int = field(default=1, metadata=_help("Fine-tuning epochs of every LLM row."))
+    quick: bool = field(
+        default=False, metadata=_help("Plumbing check: synthetic graph, tiny random Llama, a few epochs (for CI).")
+    )
+    out: str = field(default="benchmarks", metadata=_help("Where results/<dataset>.json, RESULTS.md and the chart go."))
 
 
 def subset(cfg, cls):

@@ -89,7 +89,9 @@ def load_tokenizer(llm: ResolvedLLM):
     return tokenizer
 
 
-def resolve_device(device: str) -> torch.device:
+def resolve_device(device) -> torch.device:
+    if isinstance(device, torch.device):
+        return device
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if device.startswith("cuda") and not torch.cuda.is_available():
@@ -144,3 +146,24 @@ def load_embeddings(llm: ResolvedLLM) -> torch.Tensor:
 
     model = AutoModelForCausalLM.from_pretrained(llm.folder, dtype=torch.float32)
     return model.get_input_embeddings().weight.detach().clone()
+
+
+def build_tiny_llama(folder: Path, seed: int = 0) -> Path:
+    """A randomly initialised 2-layer Llama with the embedded model's tokenizer.
+
+    For runs that check plumbing, not numbers (``bench --quick``, the tests): it loads in
+    milliseconds and has the same vocabulary and chat template as SmolLM2.
+    """
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    if (folder / "config.json").is_file():
+        return folder
+    gguf = embedded_gguf()
+    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    torch.manual_seed(seed)
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=True,
+                         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id)
+    LlamaForCausalLM(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder

@@ -4,10 +4,9 @@ import os
 from pathlib import Path
 
 import pytest
-import torch
 
 from dre_pipeline.artifacts import Store
-from dre_pipeline.llm import embedded_gguf, resolve_llm
+from dre_pipeline.llm import build_tiny_llama, embedded_gguf, resolve_llm
 
 
 @pytest.fixture(scope="session")
@@ -32,19 +31,9 @@ def smollm2_tokenizer():
 
 
 @pytest.fixture(scope="session")
-def tiny_llm(tmp_path_factory, smollm2_tokenizer) -> Path:
+def tiny_llm(tmp_path_factory) -> Path:
     """A randomly initialised 2-layer Llama with SmolLM2's tokenizer, saved as a model folder."""
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(0)
-    tok = smollm2_tokenizer
-    config = LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=True,
-                         bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id)
-    folder = tmp_path_factory.mktemp("tiny-llama")
-    LlamaForCausalLM(config).save_pretrained(folder)
-    tok.save_pretrained(folder)
-    return folder
+    return build_tiny_llama(tmp_path_factory.mktemp("tiny-llama"))
 
 
 @pytest.fixture(scope="session")

@@ -27,3 +27,8 @@ def test_thresholds_are_honoured(smollm2_tokenizer):
     assert len(longer) < len(all_words) < len(fragments)
     assert all(len(w) >= 6 for _, w in longer)
     assert capped == all_words[:500]
+
+
+def test_without_refinement_rows_are_taken_as_they_are(smollm2_tokenizer):
+    raw = refine_vocabulary(smollm2_tokenizer, 3, True, max_codes=100, refine=False)
+    assert [i for i, _ in raw] == list(range(100))  # special and punctuation tokens included

@@ -12,8 +12,9 @@ the only thing that changes between phases:
   (``--node-tokens soft``, the LLaGA / G-Retriever-style baseline without quantization).
 """
 
+import json
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Optional
 
 import numpy as np
@@ -242,7 +243,9 @@ def train(predictor: GraphWordPredictor, node_tokens: nn.Module, ws: Workspace, 
                 checkpoint(epoch, losses, time.time() - epoch_start)
                 if stopper.stop:
                     break
-        if not cfg.eval_every:
+        if stopper.stop:
+            break
+        if not cfg.eval_every or step % cfg.eval_every:  # every epoch ends evaluated
             checkpoint(epoch, losses, time.time() - epoch_start)
         if stopper.stop:
             break
@@ -264,25 +267,29 @@ def train_batches(nodes: np.ndarray, batch_size: int, generator: np.random.Gener
 
 def run(cfg: FinetuneConfig, store: Store, force: bool = False, quiet: bool = False,
         device: str = "auto") -> Artifact:
+    """Fine-tune (or find the cached result); ``--joint`` continues from the plain run's adapter."""
     device = resolve_device(device)
     quantization_config(cfg.quantization, device)  # an impossible setting stops before any work
     ws = prepare(cfg, store, quiet)
     if found := store.lookup("finetune", ws.key, force):
         return found
-    log.info("finetune: reading %s", ws.encode.path)
+    base = run(replace(cfg, joint=False), store, quiet=quiet, device=device) if cfg.joint else None
+    log.info("finetune: reading %s", base.path if base else ws.encode.path)
     started = time.time()
     seed_everything(cfg.seed)
     llm = resolve_llm(cfg.llm_path, store)
-    model = attach_lora(load_model(llm, device, cfg.quantization), cfg, cfg.quantization != "none")
+    model = load_model(llm, device, cfg.quantization)
+    if base:
+        from peft import PeftModel
+
+        model = PeftModel.from_pretrained(model, base.path / "adapter", is_trainable=True)
+    else:
+        model = attach_lora(model, cfg, cfg.quantization != "none")
     predictor = GraphWordPredictor(model, ws.template, ws.tokenizer.pad_token_id)
     codes = codes_from_table(pq.read_table(ws.encode.path / "codes.parquet"), cfg.num_views)
-    soft = cfg.node_tokens == "soft"
-    node_tokens = graph_in_the_loop(ws, predictor, soft=True) if soft else StoredWords(ws, codes)
 
-    metrics = {"finetune": train(predictor, node_tokens, ws, cfg.ft_epochs, cfg.seed, quiet, "finetune")}
-    nodes, scores, reports = evaluate(predictor, node_tokens, ws, quiet)
-    metrics["finetune"].update(reports, scoring="first-token" if ws.template.first_token_unique else "sequence")
-    if cfg.joint and not soft:
+    if base:  # the joint pass: GNN and LLM end to end
+        metrics = {"finetune": json.loads((base.path / "metrics.json").read_text())["finetune"]}
         node_tokens = graph_in_the_loop(ws, predictor, soft=False)
         before = [p.detach().clone() for p in node_tokens.encoder.parameters()]
         joint = train(predictor, node_tokens, ws, cfg.joint_epochs, cfg.seed + 1, quiet, "joint")
@@ -294,6 +301,12 @@ def run(cfg: FinetuneConfig, store: Store, force: bool = False, quiet: bool = Fa
                  100 * joint["codes_changed_fraction"])
         nodes, scores, reports = evaluate(predictor, node_tokens, ws, quiet)
         metrics["joint"] = {**joint, **reports}
+    else:
+        soft = cfg.node_tokens == "soft"
+        node_tokens = graph_in_the_loop(ws, predictor, soft=True) if soft else StoredWords(ws, codes)
+        metrics = {"finetune": train(predictor, node_tokens, ws, cfg.ft_epochs, cfg.seed, quiet, "finetune")}
+        nodes, scores, reports = evaluate(predictor, node_tokens, ws, quiet)
+        metrics["finetune"].update(reports, scoring="first-token" if ws.template.first_token_unique else "sequence")
     metrics["final"] = reports
     metrics["seconds"] = round(time.time() - started, 2)
     gnn_state = node_tokens.state_dict() if isinstance(node_tokens, GraphInTheLoop) else None

@@ -1,0 +1,201 @@
+"""``dre-pipeline bench``: Dr.E, its ablations (the paper's Table 3) and the baselines, side by side.
+
+Every row runs on the same dataset and the same random 60/20/20 splits (one per seed),
+in a fresh process so that its peak memory is its own. LLM rows go through the normal
+stages and the normal artifact store, so a rerun reuses what is cached. Results go to
+``<out>/results/<dataset>.json``; ``<out>/RESULTS.md`` and a bar chart are regenerated
+from them.
+"""
+
+import json
+import os
+import platform
+import resource
+import statistics
+import time
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import asdict
+from multiprocessing import get_context
+from pathlib import Path
+
+from .artifacts import Store
+from .config import BenchConfig, FinetuneConfig
+from .errors import InputError
+from .runtime import log, setup_logging
+
+# id: (label, kind, FinetuneConfig overrides, main row: all seeds)
+ROWS = {
+    "gcn": ("GCN", "gnn", {}, True),
+    "sage": ("GraphSAGE", "gnn", {}, True),
+    "soft": ("LLM + GNN soft prompt, no VQ (LLaGA-style)", "llm", {"node_tokens": "soft"}, True),
+    "one-view": ("Dr.E, one view (1-hop only)", "llm", {"num_views": 1}, False),
+    "single-code": ("Dr.E, one code per view (no intra-layer residual)", "llm", {"codes_per_view": 1}, False),
+    "no-inter": ("Dr.E without inter-layer residual", "llm", {"inter_residual": False}, False),
+    "no-refine": ("Dr.E without token refinement", "llm", {"refine": False}, False),
+    "dre": ("Dr.E (full)", "llm", {}, True),
+    "joint": ("Dr.E + joint pass", "llm", {"joint": True}, True),
+}
+PAPER = {"gcn": 87.78, "sage": 88.24, "dre": 91.33}  # Cora, Llama-2-7B for Dr.E (AAAI 2025)
+QUICK = {"dataset": "synthetic", "epochs": 15, "patience": 15}
+
+
+def selected_rows(rows: str) -> list:
+    chosen = [r.strip() for r in rows.split(",") if r.strip()] or list(ROWS)
+    unknown = [r for r in chosen if r not in ROWS]
+    if unknown:
+        raise InputError(f"--rows: unknown {unknown}; choose from {', '.join(ROWS)}")
+    return chosen
+
+
+def run_row(row: str, settings: dict, store_root: str, quiet: bool) -> dict:
+    """One row for one seed, in its own process: accuracy, times, throughput, peak memory."""
+    setup_logging(True)
+    from .data import load_dataset, make_split
+
+    label, kind, overrides, _ = ROWS[row]
+    cfg = FinetuneConfig(**{**settings, **overrides})
+    store = Store(Path(store_root))
+    started = time.time()
+    if kind == "gnn":
+        from .baselines import train_gnn
+
+        data = load_dataset(cfg.dataset, cfg.data_dir, store.root / "data", seed=cfg.seed)
+        result = train_gnn(row, data, make_split(data, cfg.split, cfg.seed), cfg.seed)
+        out = {"test_accuracy": result["test"]["accuracy"], "test_macro_f1": result["test"]["macro_f1"],
+               "seconds": {"train": round(result["train_seconds"], 2)},
+               "inference_nodes_per_second": round(result["inference_nodes_per_second"], 1)}
+    else:
+        from .stages import finetune
+
+        artifact = finetune.run(cfg, store, quiet=quiet, device="auto")
+        metrics = json.loads((artifact.path / "metrics.json").read_text())
+        encode = store.find("encode", artifact.manifest["encode"])
+        codebook = store.find("codebook", encode.manifest["codebook"])
+        phase = metrics["joint" if cfg.joint else "finetune"]
+        out = {
+            "test_accuracy": metrics["final"]["test"]["accuracy"],
+            "test_macro_f1": metrics["final"]["test"]["macro_f1"],
+            "stage_one_test_accuracy": encode.manifest["label_head_accuracy"]["test"],
+            "seconds": {"codebook": codebook.manifest["seconds"], "encode": encode.manifest["seconds"],
+                        "finetune": artifact.manifest["seconds"]},
+            "trained_tokens_per_second": phase["trained_tokens_per_second"],
+            "inference_nodes_per_second": metrics["final"]["inference_nodes_per_second"],
+            "cached": artifact.cached,
+        }
+    out.update(row=row, label=label, seed=cfg.seed, wall_seconds=round(time.time() - started, 2),
+               peak_memory_mb=round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1))
+    return out
+
+
+def machine() -> str:
+    import torch
+
+    memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "CPU only"
+    return f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, {memory:.0f} GiB, {device}"
+
+
+def run(cfg: BenchConfig, store: Store, quiet: bool = False, command: str = "dre-pipeline bench") -> Path:
+    """Run the selected rows over their seeds; write the JSON, RESULTS.md and the chart."""
+    settings = {"llm_path": cfg.llm_path, "dataset": cfg.dataset, "data_dir": cfg.data_dir, "ft_epochs": cfg.ft_epochs}
+    seeds = {True: cfg.seeds, False: cfg.ablation_seeds}
+    if cfg.quick:  # plumbing, not numbers: one seed each
+        from .llm import build_tiny_llama
+
+        settings.update(QUICK, llm_path=str(build_tiny_llama(store.root / "llm" / "tiny-llama")))
+        seeds = {True: 1, False: 1}
+    out_dir = Path(cfg.out)
+    results_file = out_dir / "results" / f"{settings['dataset']}.json"
+    results = []
+    context = get_context("spawn")  # a fresh process per row: its own peak memory, no state carried over
+    for row in selected_rows(cfg.rows):
+        for seed in range(seeds[ROWS[row][3]]):
+            log.info("bench: %s, seed %d", row, seed)
+            with ProcessPoolExecutor(1, mp_context=context) as pool:
+                result = pool.submit(run_row, row, {**settings, "seed": seed}, str(store.root), quiet).result()
+            log.info("bench: %s seed %d test accuracy %.4f (%.0fs)", row, seed, result["test_accuracy"],
+                     result["wall_seconds"])
+            results.append(result)
+    payload = {"command": command, "machine": machine(), "date": time.strftime("%Y-%m-%d"),
+               "config": asdict(cfg), "settings": settings, "results": results}
+    results_file.parent.mkdir(parents=True, exist_ok=True)
+    tmp = results_file.with_suffix(".tmp")
+    tmp.write_text(json.dumps(payload, indent=2) + "\n")
+    tmp.rename(results_file)
+    write_markdown(payload, out_dir)
+    return results_file
+
+
+def summarise(results: list) -> list:
+    """One line per row: mean ± std over seeds of accuracy and macro-F1, mean times, max memory."""
+    lines = []
+    for row in dict.fromkeys(r["row"] for r in results):
+        runs = [r for r in results if r["row"] == row]
+
+        def mean_std(key):
+            values = [100 * r[key] for r in runs]
+            return statistics.mean(values), statistics.stdev(values) if len(values) > 1 else 0.0
+
+        seconds = {k: statistics.mean(r["seconds"][k] for r in runs) for k in runs[0]["seconds"]}
+        lines.append({
+            "row": row, "label": runs[0]["label"], "seeds": len(runs),
+            "accuracy": mean_std("test_accuracy"), "macro_f1": mean_std("test_macro_f1"),
+            "stage_one": statistics.mean(100 * r["stage_one_test_accuracy"] for r in runs)
+            if "stage_one_test_accuracy" in runs[0] else None,
+            "seconds": seconds, "peak_memory_mb": max(r["peak_memory_mb"] for r in runs),
+            "train_tokens_per_second": statistics.mean(r.get("trained_tokens_per_second") or 0 for r in runs),
+            "inference_nodes_per_second": statistics.mean(r["inference_nodes_per_second"] for r in runs),
+        })
+    return lines
+
+
+def write_markdown(payload: dict, out_dir: Path) -> None:
+    lines = summarise(payload["results"])
+    table = ["| row | seeds | test accuracy % | macro-F1 % | stage-one head % | paper % | seconds per stage | "
+             "peak MB | train tok/s | infer nodes/s |", "|---|---:|---:|---:|---:|---:|---|---:|---:|---:|"]
+    for line in lines:
+        acc, f1 = line["accuracy"], line["macro_f1"]
+        stage_one = f"{line['stage_one']:.2f}" if line["stage_one"] is not None else "–"
+        seconds = ", ".join(f"{k} {v:.0f}" for k, v in line["seconds"].items())
+        tokens = f"{line['train_tokens_per_second']:.0f}" if line["train_tokens_per_second"] else "–"
+        table.append(f"| {line['label']} | {line['seeds']} | {acc[0]:.2f} ± {acc[1]:.2f} | {f1[0]:.2f} ± {f1[1]:.2f} | "
+                     f"{stage_one} | {PAPER.get(line['row'], '–')} | {seconds} | {line['peak_memory_mb']:.0f} | "
+                     f"{tokens} | {line['inference_nodes_per_second']:.1f} |")
+    chart = out_dir / f"{payload['settings']['dataset']}_accuracy.png"
+    plot(lines, chart)
+    text = [
+        f"# Benchmark: {payload['settings']['dataset']}",
+        "",
+        f"- command: `{payload['command']}`",
+        f"- machine: {payload['machine']}",
+        f"- date: {payload['date']}",
+        f"- LLM: {payload['settings']['llm_path'] or 'embedded SmolLM2-135M-Instruct'}; "
+        f"fine-tuning epochs per LLM row: {payload['settings']['ft_epochs']}",
+        "- split: random 60/20/20, one split per seed; test accuracy at the best validation checkpoint",
+        "",
+        *table,
+        "",
+        f"![accuracy]({chart.name})",
+        "",
+        "Seconds are wall time of each stage (codebook and encode are shared between rows with the same "
+        "settings and counted where they were computed). Peak MB is the row process's maximum resident memory.",
+        "",
+    ]
+    (out_dir / "RESULTS.md").write_text("\n".join(text))
+
+
+def plot(lines: list, path: Path) -> None:
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(9, 0.5 * len(lines) + 1.5))
+    axes = figure.add_subplot()
+    labels = [line["label"] for line in lines][::-1]
+    means = [line["accuracy"][0] for line in lines][::-1]
+    stds = [line["accuracy"][1] for line in lines][::-1]
+    axes.barh(labels, means, xerr=stds, color="#4c72b0")
+    axes.set_xlabel("test accuracy (%)")
+    axes.set_xlim(max(0, min(means) - 10), 100)
+    for y, value in enumerate(means):
+        axes.text(value + 0.3, y, f"{value:.1f}", va="center", fontsize=8)
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
