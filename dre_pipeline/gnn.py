@@ -17,7 +17,7 @@ import torch
 from torch import Tensor, nn
 from torch_geometric.nn import SAGEConv
 
-from .quantizer import Quantized, ResidualVQ
+from .quantizer import ResidualVQ
 
 
 class MultiViewSAGE(nn.Module):

