@@ -127,7 +127,7 @@ def summary_table(store: Store, finetune) -> str:
     ]
     if "joint" in metrics:
         rows.append(("joint", f"Dr.E test accuracy {metrics['joint']['test']['accuracy']:.4f} "
-                              f"(macro-F1 {metrics['joint']['test']['macro_f1']:.4f})", metrics["joint"]["seconds"]))
+                              f"(macro-F1 {metrics['joint']['test']['macro_f1']:.4f})", metrics["joint"]["train_seconds"]))
     lines = [f"{'stage':<10} {'result':<52} {'seconds':>8}"]
     lines += [f"{stage:<10} {result:<52} {seconds:>8.1f}" for stage, result, seconds in rows]
     return "\n".join(lines + [f"artifact: {finetune.path}"])

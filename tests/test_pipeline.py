@@ -97,3 +97,11 @@ def test_soft_prompt_baseline_trains_projector_and_predicts(run, tiny_llm):
     saved = pq.read_table(artifact.path / "predictions.parquet").to_pydict()
     rows = predict.run(soft, store, saved["node_id"][:3], device="cpu", quiet=True)
     assert [r["prediction"] for r in rows] == saved["prediction_name"][:3]
+
+
+def test_summary_table_names_every_stage(run):
+    from dre_pipeline.cli import summary_table
+
+    cfg, store, artifact = run
+    table = summary_table(store, artifact)
+    assert all(stage in table for stage in ("codebook", "encode", "finetune", "joint"))

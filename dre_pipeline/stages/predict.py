@@ -40,7 +40,7 @@ def run(cfg: FinetuneConfig, store: Store, node_ids: list, device: str = "auto",
     scores = score(predictor, node_tokens, ws, nodes, quiet)
     node_tokens.eval()
     with torch.no_grad():
-        suffixes, _, _ = node_tokens.tokens(nodes)
+        suffixes, _ = node_tokens.tokens(nodes)
     names, split_names = ws.data.class_names, ("train", "val", "test")
     return [{
         "node_id": int(ws.data.node_ids[i]),
