@@ -20,7 +20,7 @@ from ..config import CodebookConfig, EncodeConfig, key_fields, subset
 from ..data import SPLIT_NAMES, GraphData, load_dataset, make_split
 from ..gnn import MultiViewSAGE, StageOneModel
 from ..quantizer import perplexity
-from ..runtime import log, progress, seed_everything
+from ..runtime import EarlyStopping, log, progress, seed_everything
 from . import codebook as codebook_stage
 
 
@@ -63,7 +63,8 @@ def run(cfg: EncodeConfig, store: Store, force: bool = False, quiet: bool = Fals
     split = torch.from_numpy(split_np).long()
     train_mask = split == 0
 
-    history, best_val, best_state, stale = [], -1.0, None, 0
+    history = []
+    stopper = EarlyStopping(cfg.patience, lambda: copy.deepcopy(model.state_dict()))
     started = time.time()
     bar = progress(range(cfg.epochs), quiet=quiet, desc="encode")
     for epoch in bar:
@@ -89,15 +90,12 @@ def run(cfg: EncodeConfig, store: Store, force: bool = False, quiet: bool = Fals
                   "accuracy": acc, "perplexity": [perplexity(v.codes, len(codebook)) for v in views]}
         history.append(record)
         bar.set_postfix(loss=f"{loss.item():.3f}", val=f"{acc['val']:.3f}")
-        if acc["val"] > best_val:
-            best_val, best_state, stale = acc["val"], copy.deepcopy(model.state_dict()), 0
-        else:
-            stale += 1
-            if stale >= cfg.patience:
-                break
+        stopper.update(acc["val"])
+        if stopper.stop:
+            break
     train_seconds = time.time() - started
 
-    model.load_state_dict(best_state)
+    model.load_state_dict(stopper.best_state)
     model.eval()
     with torch.no_grad():
         views, logits, _, _ = model(x, edge_index)
