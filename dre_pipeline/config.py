@@ -78,11 +78,14 @@ class EncodeConfig(DataConfig, CodebookConfig):
     inter_residual: bool = field(
         default=True, metadata=_help("Add the pooled quantized view back before the next hop (Eq. 7).")
     )
+    word_scale: bool = field(
+        default=True, metadata=_help("Rescale each view to the norm of a sum of K words before quantizing it.")
+    )
     dropout: float = field(default=0.5, metadata=_help("Dropout after each SAGEConv."))
     lr: float = field(default=1e-3, metadata=_help("Stage-one learning rate (AdamW)."))
     weight_decay: float = field(default=5e-4, metadata=_help("Stage-one weight decay."))
     epochs: int = field(default=300, metadata=_help("Maximum stage-one epochs."))
-    patience: int = field(default=40, metadata=_help("Stop after this many epochs without a better val accuracy."))
+    patience: int = field(default=20, metadata=_help("Stop after this many epochs without a better val accuracy."))
     beta: float = field(default=0.25, metadata=_help("Weight of the commitment loss."))
     feature_weight: float = field(default=1.0, metadata=_help("Weight of the feature reconstruction loss."))
     adjacency_weight: float = field(default=1.0, metadata=_help("Weight of the adjacency reconstruction loss (Eq. 10)."))
@@ -106,11 +109,18 @@ class FinetuneConfig(EncodeConfig):
     lora_targets: str = field(
         default="q_proj,k_proj,v_proj,o_proj", metadata=_help("Comma-separated module names LoRA adapts.")
     )
-    batch_size: int = field(default=4, metadata=_help("Prompts per optimisation step."))
+    lora_layers: int = field(
+        default=8,
+        metadata=_help(
+            "LoRA adapts the top this many decoder layers (0 = all). The frozen layers below see the same "
+            "words every epoch, so their output is computed once per prompt and cached."
+        ),
+    )
+    batch_size: int = field(default=8, metadata=_help("Prompts per optimisation step."))
     ft_epochs: int = field(default=20, metadata=_help("Maximum fine-tuning epochs."))
     ft_patience: int = field(default=2, metadata=_help("Stop after this many evaluations without a better val accuracy."))
     eval_every: int = field(default=0, metadata=_help("Evaluate every this many steps; 0 = once per epoch."))
-    llm_lr: float = field(default=1e-4, metadata=_help("LLM (LoRA) learning rate."))
+    llm_lr: float = field(default=1e-3, metadata=_help("LLM (LoRA) learning rate."))
     gnn_lr: float = field(default=8e-4, metadata=_help("GNN learning rate in the joint pass."))
     ft_weight_decay: float = field(default=5e-4, metadata=_help("Weight decay of stage two."))
     node_tokens: str = field(

@@ -14,6 +14,7 @@ Hidden size = the LLM's embedding size, so views live where the codebook lives.
 """
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 from torch_geometric.nn import SAGEConv
 
@@ -21,19 +22,22 @@ from .quantizer import ResidualVQ
 
 
 class MultiViewSAGE(nn.Module):
-    """Args:
+    r"""Args:
         in_channels (int): node feature size F.
         codebook (Tensor): ``[M, d]`` frozen LLM word embeddings; d is the hidden size.
         num_views (int): T, number of SAGEConv layers / hops. (default: 3)
         codes_per_view (int): K. (default: 4)
         dropout (float): after each convolution. (default: 0.5)
         inter_residual (bool): add z^t back before hop t+1 (Eq. 7). (default: True)
+        word_scale (bool): rescale each view to the norm of a sum of K words,
+            :math:`h \leftarrow \sqrt{K}\,\bar{\lVert e\rVert}\, h / \lVert h\rVert`, so that each residual
+            level removes a real share of what is left. (default: True)
 
     Shapes: ``x`` ``[N, F]``, ``edge_index`` ``[2, E]`` → T :class:`Quantized` views of ``[N, d]``.
     """
 
     def __init__(self, in_channels: int, codebook: Tensor, num_views: int = 3, codes_per_view: int = 4,
-                 dropout: float = 0.5, inter_residual: bool = True):
+                 dropout: float = 0.5, inter_residual: bool = True, word_scale: bool = True):
         super().__init__()
         hidden = codebook.shape[1]
         self.convs = nn.ModuleList(
@@ -44,11 +48,16 @@ class MultiViewSAGE(nn.Module):
         self.act = nn.ELU()
         self.quantizer = ResidualVQ(codebook, codes_per_view)
         self.inter_residual = inter_residual
+        # Unscaled views came out ~17x longer than a word on Cora: subtracting a word then
+        # barely changed the residual, and the K levels repeated near-synonyms.
+        self.view_norm = float(codebook.norm(dim=-1).mean()) * codes_per_view ** 0.5 if word_scale else None
 
     def forward(self, x: Tensor, edge_index: Tensor) -> list:
         views = []
         for conv in self.convs:
             h = self.act(self.dropout(conv(x, edge_index)))
+            if self.view_norm is not None:
+                h = self.view_norm * F.normalize(h, dim=-1)
             view = self.quantizer(h)
             views.append(view)
             x = h + view.z if self.inter_residual else h

@@ -1,7 +1,11 @@
 """The LLM as a classifier over class names, with token economy built in.
 
-- The shared prefix (task + class names) is run once per batch and its key/value cache
-  repeated over the batch, so each prompt costs only its node-specific tokens.
+- The shared prefix (task + class names) is run once and its key/value cache repeated
+  over each batch, so each prompt costs only its node-specific tokens.
+- LoRA adapts only the top ``trained_layers`` decoder layers. The layers below are frozen
+  and, with stored code words, see the same tokens every epoch: their output for a prompt
+  is computed once and cached, so a training step runs (and back-propagates through) the
+  top layers only.
 - Rows are right-padded to the longest row of the batch only (rows are sorted by length
   by the caller); the language-model head runs only where an answer token is predicted.
 - Prediction is constrained to the class names: with distinct first tokens, one forward
@@ -9,25 +13,32 @@
   scored by the sum of its token log-probabilities.
 """
 
+import copy
 from typing import Optional
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+from transformers import DynamicCache
 
 from .prompts import PromptTemplate
 
+FROZEN_CACHE_BYTES = 4 << 30  # beyond this, frozen-layer outputs are recomputed instead of kept
+FROZEN_CHUNK = 32  # prompts per frozen-layer pass when filling the cache
+
 
 class GraphWordPredictor:
-    """Wraps a (LoRA-adapted) causal LM and a prompt template.
+    """Wraps a (LoRA-adapted) Llama-style causal LM and a prompt template.
 
     Args:
         model: a transformers causal LM or a PEFT model around one.
         template (PromptTemplate): prefix, view leads, answers.
-        pad_id (int): token used to pad rows (masked out).
+        pad_id (int): token used to pad rows (never attended to by real tokens).
+        trained_layers (int): how many top decoder layers carry LoRA; the others are
+            frozen and their outputs cached. 0: all layers are trained. (default: 0)
     """
 
-    def __init__(self, model, template: PromptTemplate, pad_id: int):
+    def __init__(self, model, template: PromptTemplate, pad_id: int, trained_layers: int = 0):
         base = model.get_base_model() if hasattr(model, "get_base_model") else model
         self.model = model
         self.decoder = base.get_decoder()
@@ -35,33 +46,104 @@ class GraphWordPredictor:
         self.embed = base.get_input_embeddings()
         self.template = template
         self.pad_id = pad_id
+        layers = list(self.decoder.layers)
+        split = len(layers) - trained_layers if 0 < trained_layers < len(layers) else 0
+        self.frozen_layers, self.trained_layers = layers[:split], layers[split:]
+        self._prefix_state = None  # (KV cache of the frozen layers, prefix hidden state above them)
+        self._frozen_rows = {}  # prompt row (token ids) → its hidden states above the frozen layers
+        self._frozen_bytes = 0
 
     @property
     def device(self) -> torch.device:
         return self.embed.weight.device
 
+    def _layers(self, layers: list, hidden: Tensor, start: int, cache: DynamicCache) -> Tensor:
+        """Run ``layers`` on ``hidden [B, S, d]`` at positions ``start..start+S-1`` after ``cache``.
+
+        Causal attention is all the mask needed: rows are right-padded, so no real token
+        sees a pad, and every row sees the whole prefix.
+        """
+        if not layers:
+            return hidden
+        length = hidden.size(1)
+        positions = torch.arange(start, start + length, device=hidden.device)[None]
+        keys = torch.arange(start + length, device=hidden.device)
+        blocked = keys[None, :] > positions[0, :, None]
+        mask = torch.zeros(blocked.shape, dtype=hidden.dtype, device=hidden.device)
+        mask = mask.masked_fill(blocked, torch.finfo(hidden.dtype).min)[None, None]
+        rope = self.decoder.rotary_emb(hidden, position_ids=positions)
+        for layer in layers:
+            hidden = layer(hidden, attention_mask=mask, position_embeddings=rope, position_ids=positions,
+                           cache=cache, use_cache=True)
+        return hidden
+
+    def _prefix(self) -> tuple:
+        """The shared prefix through the frozen layers, once: their KV cache and its output."""
+        if self._prefix_state is None:
+            with torch.no_grad():
+                cache = DynamicCache(config=self.decoder.config)
+                ids = torch.tensor([self.template.prefix_ids], device=self.device)
+                hidden = self._layers(self.frozen_layers, self.embed(ids), 0, cache)
+            self._prefix_state = (cache, hidden)
+        return self._prefix_state
+
+    def _batch_cache(self, batch: int, with_trained: bool) -> DynamicCache:
+        """A fresh cache holding the prefix for ``batch`` rows (the trained layers' part recomputed)."""
+        frozen_cache, prefix_hidden = self._prefix()
+        cache = copy.deepcopy(frozen_cache)
+        if with_trained:
+            self._layers(self.trained_layers, prefix_hidden, 0, cache)
+        cache.batch_repeat_interleave(batch)
+        return cache
+
+    def _pad(self, rows: list) -> Tensor:
+        ids = torch.full((len(rows), max(len(r) for r in rows)), self.pad_id, dtype=torch.long)
+        for i, row in enumerate(rows):
+            ids[i, : len(row)] = torch.tensor(row)
+        return ids.to(self.device)
+
+    def _above_frozen(self, rows: list) -> Tensor:
+        """``[B, S, d]`` hidden states of ``rows`` above the frozen layers, from the cache where possible."""
+        known, fresh = self._frozen_rows, {}
+        missing = [r for r in dict.fromkeys(map(tuple, rows)) if r not in known]
+        with torch.no_grad():
+            for start in range(0, len(missing), FROZEN_CHUNK):
+                chunk = missing[start: start + FROZEN_CHUNK]
+                cache = self._batch_cache(len(chunk), with_trained=False)
+                out = self._layers(self.frozen_layers, self.embed(self._pad(chunk)), len(self.template.prefix_ids),
+                                   cache)
+                for row, hidden in zip(chunk, out):
+                    fresh[row] = hidden[: len(row)].clone()
+        for row, hidden in fresh.items():
+            if self._frozen_bytes < FROZEN_CACHE_BYTES:
+                known[row] = hidden
+                self._frozen_bytes += hidden.numel() * hidden.element_size()
+        width = max(len(r) for r in rows)
+        out = torch.zeros(len(rows), width, self.embed.embedding_dim, dtype=self.embed.weight.dtype,
+                          device=self.device)
+        for i, row in enumerate(map(tuple, rows)):
+            out[i, : len(row)] = known.get(row, fresh.get(row))
+        return out
+
     def hidden_states(self, rows: list, words: Optional[tuple] = None) -> Tensor:
         """Last hidden states ``[B, S, d]`` of the node-specific rows, after the shared prefix.
 
         ``words = (row_index, position, vectors)`` replaces the input embeddings at those
-        positions (the joint pass's straight-through code words).
+        positions (soft tokens, or the joint pass's straight-through code words); such rows
+        go through the frozen layers every time, since their inputs change.
         """
-        batch, width = len(rows), max(len(r) for r in rows)
-        ids = torch.full((batch, width), self.pad_id, dtype=torch.long)
-        mask = torch.zeros(batch, width, dtype=torch.long)
-        for i, row in enumerate(rows):
-            ids[i, : len(row)] = torch.tensor(row)
-            mask[i, : len(row)] = 1
-        ids, mask = ids.to(self.device), mask.to(self.device)
-        prefix = torch.tensor([self.template.prefix_ids], device=self.device)
-        cache = self.decoder(prefix, use_cache=True).cache
-        cache.batch_repeat_interleave(batch)
-        attention = torch.cat([torch.ones(batch, prefix.size(1), dtype=torch.long, device=self.device), mask], 1)
-        embeds = self.embed(ids)
-        if words is not None:
-            row_index, position, vectors = words
-            embeds = embeds.index_put((row_index.to(self.device), position.to(self.device)), vectors.to(embeds.dtype))
-        return self.decoder(inputs_embeds=embeds, cache=cache, attention_mask=attention).last_hidden_state
+        start = len(self.template.prefix_ids)
+        cache = self._batch_cache(len(rows), with_trained=True)
+        if words is None and self.frozen_layers:
+            hidden = self._above_frozen(rows)
+        else:
+            hidden = self.embed(self._pad(rows))
+            if words is not None:
+                row_index, position, vectors = words
+                hidden = hidden.index_put((row_index.to(self.device), position.to(self.device)),
+                                          vectors.to(hidden.dtype))
+            hidden = self._layers(self.frozen_layers, hidden, start, cache)
+        return self.decoder.norm(self._layers(self.trained_layers, hidden, start, cache))
 
     def answer_logprobs(self, suffixes: list, answers: list, words: Optional[tuple] = None) -> tuple:
         """Sum of log p(answer tokens | prompt) per row, and the number of answer tokens."""

@@ -13,7 +13,7 @@ from dre_pipeline.artifacts import Store
 from dre_pipeline.config import EncodeConfig, FinetuneConfig, subset
 from dre_pipeline.stages import encode, finetune, predict
 
-SETTINGS = dict(dataset="synthetic", epochs=30, patience=30, ft_epochs=2, batch_size=8, joint=True)
+SETTINGS = dict(dataset="synthetic", epochs=30, patience=30, ft_epochs=2, batch_size=8, joint=True, lora_layers=1)
 
 
 @pytest.fixture(scope="module")

@@ -1,5 +1,6 @@
 """The shared-prefix forward pass gives what a plain full-prompt forward gives."""
 
+import pytest
 import torch
 import torch.nn.functional as F
 from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -26,9 +27,10 @@ def test_template_pieces(tiny_llm):
     assert "Neural Networks" in text and "2-hop information being" in text
 
 
-def test_shared_prefix_matches_full_forward(tiny_llm):
+@pytest.mark.parametrize("trained_layers", [0, 1])
+def test_shared_prefix_matches_full_forward(tiny_llm, trained_layers):
     tok, model, template = setup(tiny_llm)
-    predictor = GraphWordPredictor(model, template, tok.pad_token_id or 0)
+    predictor = GraphWordPredictor(model, template, tok.pad_token_id or 0, trained_layers)
     suffixes = [node_suffix(template, [[1000, 1001], [1002, 1003]])[0],
                 node_suffix(template, [[2000, 2001], [2002, 2003]], text_ids=[500, 501, 502])[0]]
     scores = predictor.class_scores(suffixes)
@@ -37,6 +39,24 @@ def test_shared_prefix_matches_full_forward(tiny_llm):
         with torch.no_grad():
             logits = model(torch.tensor([template.prefix_ids + suffix])).logits[0, -1]
         assert torch.allclose(row, F.log_softmax(logits, -1)[firsts], atol=1e-4)
+    if trained_layers:  # the frozen layers' output was kept, and is what a second call reads
+        assert set(predictor._frozen_rows) == {tuple(s) for s in suffixes}
+        assert torch.allclose(predictor.class_scores(suffixes), scores)
+
+
+def test_frozen_layers_get_no_gradient_and_soft_tokens_do(tiny_llm):
+    tok, model, template = setup(tiny_llm)
+    predictor = GraphWordPredictor(model, template, tok.pad_token_id or 0, trained_layers=1)
+    suffix, positions = node_suffix(template, [[1000, 1001], [1002, 1003]])
+    predictor.loss([suffix], [1]).backward()
+    frozen, trained = model.model.layers[0], model.model.layers[-1]
+    assert all(p.grad is None for p in frozen.parameters())
+    assert all(p.grad is not None for p in trained.parameters())
+    model.zero_grad(set_to_none=True)
+    vectors = torch.randn(2, 32, requires_grad=True)
+    words = (torch.tensor([0, 0]), torch.tensor(positions[0]), vectors)
+    predictor.loss([suffix], [1], words).backward()
+    assert vectors.grad is not None and vectors.grad.abs().sum() > 0
 
 
 def test_sequence_scoring_when_first_tokens_collide(tiny_llm):
@@ -61,7 +81,16 @@ def test_replaced_embeddings_are_used_in_both_scoring_modes(tiny_llm):
         predictor = GraphWordPredictor(model, template, tok.pad_token_id or 0)
         suffix, positions = node_suffix(template, [[1000, 1001]])
         same = (torch.tensor([0, 0]), torch.tensor(positions[0]), model.get_input_embeddings().weight[[1000, 1001]])
-        other = (same[0], same[1], torch.randn(2, 32))
+        other = (same[0], same[1], 10 * torch.randn(2, 32, generator=torch.Generator().manual_seed(0)))
         plain = predictor.class_scores([suffix])
         assert torch.allclose(predictor.class_scores([suffix], same), plain, atol=1e-5)
         assert not torch.allclose(predictor.class_scores([suffix], other), plain, atol=1e-3)
+
+
+def test_lora_only_on_the_top_layers(tiny_llm):
+    from dre_pipeline.config import FinetuneConfig
+    from dre_pipeline.stages.finetune import attach_lora
+
+    model = attach_lora(AutoModelForCausalLM.from_pretrained(tiny_llm), FinetuneConfig(lora_layers=1), False)
+    trained = {name.split(".layers.")[1].split(".")[0] for name, p in model.named_parameters() if p.requires_grad}
+    assert trained == {"1"}  # of layers 0 and 1

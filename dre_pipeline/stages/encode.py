@@ -37,7 +37,7 @@ def encode_key(cfg: EncodeConfig, codebook: Artifact, data: GraphData) -> str:
 
 def build_model(cfg: EncodeConfig, data: GraphData, codebook: Codebook) -> StageOneModel:
     encoder = MultiViewSAGE(data.x.size(1), codebook.vectors, cfg.num_views, cfg.codes_per_view, cfg.dropout,
-                            cfg.inter_residual)
+                            cfg.inter_residual, cfg.word_scale)
     return StageOneModel(encoder, data.x.size(1), data.num_classes)
 
 

@@ -190,9 +190,11 @@ def attach_lora(model, cfg: FinetuneConfig, quantized: bool):
 
     if quantized:
         model = prepare_model_for_kbit_training(model)
+    depth = model.config.num_hidden_layers
+    top = list(range(depth - cfg.lora_layers, depth)) if 0 < cfg.lora_layers < depth else None
     lora = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
                       target_modules=[m.strip() for m in cfg.lora_targets.split(",") if m.strip()],
-                      task_type="CAUSAL_LM")
+                      layers_to_transform=top, task_type="CAUSAL_LM")
     return get_peft_model(model, lora)
 
 
@@ -284,7 +286,7 @@ def run(cfg: FinetuneConfig, store: Store, force: bool = False, quiet: bool = Fa
         model = PeftModel.from_pretrained(model, base.path / "adapter", is_trainable=True)
     else:
         model = attach_lora(model, cfg, cfg.quantization != "none")
-    predictor = GraphWordPredictor(model, ws.template, ws.tokenizer.pad_token_id)
+    predictor = GraphWordPredictor(model, ws.template, ws.tokenizer.pad_token_id, cfg.lora_layers)
     codes = codes_from_table(pq.read_table(ws.encode.path / "codes.parquet"), cfg.num_views)
 
     if base:  # the joint pass: GNN and LLM end to end

@@ -30,7 +30,7 @@ def run(cfg: FinetuneConfig, store: Store, node_ids: list, device: str = "auto",
     device = resolve_device(device)
     model = PeftModel.from_pretrained(load_model(resolve_llm(cfg.llm_path, store), device, cfg.quantization),
                                       found.path / "adapter")
-    predictor = GraphWordPredictor(model, ws.template, ws.tokenizer.pad_token_id)
+    predictor = GraphWordPredictor(model, ws.template, ws.tokenizer.pad_token_id, ws.cfg.lora_layers)
     if cfg.node_tokens == "soft":
         node_tokens = graph_in_the_loop(ws, predictor, soft=True, gnn_state=torch.load(found.path / "graph_in_the_loop.pt"))
         codes = node_tokens.all_codes()  # the soft tokens' slots; shown as the nearest words
