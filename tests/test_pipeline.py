@@ -55,16 +55,17 @@ def test_predictions_are_always_class_names(run):
     assert all(h["seconds"] > 0 for h in metrics["finetune"]["history"])
 
 
-def test_joint_pass_moves_the_gnn(run):
+def test_joint_pass_moves_the_gnn_or_keeps_the_plain_model(run):
     cfg, store, artifact = run
     joint = json.loads((artifact.path / "metrics.json").read_text())["joint"]
-    assert joint["gnn_grad_norm_mean"] > 0
-    assert joint["gnn_weight_change"] > 0
+    assert joint["gnn_grad_norm_mean"] > 0  # the LLM's loss reaches the GNN
     enc = store.find("encode", artifact.manifest["encode"])
     before = torch.load(enc.path / "gnn.pt")["state_dict"]
     after = torch.load(artifact.path / "graph_in_the_loop.pt")
     convs = [k for k in before if k.startswith("encoder.convs")]
-    assert convs and any(not torch.equal(before[k], after[k]) for k in convs)
+    moved = any(not torch.equal(before[k], after[k]) for k in convs)
+    beaten = any(h["val_accuracy"] > joint["val_accuracy_at_start"] for h in joint["history"])
+    assert convs and joint["kept_start"] == (not beaten) == (not moved) == (joint["gnn_weight_change"] == 0)
 
 
 def test_predict_agrees_with_saved_predictions(run):

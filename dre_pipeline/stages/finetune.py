@@ -199,8 +199,12 @@ def attach_lora(model, cfg: FinetuneConfig, quantized: bool):
 
 
 def train(predictor: GraphWordPredictor, node_tokens: nn.Module, ws: Workspace, epochs: int, seed: int,
-          quiet: bool, phase: str) -> dict:
-    """The training loop; returns its metrics and leaves the best state (LoRA + node tokens) loaded."""
+          quiet: bool, phase: str, keep_start: bool = False) -> dict:
+    """The training loop; returns its metrics and leaves the best state (LoRA + node tokens) loaded.
+
+    ``keep_start``: the starting state competes too, so training that does not beat it on
+    validation leaves the model as it was (the joint pass starts from a validated model).
+    """
     cfg, model = ws.cfg, predictor.model
     groups = [{"params": [p for p in model.parameters() if p.requires_grad], "lr": cfg.llm_lr}]
     gnn_params = [p for p in node_tokens.parameters() if p.requires_grad]
@@ -222,6 +226,10 @@ def train(predictor: GraphWordPredictor, node_tokens: nn.Module, ws: Workspace, 
         log.info("%s: epoch %d step %d loss %.4f val accuracy %.4f", phase, epoch + 1, step,
                  history[-1]["train_loss"], history[-1]["val_accuracy"])
 
+    start_accuracy = None
+    if keep_start:
+        start_accuracy = evaluate(predictor, node_tokens, ws, quiet, parts=("val",))[2]["val"]["accuracy"]
+        stopper.update(start_accuracy)
     started = time.time()
     for epoch in range(epochs):
         epoch_start, losses = time.time(), []
@@ -256,6 +264,12 @@ def train(predictor: GraphWordPredictor, node_tokens: nn.Module, ws: Workspace, 
     node_tokens.load_state_dict(tokens_state)
     metrics = {"history": history, "train_seconds": round(train_seconds, 2), "steps": step,
                "trained_tokens_per_second": round(trained_tokens / max(train_seconds, 1e-9), 1)}
+    if keep_start:
+        metrics["val_accuracy_at_start"] = start_accuracy
+        metrics["kept_start"] = not any(h["val_accuracy"] > start_accuracy for h in history)
+        if metrics["kept_start"]:
+            log.info("%s: no evaluation beat the starting validation accuracy %.4f; the starting state is kept",
+                     phase, start_accuracy)
     if gnn_grad_norms:
         metrics["gnn_grad_norm_mean"] = float(np.mean(gnn_grad_norms))
     return metrics
@@ -293,7 +307,7 @@ def run(cfg: FinetuneConfig, store: Store, force: bool = False, quiet: bool = Fa
         metrics = {"finetune": json.loads((base.path / "metrics.json").read_text())["finetune"]}
         node_tokens = graph_in_the_loop(ws, predictor, soft=False)
         before = [p.detach().clone() for p in node_tokens.encoder.parameters()]
-        joint = train(predictor, node_tokens, ws, cfg.joint_epochs, cfg.seed + 1, quiet, "joint")
+        joint = train(predictor, node_tokens, ws, cfg.joint_epochs, cfg.seed + 1, quiet, "joint", keep_start=True)
         codes, old = node_tokens.all_codes(), codes
         joint["gnn_weight_change"] = float(torch.norm(torch.stack(
             [(p.detach() - b).norm() for p, b in zip(node_tokens.encoder.parameters(), before)])))
