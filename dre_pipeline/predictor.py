@@ -87,11 +87,14 @@ class GraphWordPredictor:
             self._prefix_state = (cache, hidden)
         return self._prefix_state
 
-    def _batch_cache(self, batch: int, with_trained: bool) -> DynamicCache:
-        """A fresh cache holding the prefix for ``batch`` rows (the trained layers' part recomputed)."""
+    def _batch_cache(self, batch: int, frozen: bool, trained: bool) -> DynamicCache:
+        """A fresh cache holding the prefix for ``batch`` rows, in the frozen and/or trained layers.
+
+        Rows read from the frozen-row cache skip the frozen layers, so they need no frozen KV.
+        """
         frozen_cache, prefix_hidden = self._prefix()
-        cache = copy.deepcopy(frozen_cache)
-        if with_trained:
+        cache = copy.deepcopy(frozen_cache) if frozen else DynamicCache(config=self.decoder.config)
+        if trained:
             self._layers(self.trained_layers, prefix_hidden, 0, cache)
         cache.batch_repeat_interleave(batch)
         return cache
@@ -109,7 +112,7 @@ class GraphWordPredictor:
         with torch.no_grad():
             for start in range(0, len(missing), FROZEN_CHUNK):
                 chunk = missing[start: start + FROZEN_CHUNK]
-                cache = self._batch_cache(len(chunk), with_trained=False)
+                cache = self._batch_cache(len(chunk), frozen=True, trained=False)
                 out = self._layers(self.frozen_layers, self.embed(self._pad(chunk)), len(self.template.prefix_ids),
                                    cache)
                 for row, hidden in zip(chunk, out):
@@ -133,8 +136,9 @@ class GraphWordPredictor:
         go through the frozen layers every time, since their inputs change.
         """
         start = len(self.template.prefix_ids)
-        cache = self._batch_cache(len(rows), with_trained=True)
-        if words is None and self.frozen_layers:
+        cached_rows = words is None and bool(self.frozen_layers)
+        cache = self._batch_cache(len(rows), frozen=not cached_rows, trained=True)
+        if cached_rows:
             hidden = self._above_frozen(rows)
         else:
             hidden = self.embed(self._pad(rows))
