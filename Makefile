@@ -28,6 +28,8 @@ all: install
 
 bench: install
 	$(DRE) bench --dataset cora
+	$(DRE) bench --dataset cora --speed
+	$(BIN)/python benchmarks/time_targets.py
 
 clean:
 	rm -rf $(VENV) artifacts/*/

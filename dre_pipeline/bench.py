@@ -3,8 +3,8 @@
 Every row runs on the same dataset and the same random 60/20/20 splits (one per seed),
 in a fresh process so that its peak memory is its own. LLM rows go through the normal
 stages and the normal artifact store, so a rerun reuses what is cached. Results go to
-``<out>/results/<dataset>.json``; ``<out>/RESULTS.md`` and a bar chart are regenerated
-from them.
+``<out>/results/<dataset>.json`` (``--speed``: ``speed.json``, see :mod:`.speed`);
+``<out>/RESULTS.md`` and a bar chart are regenerated from every result file there.
 """
 
 import json
@@ -19,9 +19,9 @@ from multiprocessing import get_context
 from pathlib import Path
 
 from .artifacts import Store
-from .config import BenchConfig, FinetuneConfig
+from .config import BenchConfig, EncodeConfig, FinetuneConfig
 from .errors import InputError
-from .runtime import log, setup_logging
+from .runtime import log, progress, setup_logging
 
 # id: (label, kind, FinetuneConfig overrides, main row: all seeds; else --ablation-seeds).
 # The joint pass is one of the paper's Table 3 ablations.
@@ -91,9 +91,12 @@ def run_row(row: str, settings: dict, store_root: str, quiet: bool) -> dict:
 def machine() -> str:
     import torch
 
+    from .speed import cpu_name
+
     memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
     device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "CPU only"
-    return f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, {memory:.0f} GiB, {device}"
+    return (f"{cpu_name()} (capability {torch.backends.cpu.get_cpu_capability()}), {os.cpu_count()} cores, "
+            f"{memory:.0f} GiB, {device}")
 
 
 def run(cfg: BenchConfig, store: Store, quiet: bool = False, command: str = "dre-pipeline bench") -> Path:
@@ -106,24 +109,36 @@ def run(cfg: BenchConfig, store: Store, quiet: bool = False, command: str = "dre
         settings.update(QUICK, llm_path=str(build_tiny_llama(store.root / "llm" / "tiny-llama")))
         seeds = {True: 1, False: 1}
     out_dir = Path(cfg.out)
-    results_file = out_dir / "results" / f"{settings['dataset']}.json"
+    if cfg.speed:
+        from . import speed
+
+        stage_one = {k: v for k, v in settings.items() if k in EncodeConfig.__dataclass_fields__}
+        results = speed.run(stage_one, store.root, repeat_seconds=0.2 if cfg.quick else 3.0)
+        return write_results(out_dir, "speed", {"command": command, "date": time.strftime("%Y-%m-%d"),
+                                                "settings": settings, "results": results})
+    jobs = [(row, seed) for row in selected_rows(cfg.rows) for seed in range(seeds[ROWS[row][3]])]
     results = []
     context = get_context("spawn")  # a fresh process per row: its own peak memory, no state carried over
-    for row in selected_rows(cfg.rows):
-        for seed in range(seeds[ROWS[row][3]]):
-            log.info("bench: %s, seed %d", row, seed)
-            with ProcessPoolExecutor(1, mp_context=context) as pool:
-                result = pool.submit(run_row, row, {**settings, "seed": seed}, str(store.root), quiet).result()
-            log.info("bench: %s seed %d test accuracy %.4f (%.0fs)", row, seed, result["test_accuracy"],
-                     result["wall_seconds"])
-            results.append(result)
-    payload = {"command": command, "machine": machine(), "date": time.strftime("%Y-%m-%d"),
-               "config": asdict(cfg), "settings": settings, "results": results}
+    for row, seed in progress(jobs, quiet=quiet, desc="bench rows"):
+        log.info("bench: %s, seed %d", row, seed)
+        with ProcessPoolExecutor(1, mp_context=context) as pool:
+            result = pool.submit(run_row, row, {**settings, "seed": seed}, str(store.root), quiet).result()
+        log.info("bench: %s seed %d test accuracy %.4f (%.0fs)", row, seed, result["test_accuracy"],
+                 result["wall_seconds"])
+        results.append(result)
+    return write_results(out_dir, settings["dataset"], {
+        "command": command, "machine": machine(), "date": time.strftime("%Y-%m-%d"), "config": asdict(cfg),
+        "settings": settings, "results": results})
+
+
+def write_results(out_dir: Path, name: str, payload: dict) -> Path:
+    """Save one result file, then rebuild RESULTS.md from every result file there is."""
+    results_file = out_dir / "results" / f"{name}.json"
     results_file.parent.mkdir(parents=True, exist_ok=True)
     tmp = results_file.with_suffix(".tmp")
     tmp.write_text(json.dumps(payload, indent=2) + "\n")
     tmp.rename(results_file)
-    write_markdown(payload, out_dir)
+    write_markdown(out_dir)
     return results_file
 
 
@@ -150,7 +165,26 @@ def summarise(results: list) -> list:
     return lines
 
 
-def write_markdown(payload: dict, out_dir: Path) -> None:
+def write_markdown(out_dir: Path) -> None:
+    """RESULTS.md: each dataset's accuracy table, then stage one's speed and the wall-time targets per CPU class."""
+    from .speed import markdown as speed_markdown
+
+    files = {f.stem: json.loads(f.read_text()) for f in sorted((out_dir / "results").glob("*.json"))}
+    text = ["# Benchmarks", "", "Every number names the command and the CPU that gave it: "
+            "machines of one kind differ in CPU features (AVX-512 with native bf16, or only AVX2).", ""]
+    for name, payload in files.items():
+        if name not in ("speed", "targets"):
+            text += accuracy_markdown(payload, out_dir)
+    if "speed" in files:
+        text += speed_markdown(files["speed"])
+    if "targets" in files:
+        text += targets_markdown(files["targets"])
+    tmp = out_dir / "RESULTS.md.tmp"
+    tmp.write_text("\n".join(text))
+    tmp.rename(out_dir / "RESULTS.md")
+
+
+def accuracy_markdown(payload: dict, out_dir: Path) -> list:
     lines = summarise(payload["results"])
     table = ["| row | seeds | test accuracy % | macro-F1 % | stage-one head % | paper % | seconds per stage | "
              "peak MB | train tok/s | infer nodes/s |", "|---|---:|---:|---:|---:|---:|---|---:|---:|---:|"]
@@ -164,8 +198,8 @@ def write_markdown(payload: dict, out_dir: Path) -> None:
                      f"{tokens} | {line['inference_nodes_per_second']:.1f} |")
     chart = out_dir / f"{payload['settings']['dataset']}_accuracy.png"
     plot(lines, chart)
-    text = [
-        f"# Benchmark: {payload['settings']['dataset']}",
+    return [
+        f"## Accuracy: {payload['settings']['dataset']}",
         "",
         f"- command: `{payload['command']}`",
         f"- machine: {payload['machine']}",
@@ -182,7 +216,19 @@ def write_markdown(payload: dict, out_dir: Path) -> None:
         "settings and counted where they were computed). Peak MB is the row process's maximum resident memory.",
         "",
     ]
-    (out_dir / "RESULTS.md").write_text("\n".join(text))
+
+
+def targets_markdown(payload: dict) -> list:
+    """Wall time of ``make all`` and ``make test`` per CPU class (benchmarks/time-targets.sh)."""
+    lines = ["## Wall-time targets per CPU class", "", f"- command: `{payload['command']}`",
+             f"- date: {payload['date']}", f"- note: {payload['note']}", "",
+             "| CPU class | CPU | capability | native bf16 | target | seconds | limit | exit code |",
+             "|---|---|---|---|---|---:|---:|---:|"]
+    for run in payload["runs"]:
+        lines.append(f"| {run['cpu_class']} | {run['cpu']} | `{run['capability']}` | "
+                     f"{'yes' if run['native_bf16'] else 'no'} | `{run['target']}` | {run['seconds']:.0f} | "
+                     f"{run['limit_seconds']} | {run['exit_code']} |")
+    return lines + [""]
 
 
 def plot(lines: list, path: Path) -> None:

@@ -86,6 +86,10 @@ class EncodeConfig(DataConfig, CodebookConfig):
     weight_decay: float = field(default=5e-4, metadata=_help("Stage-one weight decay."))
     epochs: int = field(default=300, metadata=_help("Maximum stage-one epochs."))
     patience: int = field(default=20, metadata=_help("Stop after this many epochs without a better val accuracy."))
+    eval_epochs: int = field(
+        default=2,
+        metadata=_help("Evaluate the label head every this many epochs (each evaluation re-runs the code search)."),
+    )
     beta: float = field(default=0.25, metadata=_help("Weight of the commitment loss."))
     feature_weight: float = field(default=1.0, metadata=_help("Weight of the feature reconstruction loss."))
     adjacency_weight: float = field(default=1.0, metadata=_help("Weight of the adjacency reconstruction loss (Eq. 10)."))
@@ -95,6 +99,8 @@ class EncodeConfig(DataConfig, CodebookConfig):
         super().__post_init__()
         if self.num_views < 1 or self.codes_per_view < 1:
             raise InputError("--num-views and --codes-per-view must be at least 1")
+        if self.eval_epochs < 1:
+            raise InputError(f"--eval-epochs must be at least 1, got {self.eval_epochs}")
 
 
 @dataclass
@@ -159,6 +165,10 @@ class BenchConfig(LLMConfig):
     ft_epochs: int = field(default=1, metadata=_help("Fine-tuning epochs of every LLM row."))
     quick: bool = field(
         default=False, metadata=_help("Plumbing check: synthetic graph, tiny random Llama, a few epochs (for CI).")
+    )
+    speed: bool = field(
+        default=False,
+        metadata=_help("Instead of the rows: stage one's code search and encode, before and after, per CPU class."),
     )
     out: str = field(default="benchmarks", metadata=_help("Where results/<dataset>.json, RESULTS.md and the chart go."))
 

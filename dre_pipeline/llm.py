@@ -17,6 +17,7 @@ import torch
 
 from .artifacts import Store, digest, file_digest
 from .errors import InputError
+from .runtime import native_bf16
 
 log = logging.getLogger(__name__)
 
@@ -104,7 +105,7 @@ def resolve_device(device) -> torch.device:
 
 def compute_dtype(device: torch.device) -> torch.dtype:
     """bf16 where the accelerator supports it; fp32 on CPU, where bf16 LoRA steps are not faster."""
-    if device.type == "cuda" and torch.cuda.is_bf16_supported():
+    if device.type == "cuda" and native_bf16(device):
         return torch.bfloat16
     return torch.float32
 

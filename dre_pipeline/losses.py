@@ -28,7 +28,7 @@ def adjacency_loss(z: Tensor, edge_index: Tensor, num_nodes: int) -> Tensor:
     scale = z.size(-1) ** 0.5
 
     def logits(pairs: Tensor) -> Tensor:
-        return (z[pairs[0]] * z[pairs[1]]).sum(-1) / scale
+        return (z.index_select(0, pairs[0]) * z.index_select(0, pairs[1])).sum(-1) / scale
 
     pos = F.binary_cross_entropy_with_logits(logits(edge_index), torch.ones(e, device=z.device))
     neg = F.binary_cross_entropy_with_logits(logits(negatives), torch.zeros(negatives.size(1), device=z.device))

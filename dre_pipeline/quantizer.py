@@ -25,6 +25,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .runtime import native_bf16
+
+# The Gram matrix of the incremental search holds M x M scores; above this size (e.g. the
+# whole 49k vocabulary) each level searches directly instead.
+GRAM_MAX_BYTES = 1 << 30
+# Rows searched together: one chunk's [rows, M] scores stay in cache through all K levels.
+SEARCH_CHUNK = 512
+
 
 @dataclass
 class Quantized:
@@ -35,8 +43,24 @@ class Quantized:
     residual_norms: Tensor  # [N, K + 1]: ||r_0|| .. ||r_K||
 
 
+def search_dtype(device: torch.device) -> torch.dtype:
+    """bf16 where the hardware multiplies it natively, else fp32 (emulated bf16 is ~100x slower)."""
+    return torch.bfloat16 if native_bf16(device) else torch.float32
+
+
 class ResidualVQ(nn.Module):
-    """K-level residual VQ with cosine similarity over a frozen codebook.
+    r"""K-level residual VQ with cosine similarity over a frozen codebook.
+
+    The search is exact nearest-word search by matrix multiply, done incrementally:
+    with unit words :math:`\hat e_j = e_j / \lVert e_j \rVert`,
+    :math:`r_k \cdot \hat e_j = r_{k-1} \cdot \hat e_j - e_{c_k} \cdot \hat e_j`, so only level 1
+    multiplies (``[N, d] @ [d, M]``); each later level subtracts one row of the Gram matrix
+    :math:`G = E \hat E^\top` (``[M, M]``, built once). Scores are computed in
+    :func:`search_dtype`; with bf16, each score is within
+    :math:`\delta_k = 2^{-6}\lVert r_0\rVert + 2^{-8}\sum_{i<k}\lVert e_{c_i}\rVert` of the exact one
+    (3 roundings of unit roundoff :math:`2^{-8}` on the level-1 product, one per Gram entry),
+    so codes differ from an fp32 search only where two words' scores lie within
+    :math:`2\delta_k`.
 
     Args:
         codebook (Tensor): ``[M, d]`` word embeddings of the LLM (refined tokens).
@@ -47,26 +71,50 @@ class ResidualVQ(nn.Module):
         super().__init__()
         self.num_codes = num_codes
         self.register_buffer("words", codebook.float(), persistent=False)
-        # The nearest-word search is the hot loop of stage one: bf16 runs it about 1.5x faster
-        # on CPU and GPU; the residuals themselves stay in fp32.
-        self.register_buffer("search", F.normalize(codebook.float(), dim=-1).T.contiguous().bfloat16(),
-                             persistent=False)
+        self._tables = {}  # (device, dtype) -> (unit words^T [d, M], Gram [M, M] or None)
+
+    def search_tables(self, device: torch.device, dtype: torch.dtype) -> tuple:
+        if (device, dtype) not in self._tables:
+            words = self.words.to(device)
+            unit_t = F.normalize(words, dim=-1).T.contiguous()
+            fits = len(words) ** 2 * torch.finfo(dtype).bits // 8 <= GRAM_MAX_BYTES
+            gram = (words @ unit_t).to(dtype) if fits else None
+            self._tables[(device, dtype)] = (unit_t.to(dtype), gram)
+        return self._tables[(device, dtype)]
+
+    @torch.no_grad()
+    def search(self, h: Tensor, dtype: torch.dtype = None) -> Tensor:
+        """``[N, K]`` codes of ``h`` ``[N, d]``: level by level, the word most cosine-similar to the residual."""
+        dtype = dtype or search_dtype(h.device)
+        unit_t, gram = self.search_tables(h.device, dtype)
+        codes = torch.empty(h.size(0), self.num_codes, dtype=torch.long, device=h.device)
+        for start in range(0, h.size(0), SEARCH_CHUNK):
+            rows = slice(start, start + SEARCH_CHUNK)
+            residual = h[rows]  # b d
+            scores = (residual.to(dtype) @ unit_t).float()  # b m; cos up to the norm of r
+            for k in range(self.num_codes):
+                code = scores.argmax(dim=-1)
+                codes[rows, k] = code
+                if k + 1 == self.num_codes:
+                    break
+                # index_select: ~3x faster than fancy indexing for whole rows on CPU
+                if gram is not None:
+                    scores -= gram.index_select(0, code).float()
+                else:
+                    residual = residual - self.words.index_select(0, code)
+                    scores = (residual.to(dtype) @ unit_t).float()
+        return codes
 
     def forward(self, h: Tensor) -> Quantized:
-        residual = h.detach()  # b d
-        z_hat = torch.zeros_like(residual)
-        codes, norms = [], [residual.norm(dim=-1)]
-        with torch.no_grad():
-            for _ in range(self.num_codes):
-                code = (residual.bfloat16() @ self.search).argmax(dim=-1)  # b; cos up to the norm of r
-                q = self.words[code]  # b d
-                residual = residual - q
-                z_hat = z_hat + q
-                codes.append(code)
-                norms.append(residual.norm(dim=-1))
+        codes = self.search(h.detach())
+        words = self.words.index_select(0, codes.flatten()).view(*codes.shape, -1)  # b k d
+        partial_sums = words.cumsum(dim=1)  # e_{c_1} + .. + e_{c_k}
+        z_hat = partial_sums[:, -1]
+        residuals = h.detach().unsqueeze(1) - partial_sums  # r_1 .. r_K
+        norms = torch.cat([h.detach().norm(dim=-1, keepdim=True), residuals.norm(dim=-1)], dim=1)
         commitment = F.mse_loss(h, z_hat)
         z = h + (z_hat - h).detach()
-        return Quantized(h, z, torch.stack(codes, dim=1), commitment, torch.stack(norms, dim=1))
+        return Quantized(h, z, codes, commitment, norms)
 
 
 def straight_through_words(h: Tensor, codes: Tensor, embeddings: Tensor) -> Tensor:

@@ -3,6 +3,7 @@
 import logging
 import random
 import sys
+import time
 import warnings
 
 import numpy as np
@@ -18,9 +19,66 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def progress(iterable=None, *, quiet: bool, **kwargs):
-    """A tqdm bar with rate and ETA; silent with ``--quiet`` or when stderr is not a terminal."""
-    return tqdm(iterable, disable=quiet or not sys.stderr.isatty(), dynamic_ncols=True, leave=False, **kwargs)
+def native_bf16(device: torch.device) -> bool:
+    """Whether ``device`` multiplies bf16 matrices in hardware.
+
+    CPUs are asked through PyTorch's kernel capability (``ATEN_CPU_CAPABILITY`` can lower it)
+    and their AVX512-BF16 / AMX flags: without them PyTorch emulates bf16 matrix products,
+    measured 118x slower than fp32 on an AVX2-only EPYC.
+    """
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    if device.type != "cpu" or not torch.backends.cpu.get_cpu_capability().startswith("AVX512"):
+        return False
+    return torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
+
+
+def progress(iterable, *, quiet: bool, desc: str, total: int = None):
+    """Iterate with progress shown: a tqdm bar on a terminal, log lines elsewhere, nothing with ``--quiet``."""
+    if quiet:
+        return tqdm(iterable, disable=True)
+    if sys.stderr.isatty():
+        return tqdm(iterable, desc=desc, total=total, dynamic_ncols=True, leave=False)
+    return LoggedProgress(iterable, desc, total)
+
+
+class LoggedProgress:
+    """Progress where stderr is not a terminal (nohup, CI, notebooks): a log line every ``every`` seconds.
+
+    Each line gives the count (of the total where known), rate, elapsed time, ETA and the
+    latest :meth:`set_postfix` values, so a long run is never silent.
+    """
+
+    def __init__(self, iterable, desc: str, total: int = None, every: float = 30.0):
+        self.iterable, self.desc, self.every, self.postfix = iterable, desc, every, {}
+        self.total = total if total is not None else getattr(iterable, "__len__", lambda: None)()
+
+    def set_postfix(self, **values) -> None:
+        self.postfix = values
+
+    def __iter__(self):
+        started = last = time.monotonic()
+        for done, item in enumerate(self.iterable, start=1):
+            yield item
+            now = time.monotonic()
+            if now - last >= self.every:
+                last = now
+                log.info(self.line(done, now - started))
+
+    def line(self, done: int, elapsed: float) -> str:
+        rate = done / max(elapsed, 1e-9)
+        parts = [f"{self.desc}: {done}" + (f"/{self.total} ({100 * done / self.total:.0f}%)" if self.total else ""),
+                 f"{rate:.2f} it/s" if rate >= 1 else f"{1 / rate:.1f} s/it", f"elapsed {duration(elapsed)}"]
+        if self.total:
+            parts.append(f"ETA {duration((self.total - done) / rate)}")
+        parts += [f"{name} {value}" for name, value in self.postfix.items()]
+        return ", ".join(parts)
+
+
+def duration(seconds: float) -> str:
+    minutes, seconds = divmod(round(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}:{minutes:02d}:{seconds:02d}" if hours else f"{minutes}:{seconds:02d}"
 
 
 def setup_logging(quiet: bool) -> None:

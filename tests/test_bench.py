@@ -29,3 +29,20 @@ def test_summary_over_seeds():
     line = summarise(results)[0]
     assert line["seeds"] == 2 and abs(line["accuracy"][0] - 85.0) < 1e-9 and line["accuracy"][1] > 0
     assert line["peak_memory_mb"] == 300
+
+
+def test_quick_speed_bench_measures_each_cpu_class(tmp_path):
+    out = tmp_path / "benchmarks"
+    results_file = run(BenchConfig(quick=True, speed=True, out=str(out)), Store(tmp_path / "store"), quiet=True)
+    assert results_file.name == "speed.json"
+    results = {r["cpu_class"]: r for r in json.loads(results_file.read_text())["results"]}
+    assert results["avx2"]["capability"] == "AVX2" and not results["avx2"]["native_bf16"]  # held to AVX2 kernels
+    for result in results.values():
+        assert result["matmul"]["gflops"] > 0
+        names = [s["name"] for s in result["search"]]
+        assert names[0].endswith("(before)") and "incremental, chunked, float32" in names
+        assert ("incremental, chunked, bfloat16" in names) == result["native_bf16"]
+        assert [e["name"].split(":")[0] for e in result["encode"]] == ["before", "after"]
+        assert all(0 <= e["label_head_accuracy"]["test"] <= 1 for e in result["encode"])
+    markdown = (out / "RESULTS.md").read_text()
+    assert "Stage one's speed per CPU class" in markdown and "capability `AVX2`" in markdown

@@ -1,9 +1,13 @@
 """Residual VQ against a frozen codebook, and the multi-view encoder around it."""
 
+import pytest
 import torch
+import torch.nn.functional as F
 
+from dre_pipeline import quantizer as quantizer_module
+from dre_pipeline import runtime
 from dre_pipeline.gnn import MultiViewSAGE, StageOneModel
-from dre_pipeline.quantizer import ResidualVQ, perplexity, straight_through_words
+from dre_pipeline.quantizer import ResidualVQ, perplexity, search_dtype, straight_through_words
 
 
 def codebook(m=64, d=16, seed=0):
@@ -56,6 +60,79 @@ def test_straight_through_words_are_llm_embeddings_with_gnn_gradient():
     assert torch.allclose(words, cb[codes])
     words.sum().backward()
     assert torch.allclose(h.grad, torch.full_like(h, 2.0))  # two code positions per node
+
+
+@pytest.mark.parametrize("capability, avx512_bf16, amx, native", [
+    ("AVX2", True, True, False),  # ATen dispatches AVX2 kernels: bf16 products are emulated
+    ("AVX512", False, False, False),  # AVX-512 without the BF16 extension
+    ("AVX512", True, False, True),
+    ("AVX512", False, True, True),  # AMX tiles multiply bf16
+    ("DEFAULT", True, True, False),
+])
+def test_search_precision_follows_cpu_capability(monkeypatch, capability, avx512_bf16, amx, native):
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: capability)
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: avx512_bf16)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx)
+    cpu = torch.device("cpu")
+    assert runtime.native_bf16(cpu) is native
+    expected = torch.bfloat16 if native else torch.float32
+    assert search_dtype(cpu) == expected
+    vq = ResidualVQ(codebook(), num_codes=2)
+    vq(torch.randn(5, 16))
+    assert list(vq._tables) == [(cpu, expected)]  # the path taken
+
+
+def reference_search(cb: torch.Tensor, h: torch.Tensor, k: int) -> tuple:
+    """Direct float64 search: codes and, per level, the margin between the best and second-best score."""
+    unit = F.normalize(cb.double(), dim=-1)
+    residual, codes, margins = h.double(), [], []
+    for _ in range(k):
+        top = (residual @ unit.T).topk(2, dim=-1)
+        codes.append(top.indices[:, 0])
+        margins.append(top.values[:, 0] - top.values[:, 1])
+        residual = residual - cb.double()[top.indices[:, 0]]
+    return torch.stack(codes, 1), torch.stack(margins, 1)
+
+
+def score_error_bound(cb, h, codes, unit_roundoff: float) -> torch.Tensor:
+    """``[N, K]`` bound on |computed - exact| score per level (the :class:`ResidualVQ` docstring's delta_k).
+
+    Level 1: inputs and output rounded (3u) plus fp32 accumulation over d terms; each Gram
+    row subtracted adds its own rounding, u times the word's norm.
+    """
+    d, u32 = h.size(1), 2.0 ** -24
+    accumulation = d * u32 / (1 - d * u32)
+    word_norms = cb.norm(dim=-1)[codes]  # n k
+    earlier = torch.cat([torch.zeros_like(word_norms[:, :1]), word_norms.cumsum(1)[:, :-1]], dim=1)
+    level = torch.arange(codes.size(1)) + 1
+    return ((3 * unit_roundoff + accumulation) * h.norm(dim=-1, keepdim=True)
+            + (unit_roundoff + accumulation) * earlier + level * u32 * h.norm(dim=-1, keepdim=True) * 4)
+
+
+@pytest.mark.parametrize("dtype, unit_roundoff", [(torch.float32, 2.0 ** -24), (torch.bfloat16, 2.0 ** -8)])
+@pytest.mark.parametrize("gram", [True, False])
+def test_codes_match_the_exact_search_outside_near_ties(monkeypatch, dtype, unit_roundoff, gram):
+    """Codes equal an exact (float64) search at every level whose best and second-best words are
+    further apart than twice the score error bound; a row is followed until its first near tie."""
+    if not gram:
+        monkeypatch.setattr(quantizer_module, "GRAM_MAX_BYTES", 0)  # the direct search of large codebooks
+    cb = codebook(m=2048, d=64, seed=1)
+    words = torch.randint(0, 2048, (600, 3), generator=torch.Generator().manual_seed(2))
+    h = torch.cat([cb[words].sum(1) + 0.3 * torch.randn(600, 64), 5 * torch.randn(600, 64)])
+    k = 4
+    vq = ResidualVQ(cb, num_codes=k)
+    codes = vq.search(h, dtype)
+    assert (vq._tables[(h.device, dtype)][1] is not None) == gram
+    exact, margins = reference_search(cb, h, k)
+    bound = score_error_bound(cb, h, exact, unit_roundoff)
+    compared = 0
+    for level in range(k):
+        followed = (codes[:, :level] == exact[:, :level]).all(1) & (margins[:, :level] > 2 * bound[:, :level]).all(1)
+        decisive = followed & (margins[:, level] > 2 * bound[:, level])
+        assert torch.equal(codes[decisive, level], exact[decisive, level])
+        compared += int(decisive.sum())
+    # The bound is worst-case (Cauchy-Schwarz); it still leaves many decisions to check.
+    assert compared > (0.99 if dtype == torch.float32 else 0.25) * k * len(h)
 
 
 def test_perplexity_bounds():

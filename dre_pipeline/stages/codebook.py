@@ -31,5 +31,5 @@ def run(cfg: CodebookConfig, store: Store, force: bool = False, cached_only: boo
     }
     with store.writing("codebook", key, manifest) as out:
         codebook.save(out)
-    log.info("codebook: kept %d of %d tokens → %s", len(kept), embeddings.shape[0], store.root / "codebook" / key)
+    log.info("codebook: refined %s's vocabulary in %.1fs", llm.name, manifest["seconds"])
     return store.find("codebook", key, cached=False)

@@ -1,11 +1,12 @@
 """``dre-pipeline encode``: train the multi-view GNN + residual VQ, write each node's words.
 
-One plain loop: forward, the four losses, backward, step, evaluate the label head on
-validation, keep the best state, stop early. Then every node's codes go to
+One plain loop: forward, the four losses, backward, step; every ``eval_epochs`` epochs,
+evaluate the label head on validation, keep the best state, stop early. Then every node's codes go to
 ``codes.parquet`` and the run's history to ``metrics.json``.
 """
 
 import copy
+import math
 import time
 
 import numpy as np
@@ -63,10 +64,11 @@ def run(cfg: EncodeConfig, store: Store, force: bool = False, quiet: bool = Fals
     split = torch.from_numpy(split_np).long()
     train_mask = split == 0
 
-    history = []
-    stopper = EarlyStopping(cfg.patience, lambda: copy.deepcopy(model.state_dict()))
+    history, losses_since_eval = [], []
+    # Patience is in epochs; the stopper counts evaluations.
+    stopper = EarlyStopping(math.ceil(cfg.patience / cfg.eval_epochs), lambda: copy.deepcopy(model.state_dict()))
     started = time.time()
-    bar = progress(range(cfg.epochs), quiet=quiet, desc="encode")
+    bar = progress(range(cfg.epochs), quiet=quiet, desc="encode epoch")
     for epoch in bar:
         model.train()
         views, logits, x_rec, z = model(x, edge_index)
@@ -81,15 +83,19 @@ def run(cfg: EncodeConfig, store: Store, force: bool = False, quiet: bool = Fals
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
+        losses_since_eval.append({"loss": loss.item(), **{k: v.item() for k, v in parts.items()}})
+        if (epoch + 1) % cfg.eval_epochs and epoch + 1 < cfg.epochs:
+            continue
 
         model.eval()
         with torch.no_grad():
             views, logits, _, _ = model(x, edge_index)
         acc = accuracies(logits, y, split)
-        record = {"epoch": epoch, "loss": loss.item(), **{k: v.item() for k, v in parts.items()},
-                  "accuracy": acc, "perplexity": [perplexity(v.codes, len(codebook)) for v in views]}
-        history.append(record)
-        bar.set_postfix(loss=f"{loss.item():.3f}", val=f"{acc['val']:.3f}")
+        mean_losses = {k: float(np.mean([step[k] for step in losses_since_eval])) for k in losses_since_eval[0]}
+        losses_since_eval = []
+        history.append({"epoch": epoch + 1, **mean_losses, "accuracy": acc,
+                        "perplexity": [perplexity(v.codes, len(codebook)) for v in views]})
+        bar.set_postfix(loss=f"{mean_losses['loss']:.3f}", val=f"{acc['val']:.3f}")
         stopper.update(acc["val"])
         if stopper.stop:
             break
@@ -106,8 +112,8 @@ def run(cfg: EncodeConfig, store: Store, force: bool = False, quiet: bool = Fals
         "label_head_accuracy": acc,
         "perplexity": [perplexity(v.codes, len(codebook)) for v in views],
         "residual_norm_by_level": shrink.tolist(),
-        "best_epoch": max(range(len(history)), key=lambda i: history[i]["accuracy"]["val"]),
-        "epochs_run": len(history),
+        "best_epoch": max(history, key=lambda h: h["accuracy"]["val"])["epoch"],
+        "epochs_run": history[-1]["epoch"],
         "train_seconds": round(train_seconds, 2),
         "history": history,
     }

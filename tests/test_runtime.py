@@ -1,0 +1,36 @@
+"""Run-time helpers: progress is shown everywhere a run is watched, and never where it is quiet."""
+
+import logging
+
+from dre_pipeline.runtime import LoggedProgress, duration, progress
+
+
+def test_progress_logs_lines_where_stderr_is_not_a_terminal(caplog):
+    bar = progress(range(5), quiet=False, desc="encode epoch")  # pytest captures stderr: not a terminal
+    assert isinstance(bar, LoggedProgress)
+    bar.every = 0  # a line per item instead of one per 30 s
+    with caplog.at_level(logging.INFO, logger="dre_pipeline"):
+        for i in bar:
+            bar.set_postfix(loss=f"{1 / (i + 1):.3f}")
+    lines = [r.getMessage() for r in caplog.records]
+    assert len(lines) == 5
+    assert lines[1].startswith("encode epoch: 2/5 (40%), ") and "ETA" in lines[1] and "elapsed" in lines[1]
+    assert lines[1].endswith("loss 0.500")  # the postfix the second item set
+    assert "it/s" in lines[-1] and "ETA 0:00" in lines[-1]
+
+
+def test_progress_without_a_length_has_no_eta(caplog):
+    bar = LoggedProgress((i for i in range(3)), "score", every=0)
+    with caplog.at_level(logging.INFO, logger="dre_pipeline"):
+        list(bar)
+    assert caplog.records[-1].getMessage().startswith("score: 3, ") and "ETA" not in caplog.records[-1].getMessage()
+
+
+def test_quiet_progress_is_silent(caplog):
+    with caplog.at_level(logging.INFO, logger="dre_pipeline"):
+        assert list(progress(range(3), quiet=True, desc="x")) == [0, 1, 2]
+    assert not caplog.records
+
+
+def test_duration_format():
+    assert duration(5) == "0:05" and duration(125) == "2:05" and duration(3725) == "1:02:05"
