@@ -76,7 +76,7 @@ class EncodeConfig(DataConfig, CodebookConfig):
     num_views: int = field(default=3, metadata=_help("SAGEConv layers T; layer t's output is the t-hop view."))
     codes_per_view: int = field(default=4, metadata=_help("K: codes per view (intra-layer residual levels)."))
     inter_residual: bool = field(
-        default=True, metadata=_help("Add the pooled quantized view back before the next hop (Eq. 7).")
+        default=True, metadata=_help("Add the quantized view back before the next hop (Eq. 7).")
     )
     word_scale: bool = field(
         default=True, metadata=_help("Rescale each view to the norm of a sum of K words before quantizing it.")
@@ -126,7 +126,27 @@ class FinetuneConfig(EncodeConfig):
     ft_epochs: int = field(default=20, metadata=_help("Maximum fine-tuning epochs."))
     ft_patience: int = field(default=2, metadata=_help("Stop after this many evaluations without a better val accuracy."))
     eval_every: int = field(default=0, metadata=_help("Evaluate every this many steps; 0 = once per epoch."))
-    llm_lr: float = field(default=1e-3, metadata=_help("LLM (LoRA) learning rate."))
+    llm_lr: float = field(default=1e-3, metadata=_help("LLM (LoRA) peak learning rate."))
+    lr_schedule: str = field(
+        default="constant",
+        metadata=_help("constant | linear | cosine: decay to 0 over the run after --warmup-ratio of its steps."),
+    )
+    warmup_ratio: float = field(default=0.0, metadata=_help("Share of the training steps spent warming up linearly."))
+    max_grad_norm: float = field(default=0.0, metadata=_help("Clip the gradient norm to this; 0 = no clipping."))
+    code_samples: int = field(
+        default=0,
+        metadata=_help(
+            "Code sets drawn from the stage-one GNN with dropout on; training prompts read one of them or the "
+            "deterministic codes at random, evaluation always the deterministic ones. 0 = deterministic only."
+        ),
+    )
+    ft_loss: str = field(
+        default="answer",
+        metadata=_help(
+            "answer: NLL of the answer tokens over the whole vocabulary | class: cross-entropy over the class "
+            "names' scores, the scores prediction ranks (costs one row per class where first tokens collide)."
+        ),
+    )
     gnn_lr: float = field(default=8e-4, metadata=_help("GNN learning rate in the joint pass."))
     ft_weight_decay: float = field(default=5e-4, metadata=_help("Weight decay of stage two."))
     node_tokens: str = field(
@@ -146,6 +166,16 @@ class FinetuneConfig(EncodeConfig):
             raise InputError(f"--node-tokens must be words or soft, got {self.node_tokens!r}")
         if self.joint and self.node_tokens == "soft":
             raise InputError("--joint trains the code words end to end; it does not apply to --node-tokens soft")
+        if self.lr_schedule not in ("constant", "linear", "cosine"):
+            raise InputError(f"--lr-schedule must be constant, linear or cosine, got {self.lr_schedule!r}")
+        if not 0 <= self.warmup_ratio < 1:
+            raise InputError(f"--warmup-ratio must lie in [0, 1), got {self.warmup_ratio}")
+        if self.max_grad_norm < 0:
+            raise InputError(f"--max-grad-norm must be 0 (off) or positive, got {self.max_grad_norm}")
+        if self.code_samples < 0:
+            raise InputError(f"--code-samples must be 0 or more, got {self.code_samples}")
+        if self.ft_loss not in ("answer", "class"):
+            raise InputError(f"--ft-loss must be answer or class, got {self.ft_loss!r}")
         if self.quantization not in ("none", "4bit", "8bit", "auto"):
             raise InputError(f"--quantization must be none, 4bit, 8bit or auto, got {self.quantization!r}")
 

@@ -68,7 +68,8 @@ class StageOneModel(nn.Module):
     """Encoder plus the three decoders that train it: labels, features, adjacency.
 
     Shapes: returns the views, class logits ``[N, C]``, reconstructed features ``[N, F]``
-    and node embeddings ``[N, d]`` for the inner-product adjacency decoder.
+    and node embeddings ``[N, d]`` for the inner-product adjacency decoder: the last view's
+    quantized output only (the widest neighbourhood).
     """
 
     def __init__(self, encoder: MultiViewSAGE, num_features: int, num_classes: int):

@@ -161,22 +161,40 @@ class GraphWordPredictor:
         per_row = torch.zeros(len(rows), device=self.device).index_add(0, row_index.to(self.device), token_logprob)
         return per_row, target.numel()
 
-    def loss(self, suffixes: list, labels: list, words: Optional[tuple] = None) -> Tensor:
-        """Mean negative log-likelihood of the answer tokens only."""
+    def loss(self, suffixes: list, labels: list, words: Optional[tuple] = None, kind: str = "answer") -> Tensor:
+        """``answer``: mean negative log-likelihood of the answer tokens over the whole vocabulary.
+        ``class``: cross-entropy over the class names' scores, the very scores prediction ranks,
+        so no gradient goes to words that are no class name.
+        """
+        if kind == "class":
+            target = torch.tensor(labels, device=self.device)
+            if self.template.first_token_unique:  # softmax over the class tokens' logits only
+                return F.cross_entropy(self._last_logits(suffixes, words)[:, self._firsts()], target)
+            return F.cross_entropy(self.scores(suffixes, words), target)
         answers = [self.template.answer_ids[y] for y in labels]
         logprob, count = self.answer_logprobs(suffixes, answers, words)
         return -logprob.sum() / count
 
+    def _firsts(self) -> Tensor:
+        return torch.tensor([a[0] for a in self.template.answer_ids], device=self.device)
+
+    def _last_logits(self, suffixes: list, words: Optional[tuple]) -> Tensor:
+        """``[B, V]`` next-token logits after each prompt: where the answer's first token is predicted."""
+        hidden = self.hidden_states(suffixes, words)
+        last = torch.tensor([len(s) - 1 for s in suffixes], device=self.device)
+        return self.lm_head(hidden[torch.arange(len(suffixes), device=self.device), last]).float()
+
     @torch.no_grad()
     def class_scores(self, suffixes: list, words: Optional[tuple] = None) -> Tensor:
         """``[B, C]`` log-probability of each class name; the prediction is the argmax."""
+        return self.scores(suffixes, words).cpu()
+
+    def scores(self, suffixes: list, words: Optional[tuple] = None) -> Tensor:
+        """``[B, C]`` class-name log-probabilities: of the first token where class names' first
+        tokens differ (one pass), else of the whole name (one row per class)."""
         answers = self.template.answer_ids
         if self.template.first_token_unique:
-            hidden = self.hidden_states(suffixes, words)
-            last = torch.tensor([len(s) - 1 for s in suffixes], device=self.device)
-            logits = self.lm_head(hidden[torch.arange(len(suffixes), device=self.device), last]).float()
-            firsts = torch.tensor([a[0] for a in answers], device=self.device)
-            return F.log_softmax(logits, dim=-1)[:, firsts].cpu()
+            return F.log_softmax(self._last_logits(suffixes, words), dim=-1)[:, self._firsts()]
         repeated = [s for s in suffixes for _ in answers]
         if words is not None:  # each row is repeated once per class: so are its replaced positions
             row_index, position, vectors = words
@@ -184,4 +202,4 @@ class GraphWordPredictor:
             row_index = (row_index.repeat_interleave(len(answers)) * len(answers) + copies)
             words = (row_index, position.repeat_interleave(len(answers)), vectors.repeat_interleave(len(answers), 0))
         logprob, _ = self.answer_logprobs(repeated, [a for _ in suffixes for a in answers], words)
-        return logprob.view(len(suffixes), len(answers)).cpu()
+        return logprob.view(len(suffixes), len(answers))

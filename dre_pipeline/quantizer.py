@@ -12,8 +12,8 @@ cosine-similar to what is still unexplained and subtracts that word's embedding:
 :math:`\hat z` is the sum of the LLM's own embeddings of the K words, so it holds
 exactly what the words say and nothing else: the stage-one heads that read it measure
 what the LLM will be able to read. It is passed on with the straight-through estimator
-:math:`z = h + \mathrm{sg}(\hat z - h)`; the commitment loss
-:math:`\lVert h - \mathrm{sg}(\hat z)\rVert^2` pulls the GNN towards sums of words.
+:math:`z = h + \mathrm{sg}(\hat z - h)`; the commitment loss, the mean squared error
+:math:`\frac{1}{Nd}\lVert h - \mathrm{sg}(\hat z)\rVert^2`, pulls the GNN towards sums of words.
 The codebook is never updated.
 
 Shapes: ``h`` is ``[N, d]``; ``codes`` ``[N, K]``; ``residual_norms`` ``[N, K + 1]``.
@@ -39,7 +39,7 @@ class Quantized:
     h: Tensor  # [N, d] the view before quantization
     z: Tensor  # [N, d] straight-through quantized view
     codes: Tensor  # [N, K] code ids, level by level
-    commitment: Tensor  # scalar: ||h - sg(z_hat)||^2, pulls the GNN towards words
+    commitment: Tensor  # scalar: mean squared error of h against sg(z_hat), pulls the GNN towards words
     residual_norms: Tensor  # [N, K + 1]: ||r_0|| .. ||r_K||
 
 

@@ -46,3 +46,15 @@ def test_quick_speed_bench_measures_each_cpu_class(tmp_path):
         assert all(0 <= e["label_head_accuracy"]["test"] <= 1 for e in result["encode"])
     markdown = (out / "RESULTS.md").read_text()
     assert "Stage one's speed per CPU class" in markdown and "capability `AVX2`" in markdown
+
+
+def test_a_joint_pass_that_kept_the_plain_model_has_no_number_of_its_own(tmp_path):
+    from dre_pipeline.bench import accuracy_markdown
+
+    results = [{"row": row, "label": label, "test_accuracy": 0.8, "test_macro_f1": 0.8, "seconds": {"finetune": 1.0},
+                "peak_memory_mb": 1, "inference_nodes_per_second": 1.0, "stage_one_test_accuracy": 0.8,
+                "kept_plain_model": row == "joint"} for row, label in (("dre", "Dr.E (full)"), ("joint", "Dr.E + joint"))]
+    payload = {"results": results, "settings": {"dataset": "toy", "llm_path": None, "ft_epochs": 1},
+               "command": "c", "machine": "m", "date": "d"}
+    joint_line = next(line for line in accuracy_markdown(payload, tmp_path) if line.startswith("| Dr.E + joint"))
+    assert "| kept plain model | – |" in joint_line and "80.00" not in joint_line.split("|")[3]

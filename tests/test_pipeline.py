@@ -3,6 +3,7 @@
 
 import json
 import time
+from dataclasses import replace
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -106,3 +107,38 @@ def test_summary_table_names_every_stage(run):
     cfg, store, artifact = run
     table = summary_table(store, artifact)
     assert all(stage in table for stage in ("codebook", "encode", "finetune", "joint"))
+
+
+@pytest.mark.parametrize("schedule, expected", [
+    ("cosine", [0.0, 0.5, 1.0, 0.5, 0.0]),  # warmup over 2 of 8 steps, then half a cosine
+    ("linear", [0.0, 0.5, 1.0, 0.5, 0.0]),
+    ("constant", [0.0, 0.5, 1.0, 1.0, 1.0]),
+])
+def test_learning_rate_schedule_at_chosen_steps(schedule, expected):
+    model = torch.nn.Linear(2, 2)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1.0)
+    cfg = FinetuneConfig(dataset="synthetic", lr_schedule=schedule, warmup_ratio=0.25)
+    scheduler = finetune.lr_scheduler(optimizer, cfg, total_steps=8)
+    seen = []
+    for step in range(9):
+        seen.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        scheduler.step()
+    assert [round(seen[s], 6) for s in (0, 1, 2, 5, 8)] == expected
+
+
+def test_code_samples_vary_training_prompts_but_never_evaluation(run):
+    cfg, store, artifact = run
+    ws = finetune.prepare(replace(cfg, joint=False, code_samples=3), store, quiet=True)
+    codes = finetune.codes_from_table(pq.read_table(ws.encode.path / "codes.parquet"), cfg.num_views)
+    samples = finetune.sampled_codes(ws, 3, seed=0)
+    assert len(samples) == 3 and all(s.shape == codes.shape for s in samples)
+    assert any((s != codes).any() for s in samples)  # dropout changes some codes
+    words = finetune.StoredWords(ws, codes, samples, seed=0)
+    nodes = np.arange(40)
+    words.eval()
+    evaluation = [words.tokens(nodes)[0] for _ in range(3)]
+    assert evaluation[0] == evaluation[1] == evaluation[2] == finetune.StoredWords(ws, codes).tokens(nodes)[0]
+    words.train()
+    training = [words.tokens(nodes)[0] for _ in range(3)]
+    assert training[0] != training[1] or training[1] != training[2]

@@ -94,3 +94,29 @@ def test_lora_only_on_the_top_layers(tiny_llm):
     model = attach_lora(AutoModelForCausalLM.from_pretrained(tiny_llm), FinetuneConfig(lora_layers=1), False)
     trained = {name.split(".layers.")[1].split(".")[0] for name, p in model.named_parameters() if p.requires_grad}
     assert trained == {"1"}  # of layers 0 and 1
+
+
+def test_class_loss_is_cross_entropy_over_the_scores_prediction_ranks(tiny_llm):
+    tok, model, template = setup(tiny_llm)
+    predictor = GraphWordPredictor(model, template, tok.pad_token_id or 0, trained_layers=1)
+    suffixes = [node_suffix(template, [[1000, 1001], [1002, 1003]])[0],
+                node_suffix(template, [[2000, 2001], [2002, 2003]])[0]]
+    labels = [1, 2]
+    logits_seen = []
+
+    def keep(module, inputs, out):
+        out.retain_grad()
+        logits_seen.append(out)
+
+    hook = predictor.lm_head.register_forward_hook(keep)
+    loss = predictor.loss(suffixes, labels, kind="class")
+    hook.remove()
+    scores = predictor.class_scores(suffixes)
+    assert torch.allclose(loss.detach(), F.cross_entropy(scores, torch.tensor(labels)), atol=1e-5)
+    loss.backward()
+    grad = logits_seen[0].grad  # [B, vocab] at the answer position
+    firsts = [a[0] for a in template.answer_ids]
+    others = torch.ones(grad.size(-1), dtype=torch.bool)
+    others[firsts] = False
+    assert grad[:, firsts].abs().sum() > 0
+    assert grad[:, others].abs().max() == 0  # no word outside the class names is pushed up or down

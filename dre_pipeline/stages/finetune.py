@@ -13,6 +13,7 @@ the only thing that changes between phases:
 """
 
 import json
+import math
 import time
 from dataclasses import dataclass, replace
 from typing import Optional
@@ -84,14 +85,24 @@ def codes_from_table(table: pa.Table, num_views: int) -> np.ndarray:
 
 
 class StoredWords(nn.Module):
-    """The code words stage one wrote, placed by token id; nothing here is trained."""
+    """The code words stage one wrote, placed by token id; nothing here is trained.
 
-    def __init__(self, ws: Workspace, codes: np.ndarray):
+    Args:
+        codes (ndarray): ``[N, T, K]`` the deterministic codes; evaluation always reads these.
+        samples (list): ``[N, T, K]`` arrays of codes from stochastic (dropout-on) GNN passes.
+            In training, each node reads the deterministic codes or one of these, drawn at
+            random per step, so training prompts are as noisy as a GNN's view of an unseen node.
+    """
+
+    def __init__(self, ws: Workspace, codes: np.ndarray, samples: tuple = (), seed: int = 0):
         super().__init__()
         self.ws, self.codes = ws, codes
+        self.variants = np.stack([codes, *samples])  # s n t k
+        self.generator = np.random.default_rng(seed)
 
     def tokens(self, nodes: np.ndarray) -> tuple:
-        suffixes, _ = suffixes_for(self.ws, self.codes[nodes], nodes)
+        variant = self.generator.integers(len(self.variants), size=len(nodes)) if self.training else 0
+        suffixes, _ = suffixes_for(self.ws, self.variants[variant, nodes], nodes)
         return suffixes, None
 
 
@@ -120,6 +131,8 @@ class GraphInTheLoop(nn.Module):
         subset_nodes, edges, centre, _ = k_hop_subgraph(torch.from_numpy(nodes).to(device), len(self.encoder.convs),
                                                         self.edge_index, relabel_nodes=True,
                                                         num_nodes=self.ws.data.num_nodes)
+        # The joint pass picks codes as evaluation does (no dropout), so training reads what prediction reads.
+        self.encoder.train(self.training and self.soft)
         views = self.encoder(self.x[subset_nodes], edges)
         codes = torch.stack([v.codes[centre] for v in views], dim=1)  # b t k
         suffixes, positions = suffixes_for(self.ws, codes.cpu().numpy(), nodes)
@@ -142,15 +155,31 @@ class GraphInTheLoop(nn.Module):
         return torch.stack([v.codes for v in self.encoder(self.x, self.edge_index)], dim=1).cpu().numpy()
 
 
+def stage_one_model(ws: Workspace) -> nn.Module:
+    """The GNN stage one trained, as it was saved."""
+    model = encode_stage.build_model(subset(ws.cfg, EncodeConfig), ws.data, ws.codebook)
+    model.load_state_dict(torch.load(ws.encode.path / "gnn.pt", weights_only=True)["state_dict"])
+    return model
+
+
 def graph_in_the_loop(ws: Workspace, predictor: GraphWordPredictor, soft: bool,
                       gnn_state: Optional[dict] = None) -> GraphInTheLoop:
     """Build the GNN-in-the-loop module from the stage-one GNN (or a saved state of this module)."""
-    stage_one = encode_stage.build_model(subset(ws.cfg, EncodeConfig), ws.data, ws.codebook)
-    stage_one.load_state_dict(torch.load(ws.encode.path / "gnn.pt")["state_dict"])
-    module = GraphInTheLoop(ws, stage_one.encoder, ws.codebook.vectors.to(predictor.embed.weight.dtype), soft)
+    module = GraphInTheLoop(ws, stage_one_model(ws).encoder, ws.codebook.vectors.to(predictor.embed.weight.dtype), soft)
     if gnn_state is not None:
         module.load_state_dict(gnn_state)
     return module.to(predictor.device)
+
+
+def sampled_codes(ws: Workspace, samples: int, seed: int) -> list:
+    """``samples`` code arrays ``[N, T, K]`` from the stage-one GNN with dropout on (training-time noise)."""
+    if not samples:
+        return []
+    model = stage_one_model(ws).train()
+    torch.manual_seed(seed)
+    with torch.no_grad():
+        return [torch.stack([v.codes for v in model.encoder(ws.data.x, ws.data.edge_index)], dim=1).numpy()
+                for _ in range(samples)]
 
 
 def score(predictor: GraphWordPredictor, node_tokens: nn.Module, ws: Workspace, nodes: np.ndarray,
@@ -211,9 +240,11 @@ def train(predictor: GraphWordPredictor, node_tokens: nn.Module, ws: Workspace, 
     if gnn_params:
         groups.append({"params": gnn_params, "lr": cfg.gnn_lr})
     optimizer = torch.optim.AdamW(groups, weight_decay=cfg.ft_weight_decay)
+    train_nodes = np.flatnonzero(ws.split == 0)
+    scheduler = lr_scheduler(optimizer, cfg, epochs * math.ceil(len(train_nodes) / cfg.batch_size))
     stopper = EarlyStopping(cfg.ft_patience, lambda: (lora_state(model), {
         k: v.detach().clone() for k, v in node_tokens.state_dict().items()}))
-    train_nodes, labels = np.flatnonzero(ws.split == 0), ws.data.y.numpy()
+    labels = ws.data.y.numpy()
     generator = np.random.default_rng(seed)
     history, step, trained_tokens, gnn_grad_norms = [], 0, 0, []
 
@@ -238,13 +269,16 @@ def train(predictor: GraphWordPredictor, node_tokens: nn.Module, ws: Workspace, 
             model.train()
             node_tokens.train()
             suffixes, words = node_tokens.tokens(batch)
-            loss = predictor.loss(suffixes, labels[batch].tolist(), words)
+            loss = predictor.loss(suffixes, labels[batch].tolist(), words, kind=cfg.ft_loss)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if gnn_params:
                 gnn_grad_norms.append(float(torch.norm(torch.stack(
                     [p.grad.norm() for p in gnn_params if p.grad is not None]))))
+            if cfg.max_grad_norm:
+                torch.nn.utils.clip_grad_norm_([p for group in groups for p in group["params"]], cfg.max_grad_norm)
             optimizer.step()
+            scheduler.step()
             losses.append(loss.item())
             trained_tokens += len(ws.template.prefix_ids) + sum(map(len, suffixes))
             step += 1
@@ -273,6 +307,15 @@ def train(predictor: GraphWordPredictor, node_tokens: nn.Module, ws: Workspace, 
     if gnn_grad_norms:
         metrics["gnn_grad_norm_mean"] = float(np.mean(gnn_grad_norms))
     return metrics
+
+
+def lr_scheduler(optimizer, cfg: FinetuneConfig, total_steps: int):
+    """Linear warmup over ``warmup_ratio`` of the steps, then constant, linear or cosine decay to 0."""
+    from transformers import get_scheduler
+
+    name = "constant_with_warmup" if cfg.lr_schedule == "constant" else cfg.lr_schedule
+    return get_scheduler(name, optimizer, num_warmup_steps=round(cfg.warmup_ratio * total_steps),
+                         num_training_steps=total_steps)
 
 
 def train_batches(nodes: np.ndarray, batch_size: int, generator: np.random.Generator):
@@ -318,7 +361,8 @@ def run(cfg: FinetuneConfig, store: Store, force: bool = False, quiet: bool = Fa
         metrics["joint"] = {**joint, **reports}
     else:
         soft = cfg.node_tokens == "soft"
-        node_tokens = graph_in_the_loop(ws, predictor, soft=True) if soft else StoredWords(ws, codes)
+        node_tokens = (graph_in_the_loop(ws, predictor, soft=True) if soft
+                       else StoredWords(ws, codes, sampled_codes(ws, cfg.code_samples, cfg.seed), cfg.seed))
         metrics = {"finetune": train(predictor, node_tokens, ws, cfg.ft_epochs, cfg.seed, quiet, "finetune")}
         nodes, scores, reports = evaluate(predictor, node_tokens, ws, quiet)
         metrics["finetune"].update(reports, scoring="first-token" if ws.template.first_token_unique else "sequence")
