@@ -13,8 +13,8 @@ from torch import nn
 from torch_geometric.nn import GCNConv, SAGEConv
 
 from .data import GraphData
-from .evaluation import classification_report
-from .runtime import EarlyStopping, seed_everything
+from .evaluation import classification_report, split_accuracy
+from .runtime import EarlyStopping, seed_everything, snapshot
 
 LAYERS = {"gcn": GCNConv, "sage": SAGEConv}
 
@@ -39,8 +39,8 @@ def train_gnn(kind: str, data: GraphData, split: np.ndarray, seed: int, epochs: 
     model = TwoLayerGNN(kind, data.x.size(1), 256, data.num_classes)
     optimizer = torch.optim.Adam(model.parameters(), lr=0.01, weight_decay=5e-4)
     split_t = torch.from_numpy(split)
-    train, val = split_t == 0, split_t == 1
-    stopper = EarlyStopping(patience, lambda: {k: v.clone() for k, v in model.state_dict().items()})
+    train = split_t == 0
+    stopper = EarlyStopping(patience, lambda: snapshot(model.state_dict()))
     started = time.time()
     for _ in range(epochs):
         model.train()
@@ -51,7 +51,7 @@ def train_gnn(kind: str, data: GraphData, split: np.ndarray, seed: int, epochs: 
         model.eval()
         with torch.no_grad():
             pred = model(data.x, data.edge_index).argmax(1)
-        stopper.update(float((pred[val] == data.y[val]).float().mean()))
+        stopper.update(split_accuracy(pred, data.y, split_t)["val"])
         if stopper.stop:
             break
     train_seconds = time.time() - started

@@ -9,7 +9,6 @@ stages and the normal artifact store, so a rerun reuses what is cached. Results 
 
 import json
 import os
-import platform
 import resource
 import statistics
 import time

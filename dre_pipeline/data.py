@@ -28,6 +28,11 @@ from torch_geometric.utils import remove_self_loops, to_undirected
 from .errors import InputError
 
 SPLIT_NAMES = ("train", "val", "test")
+
+
+def split_names(split: np.ndarray) -> list:
+    """Each node's part by name; -1 (in no part) is "unused"."""
+    return np.asarray(SPLIT_NAMES + ("unused",), dtype=object)[split].tolist()
 DATASETS = ("cora", "citeseer", "pubmed", "ogbn-arxiv", "synthetic")
 
 DATA_DIR_ENV = "DRE_DATA_DIR"

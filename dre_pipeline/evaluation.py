@@ -1,6 +1,14 @@
 """Accuracy, macro-F1 and the confusion matrix, from predicted and true class ids."""
 
 import numpy as np
+import torch
+
+from .data import SPLIT_NAMES
+
+
+def split_accuracy(pred: torch.Tensor, y: torch.Tensor, split: torch.Tensor) -> dict:
+    """Accuracy of ``pred`` against ``y`` on each part of the split, by name."""
+    return {name: float((pred[split == i] == y[split == i]).float().mean()) for i, name in enumerate(SPLIT_NAMES)}
 
 
 def classification_report(pred: np.ndarray, true: np.ndarray, num_classes: int) -> dict:

@@ -168,3 +168,17 @@ def build_tiny_llama(folder: Path, seed: int = 0) -> Path:
     LlamaForCausalLM(config).save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return folder
+
+
+def attach_lora(model, cfg, quantized: bool):
+    """PEFT LoRA on ``cfg.lora_targets`` of the top ``cfg.lora_layers`` decoder layers (0 = all)."""
+    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+
+    if quantized:
+        model = prepare_model_for_kbit_training(model)
+    depth = model.config.num_hidden_layers
+    top = list(range(depth - cfg.lora_layers, depth)) if 0 < cfg.lora_layers < depth else None
+    lora = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
+                      target_modules=[m.strip() for m in cfg.lora_targets.split(",") if m.strip()],
+                      layers_to_transform=top, task_type="CAUSAL_LM")
+    return get_peft_model(model, lora)

@@ -23,7 +23,7 @@ from matplotlib.ticker import MaxNLocator
 from .artifacts import Artifact, Store
 from .config import FinetuneConfig
 from .errors import InputError
-from .stages import finetune as finetune_stage
+from .stages import workspace
 from .stages import predict as predict_stage
 
 TOP_WORDS = 10
@@ -259,7 +259,7 @@ def write_report(cfg: FinetuneConfig, store: Store, out: Path, explain_nodes: in
     """Render the report of the fine-tuned model these settings name (never trains); return index.html."""
     if explain_nodes < 0:
         raise InputError(f"--explain-nodes must be 0 or more, got {explain_nodes}")
-    ws = finetune_stage.prepare(cfg, store, quiet, cached_only=True)
+    ws = workspace.prepare(cfg, store, quiet, cached_only=True)
     finetune = store.find("finetune", ws.key)
     if finetune is None:
         raise InputError("no fine-tuned model for these settings: run `dre-pipeline finetune` with the same options first")

@@ -97,6 +97,11 @@ def setup_logging(quiet: bool) -> None:
         hf_logging.disable_progress_bar()
 
 
+def snapshot(state: dict) -> dict:
+    """Detached copies of a state dict's tensors: what early stopping restores."""
+    return {name: value.detach().clone() for name, value in state.items()}
+
+
 class EarlyStopping:
     """Keep a snapshot of the best evaluation so far; say when patience has run out.
 

@@ -22,7 +22,7 @@ from .errors import InputError
 from .llm import embedded_gguf, resolve_llm
 from .stages import codebook as codebook_stage
 from .stages import encode as encode_stage
-from .stages import finetune as finetune_stage
+from .stages import workspace
 
 STAGES = ("llm", "codebook", "encode", "finetune")  # upstream first: a key depends on those before it
 LEFTOVER_PREFIXES = (".tmp-", ".old-")  # what an interrupted Store.writing leaves behind
@@ -100,7 +100,7 @@ def current_keys(cfg: FinetuneConfig, store: Store) -> Current:
         codebook = codebook_stage.run(subset(cfg, CodebookConfig), store, cached_only=True)
         keys["codebook"] = codebook.key
         keys["encode"] = encode_stage.encode_key(cfg, codebook, data)
-        keys["finetune"] = finetune_stage.prepare(cfg, store, quiet=True, cached_only=True).key
+        keys["finetune"] = workspace.prepare(cfg, store, quiet=True, cached_only=True).key
     except InputError as error:
         return Current(keys, True, str(error))
     return Current(keys, True)

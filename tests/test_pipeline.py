@@ -12,7 +12,7 @@ import torch
 
 from dre_pipeline.artifacts import Store
 from dre_pipeline.config import EncodeConfig, FinetuneConfig, subset
-from dre_pipeline.stages import encode, finetune, predict
+from dre_pipeline.stages import encode, finetune, node_tokens, predict, training, workspace
 
 SETTINGS = dict(dataset="synthetic", epochs=30, patience=30, ft_epochs=2, batch_size=8, joint=True, lora_layers=1)
 
@@ -118,7 +118,7 @@ def test_learning_rate_schedule_at_chosen_steps(schedule, expected):
     model = torch.nn.Linear(2, 2)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1.0)
     cfg = FinetuneConfig(dataset="synthetic", lr_schedule=schedule, warmup_ratio=0.25)
-    scheduler = finetune.lr_scheduler(optimizer, cfg, total_steps=8)
+    scheduler = training.lr_scheduler(optimizer, cfg, total_steps=8)
     seen = []
     for step in range(9):
         seen.append(optimizer.param_groups[0]["lr"])
@@ -129,16 +129,16 @@ def test_learning_rate_schedule_at_chosen_steps(schedule, expected):
 
 def test_code_samples_vary_training_prompts_but_never_evaluation(run):
     cfg, store, artifact = run
-    ws = finetune.prepare(replace(cfg, joint=False, code_samples=3), store, quiet=True)
-    codes = finetune.codes_from_table(pq.read_table(ws.encode.path / "codes.parquet"), cfg.num_views)
-    samples = finetune.sampled_codes(ws, 3, seed=0)
+    ws = workspace.prepare(replace(cfg, joint=False, code_samples=3), store, quiet=True)
+    codes = workspace.codes_from_table(pq.read_table(ws.encode.path / "codes.parquet"), cfg.num_views)
+    samples = node_tokens.sampled_codes(ws, 3, seed=0)
     assert len(samples) == 3 and all(s.shape == codes.shape for s in samples)
     assert any((s != codes).any() for s in samples)  # dropout changes some codes
-    words = finetune.StoredWords(ws, codes, samples, seed=0)
+    words = node_tokens.StoredWords(ws, codes, samples, seed=0)
     nodes = np.arange(40)
     words.eval()
     evaluation = [words.tokens(nodes)[0] for _ in range(3)]
-    assert evaluation[0] == evaluation[1] == evaluation[2] == finetune.StoredWords(ws, codes).tokens(nodes)[0]
+    assert evaluation[0] == evaluation[1] == evaluation[2] == node_tokens.StoredWords(ws, codes).tokens(nodes)[0]
     words.train()
     training = [words.tokens(nodes)[0] for _ in range(3)]
     assert training[0] != training[1] or training[1] != training[2]

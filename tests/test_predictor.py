@@ -89,7 +89,7 @@ def test_replaced_embeddings_are_used_in_both_scoring_modes(tiny_llm):
 
 def test_lora_only_on_the_top_layers(tiny_llm):
     from dre_pipeline.config import FinetuneConfig
-    from dre_pipeline.stages.finetune import attach_lora
+    from dre_pipeline.llm import attach_lora
 
     model = attach_lora(AutoModelForCausalLM.from_pretrained(tiny_llm), FinetuneConfig(lora_layers=1), False)
     trained = {name.split(".layers.")[1].split(".")[0] for name, p in model.named_parameters() if p.requires_grad}

@@ -5,7 +5,6 @@ evaluate the label head on validation, keep the best state, stop early. Then eve
 ``codes.parquet`` and the run's history to ``metrics.json``.
 """
 
-import copy
 import math
 import time
 
@@ -18,10 +17,11 @@ from .. import losses
 from ..artifacts import Artifact, Store, artifact_key, write_json
 from ..codebook import Codebook
 from ..config import CodebookConfig, EncodeConfig, key_fields, subset
-from ..data import SPLIT_NAMES, GraphData, load_dataset, make_split
+from ..data import GraphData, load_dataset, make_split, split_names
 from ..gnn import MultiViewSAGE, StageOneModel
 from ..quantizer import perplexity
-from ..runtime import EarlyStopping, log, progress, seed_everything
+from ..evaluation import split_accuracy
+from ..runtime import EarlyStopping, log, progress, seed_everything, snapshot
 from . import codebook as codebook_stage
 
 
@@ -40,11 +40,6 @@ def build_model(cfg: EncodeConfig, data: GraphData, codebook: Codebook) -> Stage
     encoder = MultiViewSAGE(data.x.size(1), codebook.vectors, cfg.num_views, cfg.codes_per_view, cfg.dropout,
                             cfg.inter_residual, cfg.word_scale)
     return StageOneModel(encoder, data.x.size(1), data.num_classes)
-
-
-def accuracies(logits: torch.Tensor, y: torch.Tensor, split: torch.Tensor) -> dict:
-    pred = logits.argmax(-1)
-    return {name: float((pred[split == i] == y[split == i]).float().mean()) for i, name in enumerate(SPLIT_NAMES)}
 
 
 def run(cfg: EncodeConfig, store: Store, force: bool = False, quiet: bool = False,
@@ -66,7 +61,7 @@ def run(cfg: EncodeConfig, store: Store, force: bool = False, quiet: bool = Fals
 
     history, losses_since_eval = [], []
     # Patience is in epochs; the stopper counts evaluations.
-    stopper = EarlyStopping(math.ceil(cfg.patience / cfg.eval_epochs), lambda: copy.deepcopy(model.state_dict()))
+    stopper = EarlyStopping(math.ceil(cfg.patience / cfg.eval_epochs), lambda: snapshot(model.state_dict()))
     started = time.time()
     bar = progress(range(cfg.epochs), quiet=quiet, desc="encode epoch")
     for epoch in bar:
@@ -90,7 +85,7 @@ def run(cfg: EncodeConfig, store: Store, force: bool = False, quiet: bool = Fals
         model.eval()
         with torch.no_grad():
             views, logits, _, _ = model(x, edge_index)
-        acc = accuracies(logits, y, split)
+        acc = split_accuracy(logits.argmax(-1), y, split)
         mean_losses = {k: float(np.mean([step[k] for step in losses_since_eval])) for k in losses_since_eval[0]}
         losses_since_eval = []
         history.append({"epoch": epoch + 1, **mean_losses, "accuracy": acc,
@@ -105,7 +100,7 @@ def run(cfg: EncodeConfig, store: Store, force: bool = False, quiet: bool = Fals
     model.eval()
     with torch.no_grad():
         views, logits, _, _ = model(x, edge_index)
-    acc = accuracies(logits, y, split)
+    acc = split_accuracy(logits.argmax(-1), y, split)
     codes = [v.codes.numpy() for v in views]
     shrink = torch.stack([v.residual_norms for v in views]).mean(dim=(0, 1))  # per level, over views and nodes
     metrics = {
@@ -135,8 +130,7 @@ def run(cfg: EncodeConfig, store: Store, force: bool = False, quiet: bool = Fals
 def codes_table(data: GraphData, split: np.ndarray, codes: list, codebook: Codebook) -> pa.Table:
     """node_id, split, label, and per view t: ``view{t}_codes`` (code ids) and ``view{t}_words``."""
     words = np.asarray(codebook.words, dtype=object)
-    split_names = np.asarray(SPLIT_NAMES + ("unused",), dtype=object)[split]  # -1 → "unused"
-    columns = {"node_id": data.node_ids, "split": split_names.tolist(), "label": data.y.numpy()}
+    columns = {"node_id": data.node_ids, "split": split_names(split), "label": data.y.numpy()}
     for t, view in enumerate(codes, start=1):
         columns[f"view{t}_codes"] = pa.array(list(view.astype(np.int32)), type=pa.list_(pa.int32()))
         columns[f"view{t}_words"] = pa.array([list(w) for w in words[view]], type=pa.list_(pa.string()))

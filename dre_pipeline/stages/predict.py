@@ -6,11 +6,14 @@ import torch
 
 from ..artifacts import Store
 from ..config import FinetuneConfig
+from ..data import split_names
 from ..errors import InputError
 from ..llm import load_model, resolve_device, resolve_llm
 from ..predictor import GraphWordPredictor
 from ..prompts import render
-from .finetune import StoredWords, codes_from_table, graph_in_the_loop, prepare, score
+from .node_tokens import StoredWords, graph_in_the_loop
+from .training import score
+from .workspace import codes_from_table, prepare
 
 
 def run(cfg: FinetuneConfig, store: Store, node_ids: list, device: str = "auto", quiet: bool = False) -> list:
@@ -32,7 +35,7 @@ def run(cfg: FinetuneConfig, store: Store, node_ids: list, device: str = "auto",
                                       found.path / "adapter")
     predictor = GraphWordPredictor(model, ws.template, ws.tokenizer.pad_token_id, ws.cfg.lora_layers)
     if cfg.node_tokens == "soft":
-        node_tokens = graph_in_the_loop(ws, predictor, soft=True, gnn_state=torch.load(found.path / "graph_in_the_loop.pt"))
+        node_tokens = graph_in_the_loop(ws, predictor, soft=True, gnn_state=torch.load(found.path / "graph_in_the_loop.pt", weights_only=True))
         codes = node_tokens.all_codes()  # the soft tokens' slots; shown as the nearest words
     else:  # after --joint these are the codes of the jointly trained GNN
         codes = codes_from_table(pq.read_table(found.path / "codes.parquet"), cfg.num_views)
@@ -41,10 +44,10 @@ def run(cfg: FinetuneConfig, store: Store, node_ids: list, device: str = "auto",
     node_tokens.eval()
     with torch.no_grad():
         suffixes, _ = node_tokens.tokens(nodes)
-    names, split_names = ws.data.class_names, ("train", "val", "test")
+    names, parts = ws.data.class_names, split_names(ws.split[nodes])
     return [{
         "node_id": int(ws.data.node_ids[i]),
-        "split": split_names[ws.split[i]] if ws.split[i] >= 0 else "unused",
+        "split": part,
         "label": names[int(ws.data.y[i])],
         "prediction": names[int(row.argmax())],
         "correct": int(row.argmax()) == int(ws.data.y[i]),
@@ -52,4 +55,4 @@ def run(cfg: FinetuneConfig, store: Store, node_ids: list, device: str = "auto",
         "words": [[ws.codebook.words[c] for c in view] for view in codes[i]],
         "text": ws.data.text[i] if ws.data.text is not None else None,
         "prompt": render(ws.tokenizer, ws.template, suffix),
-    } for i, row, suffix in zip(nodes, scores, suffixes)]
+    } for i, part, row, suffix in zip(nodes, parts, scores, suffixes)]

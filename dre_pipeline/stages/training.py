@@ -1,0 +1,142 @@
+"""Stage two's training loop (nanoGPT-style, one loop read top to bottom) and its scoring.
+
+:func:`train`: shuffle the training nodes, batch, loss, backward, clip, step, schedule;
+score validation every ``eval_every`` steps or each epoch, keep the best state, stop early.
+:func:`score` / :func:`evaluate` rank the class names for given nodes (predict uses them too).
+"""
+
+import math
+import time
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..config import FinetuneConfig
+from ..data import SPLIT_NAMES
+from ..evaluation import classification_report
+from ..predictor import GraphWordPredictor
+from ..runtime import EarlyStopping, log, progress, snapshot
+from .workspace import Workspace
+
+EVAL_BATCH = 32
+
+
+def score(predictor: GraphWordPredictor, node_tokens: nn.Module, ws: Workspace, nodes: np.ndarray,
+          quiet: bool) -> torch.Tensor:
+    """``[n, C]`` class log-probabilities for ``nodes``, batched by prompt length."""
+    order = np.argsort([len(ws.text_ids[i]) for i in nodes], kind="stable")  # the rest is T*K words for all
+    scores = torch.empty(len(nodes), len(ws.data.class_names))
+    predictor.model.eval()
+    node_tokens.eval()
+    with torch.no_grad():
+        for start in progress(range(0, len(order), EVAL_BATCH), quiet=quiet, desc="score"):
+            batch = order[start: start + EVAL_BATCH]
+            suffixes, words = node_tokens.tokens(nodes[batch])
+            scores[batch] = predictor.class_scores(suffixes, words)
+    return scores
+
+def evaluate(predictor, node_tokens: nn.Module, ws: Workspace, quiet: bool, parts=("val", "test")) -> tuple:
+    """Scores of the nodes of ``parts`` and a report per part (early stopping asks for val only)."""
+    wanted = [SPLIT_NAMES.index(p) for p in parts]
+    nodes = np.flatnonzero(np.isin(ws.split, wanted))
+    started = time.time()
+    scores = score(predictor, node_tokens, ws, nodes, quiet)
+    pred, true, part = scores.argmax(1).numpy(), ws.data.y.numpy()[nodes], ws.split[nodes]
+    reports = {SPLIT_NAMES[i]: classification_report(pred[part == i], true[part == i], len(ws.data.class_names))
+               for i in wanted}
+    reports["inference_nodes_per_second"] = round(len(nodes) / max(time.time() - started, 1e-9), 2)
+    return nodes, scores, reports
+
+def train(predictor: GraphWordPredictor, node_tokens: nn.Module, ws: Workspace, epochs: int, seed: int,
+          quiet: bool, phase: str, keep_start: bool = False) -> dict:
+    """The training loop; returns its metrics and leaves the best state (LoRA + node tokens) loaded.
+
+    ``keep_start``: the starting state competes too, so training that does not beat it on
+    validation leaves the model as it was (the joint pass starts from a validated model).
+    """
+    cfg, model = ws.cfg, predictor.model
+    groups = [{"params": [p for p in model.parameters() if p.requires_grad], "lr": cfg.llm_lr}]
+    gnn_params = [p for p in node_tokens.parameters() if p.requires_grad]
+    if gnn_params:
+        groups.append({"params": gnn_params, "lr": cfg.gnn_lr})
+    optimizer = torch.optim.AdamW(groups, weight_decay=cfg.ft_weight_decay)
+    train_nodes = np.flatnonzero(ws.split == 0)
+    scheduler = lr_scheduler(optimizer, cfg, epochs * math.ceil(len(train_nodes) / cfg.batch_size))
+    stopper = EarlyStopping(cfg.ft_patience, lambda: (
+        snapshot({k: v for k, v in model.named_parameters() if v.requires_grad}), snapshot(node_tokens.state_dict())))
+    labels = ws.data.y.numpy()
+    generator = np.random.default_rng(seed)
+    history, step, trained_tokens, gnn_grad_norms = [], 0, 0, []
+
+    def checkpoint(epoch: int, losses: list, seconds: float) -> None:
+        _, _, reports = evaluate(predictor, node_tokens, ws, quiet, parts=("val",))
+        history.append({"epoch": epoch + 1, "step": step, "train_loss": float(np.mean(losses)),
+                        "val_accuracy": reports["val"]["accuracy"], "val_macro_f1": reports["val"]["macro_f1"],
+                        "seconds": round(seconds, 2)})
+        stopper.update(reports["val"]["accuracy"])
+        log.info("%s: epoch %d step %d loss %.4f val accuracy %.4f", phase, epoch + 1, step,
+                 history[-1]["train_loss"], history[-1]["val_accuracy"])
+
+    start_accuracy = None
+    if keep_start:
+        start_accuracy = evaluate(predictor, node_tokens, ws, quiet, parts=("val",))[2]["val"]["accuracy"]
+        stopper.update(start_accuracy)
+    started = time.time()
+    for epoch in range(epochs):
+        epoch_start, losses = time.time(), []
+        for batch in progress(train_batches(train_nodes, cfg.batch_size, generator), quiet=quiet,
+                              desc=f"{phase} epoch {epoch + 1}"):
+            model.train()
+            node_tokens.train()
+            suffixes, words = node_tokens.tokens(batch)
+            loss = predictor.loss(suffixes, labels[batch].tolist(), words, kind=cfg.ft_loss)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if gnn_params:
+                gnn_grad_norms.append(float(torch.norm(torch.stack(
+                    [p.grad.norm() for p in gnn_params if p.grad is not None]))))
+            if cfg.max_grad_norm:
+                torch.nn.utils.clip_grad_norm_([p for group in groups for p in group["params"]], cfg.max_grad_norm)
+            optimizer.step()
+            scheduler.step()
+            losses.append(loss.item())
+            trained_tokens += len(ws.template.prefix_ids) + sum(map(len, suffixes))
+            step += 1
+            if cfg.eval_every and step % cfg.eval_every == 0:
+                checkpoint(epoch, losses, time.time() - epoch_start)
+                if stopper.stop:
+                    break
+        if stopper.stop:
+            break
+        if not cfg.eval_every or step % cfg.eval_every:  # every epoch ends evaluated
+            checkpoint(epoch, losses, time.time() - epoch_start)
+        if stopper.stop:
+            break
+    train_seconds = time.time() - started
+    lora, tokens_state = stopper.best_state
+    model.load_state_dict(lora, strict=False)
+    node_tokens.load_state_dict(tokens_state)
+    metrics = {"history": history, "train_seconds": round(train_seconds, 2), "steps": step,
+               "trained_tokens_per_second": round(trained_tokens / max(train_seconds, 1e-9), 1)}
+    if keep_start:
+        metrics["val_accuracy_at_start"] = start_accuracy
+        metrics["kept_start"] = not any(h["val_accuracy"] > start_accuracy for h in history)
+        if metrics["kept_start"]:
+            log.info("%s: no evaluation beat the starting validation accuracy %.4f; the starting state is kept",
+                     phase, start_accuracy)
+    if gnn_grad_norms:
+        metrics["gnn_grad_norm_mean"] = float(np.mean(gnn_grad_norms))
+    return metrics
+
+def lr_scheduler(optimizer, cfg: FinetuneConfig, total_steps: int):
+    """Linear warmup over ``warmup_ratio`` of the steps, then constant, linear or cosine decay to 0."""
+    from transformers import get_scheduler
+
+    name = "constant_with_warmup" if cfg.lr_schedule == "constant" else cfg.lr_schedule
+    return get_scheduler(name, optimizer, num_warmup_steps=round(cfg.warmup_ratio * total_steps),
+                         num_training_steps=total_steps)
+
+def train_batches(nodes: np.ndarray, batch_size: int, generator: np.random.Generator):
+    shuffled = generator.permutation(nodes)
+    return [shuffled[i: i + batch_size] for i in range(0, len(shuffled), batch_size)]

@@ -1,0 +1,65 @@
+"""What stage two reads, resolved from the config: the stage-one artifact, graph, split,
+codebook, tokenizer, prompt template and the artifact key (finetune, predict, report, status)."""
+
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+import torch
+from torch import nn
+
+from ..artifacts import Artifact, Store, artifact_key
+from ..codebook import Codebook
+from ..config import EncodeConfig, FinetuneConfig, key_fields, subset
+from ..data import GraphData
+from ..llm import load_tokenizer, resolve_llm
+from ..prompts import PromptTemplate, build_template, node_suffix
+from ..runtime import log
+from . import encode as encode_stage
+
+
+@dataclass
+class Workspace:
+    """Everything stage two reads, resolved from the config (shared by finetune and predict)."""
+
+    cfg: FinetuneConfig
+    encode: Artifact
+    data: GraphData
+    split: np.ndarray
+    codebook: Codebook
+    tokenizer: object
+    template: PromptTemplate
+    text_ids: list  # per node: its truncated text tokens (empty without --use-text)
+    key: str
+
+def prepare(cfg: FinetuneConfig, store: Store, quiet: bool = False, cached_only: bool = False) -> Workspace:
+    encode = encode_stage.run(subset(cfg, EncodeConfig), store, quiet=quiet, cached_only=cached_only)
+    llm = resolve_llm(cfg.llm_path, store)
+    data, split = encode_stage.load_graph(cfg, store)
+    codebook = Codebook.load(store.root / "codebook" / encode.manifest["codebook"])
+    tokenizer = load_tokenizer(llm)
+    use_text = cfg.use_text and data.text is not None
+    if cfg.use_text and not use_text:
+        log.warning("--use-text: %s has no text column; prompts hold graph words only", data.name)
+    template = build_template(tokenizer, data.class_names, cfg.num_views, use_text)
+    text_ids = ([tokenizer(t, add_special_tokens=False).input_ids[: cfg.max_text_tokens] for t in data.text]
+                if use_text else [[] for _ in range(data.num_nodes)])
+    own = key_fields(cfg, exclude=tuple(EncodeConfig.__dataclass_fields__))
+    key = artifact_key({"settings": own, "encode": encode.key, "llm": llm.identity})
+    return Workspace(cfg, encode, data, split, codebook, tokenizer, template, text_ids, key)
+
+def suffixes_for(ws: Workspace, node_codes: np.ndarray, nodes) -> tuple:
+    """Prompt suffixes and code positions for ``nodes``; ``node_codes`` is their ``[n, T, K]`` code ids."""
+    token_ids = ws.codebook.token_ids[node_codes]  # n t k
+    built = [node_suffix(ws.template, views, ws.text_ids[i]) for i, views in zip(nodes, token_ids)]
+    return [ids for ids, _ in built], [pos for _, pos in built]
+
+def codes_from_table(table: pa.Table, num_views: int) -> np.ndarray:
+    return np.stack([np.stack(table[f"view{t}_codes"].to_numpy(zero_copy_only=False))
+                     for t in range(1, num_views + 1)], axis=1)
+
+def stage_one_model(ws: Workspace) -> nn.Module:
+    """The GNN stage one trained, as it was saved."""
+    model = encode_stage.build_model(subset(ws.cfg, EncodeConfig), ws.data, ws.codebook)
+    model.load_state_dict(torch.load(ws.encode.path / "gnn.pt", weights_only=True)["state_dict"])
+    return model
