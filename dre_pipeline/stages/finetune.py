@@ -74,6 +74,7 @@ def run(cfg: FinetuneConfig, store: Store, force: bool = False, quiet: bool = Fa
     gnn_state = node_tokens.state_dict() if isinstance(node_tokens, GraphInTheLoop) else None
     return _write(store, ws, model, codes, nodes, scores, metrics, gnn_state, llm)
 
+
 def predictions_table(ws: Workspace, nodes: np.ndarray, scores: torch.Tensor) -> pa.Table:
     names = np.asarray(ws.data.class_names, dtype=object)
     pred = scores.argmax(1).numpy()
@@ -86,6 +87,7 @@ def predictions_table(ws: Workspace, nodes: np.ndarray, scores: torch.Tensor) ->
         "prediction_name": names[pred].tolist(),
         "scores": pa.array(list(scores.numpy().astype(np.float32)), type=pa.list_(pa.float32())),
     })
+
 
 def _write(store: Store, ws: Workspace, model, codes: np.ndarray, nodes: np.ndarray, scores: torch.Tensor,
            metrics: dict, gnn_state, llm) -> Artifact:

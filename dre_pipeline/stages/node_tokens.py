@@ -44,6 +44,7 @@ class StoredWords(nn.Module):
         suffixes, _ = suffixes_for(self.ws, self.variants[variant, nodes], nodes)
         return suffixes, None
 
+
 class GraphInTheLoop(nn.Module):
     """The stage-one GNN inside each step, run on the nodes' T-hop subgraph (exact for them).
 
@@ -92,6 +93,7 @@ class GraphInTheLoop(nn.Module):
         self.encoder.eval()
         return torch.stack([v.codes for v in self.encoder(self.x, self.edge_index)], dim=1).cpu().numpy()
 
+
 def graph_in_the_loop(ws: Workspace, predictor: GraphWordPredictor, soft: bool,
                       gnn_state: Optional[dict] = None) -> GraphInTheLoop:
     """Build the GNN-in-the-loop module from the stage-one GNN (or a saved state of this module)."""
@@ -99,6 +101,7 @@ def graph_in_the_loop(ws: Workspace, predictor: GraphWordPredictor, soft: bool,
     if gnn_state is not None:
         module.load_state_dict(gnn_state)
     return module.to(predictor.device)
+
 
 def sampled_codes(ws: Workspace, samples: int, seed: int) -> list:
     """``samples`` code arrays ``[N, T, K]`` from the stage-one GNN with dropout on (training-time noise)."""

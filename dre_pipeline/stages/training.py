@@ -19,6 +19,7 @@ from ..predictor import GraphWordPredictor
 from ..runtime import EarlyStopping, log, progress, snapshot
 from .workspace import Workspace
 
+
 EVAL_BATCH = 32
 
 
@@ -36,6 +37,7 @@ def score(predictor: GraphWordPredictor, node_tokens: nn.Module, ws: Workspace, 
             scores[batch] = predictor.class_scores(suffixes, words)
     return scores
 
+
 def evaluate(predictor, node_tokens: nn.Module, ws: Workspace, quiet: bool, parts=("val", "test")) -> tuple:
     """Scores of the nodes of ``parts`` and a report per part (early stopping asks for val only)."""
     wanted = [SPLIT_NAMES.index(p) for p in parts]
@@ -47,6 +49,7 @@ def evaluate(predictor, node_tokens: nn.Module, ws: Workspace, quiet: bool, part
                for i in wanted}
     reports["inference_nodes_per_second"] = round(len(nodes) / max(time.time() - started, 1e-9), 2)
     return nodes, scores, reports
+
 
 def train(predictor: GraphWordPredictor, node_tokens: nn.Module, ws: Workspace, epochs: int, seed: int,
           quiet: bool, phase: str, keep_start: bool = False) -> dict:
@@ -129,6 +132,7 @@ def train(predictor: GraphWordPredictor, node_tokens: nn.Module, ws: Workspace, 
         metrics["gnn_grad_norm_mean"] = float(np.mean(gnn_grad_norms))
     return metrics
 
+
 def lr_scheduler(optimizer, cfg: FinetuneConfig, total_steps: int):
     """Linear warmup over ``warmup_ratio`` of the steps, then constant, linear or cosine decay to 0."""
     from transformers import get_scheduler
@@ -136,6 +140,7 @@ def lr_scheduler(optimizer, cfg: FinetuneConfig, total_steps: int):
     name = "constant_with_warmup" if cfg.lr_schedule == "constant" else cfg.lr_schedule
     return get_scheduler(name, optimizer, num_warmup_steps=round(cfg.warmup_ratio * total_steps),
                          num_training_steps=total_steps)
+
 
 def train_batches(nodes: np.ndarray, batch_size: int, generator: np.random.Generator):
     shuffled = generator.permutation(nodes)

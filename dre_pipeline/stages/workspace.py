@@ -32,6 +32,7 @@ class Workspace:
     text_ids: list  # per node: its truncated text tokens (empty without --use-text)
     key: str
 
+
 def prepare(cfg: FinetuneConfig, store: Store, quiet: bool = False, cached_only: bool = False) -> Workspace:
     encode = encode_stage.run(subset(cfg, EncodeConfig), store, quiet=quiet, cached_only=cached_only)
     llm = resolve_llm(cfg.llm_path, store)
@@ -48,15 +49,18 @@ def prepare(cfg: FinetuneConfig, store: Store, quiet: bool = False, cached_only:
     key = artifact_key({"settings": own, "encode": encode.key, "llm": llm.identity})
     return Workspace(cfg, encode, data, split, codebook, tokenizer, template, text_ids, key)
 
+
 def suffixes_for(ws: Workspace, node_codes: np.ndarray, nodes) -> tuple:
     """Prompt suffixes and code positions for ``nodes``; ``node_codes`` is their ``[n, T, K]`` code ids."""
     token_ids = ws.codebook.token_ids[node_codes]  # n t k
     built = [node_suffix(ws.template, views, ws.text_ids[i]) for i, views in zip(nodes, token_ids)]
     return [ids for ids, _ in built], [pos for _, pos in built]
 
+
 def codes_from_table(table: pa.Table, num_views: int) -> np.ndarray:
     return np.stack([np.stack(table[f"view{t}_codes"].to_numpy(zero_copy_only=False))
                      for t in range(1, num_views + 1)], axis=1)
+
 
 def stage_one_model(ws: Workspace) -> nn.Module:
     """The GNN stage one trained, as it was saved."""
