@@ -114,7 +114,7 @@ def run(cfg: BenchConfig, store: Store, quiet: bool = False, command: str = "dre
         from . import speed
 
         stage_one = {k: v for k, v in settings.items() if k in EncodeConfig.__dataclass_fields__}
-        results = speed.run(stage_one, store.root, repeat_seconds=0.2 if cfg.quick else 3.0)
+        results = speed.run(stage_one, store.root, repeat_seconds=0.2 if cfg.quick else 3.0, quiet=quiet)
         return write_results(out_dir, "speed", {"command": command, "date": time.strftime("%Y-%m-%d"),
                                                 "settings": settings, "results": results})
     jobs = [(row, seed) for row in selected_rows(cfg.rows) for seed in range(seeds[ROWS[row][3]])]

@@ -67,7 +67,7 @@ def search_as_before():
         quantizer.GRAM_MAX_BYTES, quantizer.SEARCH_CHUNK, quantizer.search_dtype = saved
 
 
-def measure_class(cpu_class: str, settings: dict, store_root: str, repeat_seconds: float) -> dict:
+def measure_class(cpu_class: str, settings: dict, store_root: str, repeat_seconds: float, quiet: bool) -> dict:
     """In a fresh process whose environment holds the class's limits: search and encode timings."""
     import torch
 
@@ -75,11 +75,11 @@ def measure_class(cpu_class: str, settings: dict, store_root: str, repeat_second
     from .codebook import Codebook
     from .config import CodebookConfig, EncodeConfig, subset
     from .quantizer import ResidualVQ
-    from .runtime import native_bf16, setup_logging
+    from .runtime import log, native_bf16, setup_logging
     from .stages import codebook as codebook_stage
     from .stages import encode
 
-    setup_logging(True)
+    setup_logging(quiet)
     cpu = torch.device("cpu")
     result = {"cpu_class": cpu_class, "cpu": cpu_name(), "capability": torch.backends.cpu.get_cpu_capability(),
               "native_bf16": native_bf16(cpu), "threads": torch.get_num_threads()}
@@ -94,6 +94,7 @@ def measure_class(cpu_class: str, settings: dict, store_root: str, repeat_second
                         "gflops": 2 * num_nodes * d * m / matmul / 1e9}
 
     def search(name: str, dtype) -> dict:
+        log.info("bench --speed %s: search %s", cpu_class, name)
         vq = ResidualVQ(codebook.vectors, k)
         seconds = timed(lambda: vq.search(h, dtype), repeat_seconds)
         gflops = 2 * num_nodes * d * m * k / seconds / 1e9  # the direct search's FLOPs: one product per level
@@ -108,19 +109,20 @@ def measure_class(cpu_class: str, settings: dict, store_root: str, repeat_second
     result["encode"] = []
     for name, before in (("before: direct fp32 search, evaluation every epoch", True), ("after: defaults", False)):
         with tempfile.TemporaryDirectory(dir=store_root) as tmp, search_as_before() if before else nullcontext():
+            log.info("bench --speed %s: encode %s", cpu_class, name)
             scratch = Store(Path(tmp))
             for shared in ("llm", "codebook", "data"):  # reuse what is not being measured
                 if (store.root / shared).exists():
                     (scratch.root / shared).symlink_to((store.root / shared).resolve())
             artifact = encode.run(EncodeConfig(**settings, **({"eval_epochs": 1} if before else {})), scratch,
-                                  quiet=True)
+                                  quiet=quiet)
             metrics = json.loads((artifact.path / "metrics.json").read_text())
         result["encode"].append({"name": name, "seconds": metrics["train_seconds"], "epochs": metrics["epochs_run"],
                                  "label_head_accuracy": metrics["label_head_accuracy"]})
     return result
 
 
-def run(settings: dict, store_root: Path, repeat_seconds: float = 3.0) -> list:
+def run(settings: dict, store_root: Path, repeat_seconds: float = 3.0, quiet: bool = False) -> list:
     """Measure every CPU class, one fresh process each, one after the other (they share the cores)."""
     from .runtime import log
 
@@ -131,7 +133,8 @@ def run(settings: dict, store_root: Path, repeat_seconds: float = 3.0) -> list:
         os.environ.update(CPU_CLASSES[cpu_class])
         try:
             with ProcessPoolExecutor(1, mp_context=get_context("spawn")) as pool:
-                results.append(pool.submit(measure_class, cpu_class, settings, str(store_root), repeat_seconds).result())
+                job = pool.submit(measure_class, cpu_class, settings, str(store_root), repeat_seconds, quiet)
+                results.append(job.result())
         finally:
             os.environ.clear()
             os.environ.update(saved)
