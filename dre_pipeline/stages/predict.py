@@ -35,7 +35,8 @@ def run(cfg: FinetuneConfig, store: Store, node_ids: list, device: str = "auto",
                                       found.path / "adapter")
     predictor = GraphWordPredictor(model, ws.template, ws.tokenizer.pad_token_id, ws.cfg.lora_layers)
     if cfg.node_tokens == "soft":
-        node_tokens = graph_in_the_loop(ws, predictor, soft=True, gnn_state=torch.load(found.path / "graph_in_the_loop.pt", weights_only=True))
+        gnn_state = torch.load(found.path / "graph_in_the_loop.pt", weights_only=True)
+        node_tokens = graph_in_the_loop(ws, predictor, soft=True, gnn_state=gnn_state)
         codes = node_tokens.all_codes()  # the soft tokens' slots; shown as the nearest words
     else:  # after --joint these are the codes of the jointly trained GNN
         codes = codes_from_table(pq.read_table(found.path / "codes.parquet"), cfg.num_views)
