@@ -82,6 +82,9 @@ class EncodeConfig(DataConfig, CodebookConfig):
         default=True, metadata=_help("Rescale each view to the norm of a sum of K words before quantizing it.")
     )
     dropout: float = field(default=0.5, metadata=_help("Dropout after each SAGEConv."))
+    input_dropout: float = field(
+        default=0.0, metadata=_help("Dropout on the node features before the first SAGEConv (as the GNN baselines).")
+    )
     lr: float = field(default=1e-3, metadata=_help("Stage-one learning rate (AdamW)."))
     weight_decay: float = field(default=5e-4, metadata=_help("Stage-one weight decay."))
     epochs: int = field(default=300, metadata=_help("Maximum stage-one epochs."))

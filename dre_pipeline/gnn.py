@@ -8,7 +8,7 @@ hop aggregates (the inter-layer residual, Eq. 7):
 .. math::
     h^t = \sigma\big(\mathrm{dropout}(\mathrm{SAGE}_t(\tilde h^{t-1}, A))\big), \qquad
     z^t = \mathrm{RVQ}(h^t), \qquad
-    \tilde h^t = h^t + z^t, \qquad \tilde h^0 = x.
+    \tilde h^t = h^t + z^t, \qquad \tilde h^0 = \mathrm{dropout}_{in}(x).
 
 Hidden size = the LLM's embedding size, so views live where the codebook lives.
 """
@@ -28,6 +28,7 @@ class MultiViewSAGE(nn.Module):
         num_views (int): T, number of SAGEConv layers / hops. (default: 3)
         codes_per_view (int): K. (default: 4)
         dropout (float): after each convolution. (default: 0.5)
+        input_dropout (float): on the node features before the first convolution. (default: 0.0)
         inter_residual (bool): add z^t back before hop t+1 (Eq. 7). (default: True)
         word_scale (bool): rescale each view to the norm of a sum of K words,
             :math:`h \leftarrow \sqrt{K}\,\bar{\lVert e\rVert}\, h / \lVert h\rVert`, so that each residual
@@ -37,13 +38,15 @@ class MultiViewSAGE(nn.Module):
     """
 
     def __init__(self, in_channels: int, codebook: Tensor, num_views: int = 3, codes_per_view: int = 4,
-                 dropout: float = 0.5, inter_residual: bool = True, word_scale: bool = True):
+                 dropout: float = 0.5, inter_residual: bool = True, word_scale: bool = True,
+                 input_dropout: float = 0.0):
         super().__init__()
         hidden = codebook.shape[1]
         self.convs = nn.ModuleList(
             SAGEConv(in_channels if t == 0 else hidden, hidden) for t in range(num_views)
         )
         self.dropout = nn.Dropout(dropout)
+        self.input_dropout = nn.Dropout(input_dropout)
         # ELU rather than ReLU: word embeddings have negative coordinates too.
         self.act = nn.ELU()
         self.quantizer = ResidualVQ(codebook, codes_per_view)
@@ -54,6 +57,7 @@ class MultiViewSAGE(nn.Module):
 
     def forward(self, x: Tensor, edge_index: Tensor) -> list:
         views = []
+        x = self.input_dropout(x)
         for conv in self.convs:
             h = self.act(self.dropout(conv(x, edge_index)))
             if self.view_norm is not None:

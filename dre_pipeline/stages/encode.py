@@ -38,7 +38,7 @@ def encode_key(cfg: EncodeConfig, codebook: Artifact, data: GraphData) -> str:
 
 def build_model(cfg: EncodeConfig, data: GraphData, codebook: Codebook) -> StageOneModel:
     encoder = MultiViewSAGE(data.x.size(1), codebook.vectors, cfg.num_views, cfg.codes_per_view, cfg.dropout,
-                            cfg.inter_residual, cfg.word_scale)
+                            cfg.inter_residual, cfg.word_scale, cfg.input_dropout)
     return StageOneModel(encoder, data.x.size(1), data.num_classes)
 
 
