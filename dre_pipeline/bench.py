@@ -61,7 +61,8 @@ def run_row(row: str, settings: dict, store_root: str, quiet: bool) -> dict:
 
         data = load_dataset(cfg.dataset, cfg.data_dir, store.root / "data", seed=cfg.seed)
         result = train_gnn(row, data, make_split(data, cfg.split, cfg.seed), cfg.seed)
-        out = {"test_accuracy": result["test"]["accuracy"], "test_macro_f1": result["test"]["macro_f1"],
+        out = {"val_accuracy": result["val"]["accuracy"],
+               "test_accuracy": result["test"]["accuracy"], "test_macro_f1": result["test"]["macro_f1"],
                "seconds": {"train": round(result["train_seconds"], 2)},
                "inference_nodes_per_second": round(result["inference_nodes_per_second"], 1)}
     else:
@@ -73,8 +74,10 @@ def run_row(row: str, settings: dict, store_root: str, quiet: bool) -> dict:
         codebook = store.find("codebook", encode.manifest["codebook"])
         phase = metrics["joint" if cfg.joint else "finetune"]
         out = {
+            "val_accuracy": metrics["final"]["val"]["accuracy"],
             "test_accuracy": metrics["final"]["test"]["accuracy"],
             "test_macro_f1": metrics["final"]["test"]["macro_f1"],
+            "stage_one_val_accuracy": encode.manifest["label_head_accuracy"]["val"],
             "stage_one_test_accuracy": encode.manifest["label_head_accuracy"]["test"],
             "seconds": {"codebook": codebook.manifest["seconds"], "encode": encode.manifest["seconds"],
                         "finetune": artifact.manifest["seconds"]},
@@ -217,12 +220,36 @@ def accuracy_markdown(payload: dict, out_dir: Path) -> list:
         "",
         *table,
         "",
+        *per_seed_markdown(payload["results"]),
         f"![accuracy]({chart.name})",
         "",
         "Seconds are wall time of each stage (codebook and encode are shared between rows with the same "
         "settings and counted where they were computed). Peak MB is the row process's maximum resident memory.",
         "",
     ]
+
+
+def per_seed_markdown(results: list) -> list:
+    """Per seed: GraphSAGE, the stage-one head and Dr.E, validation / test, and whether the LLM beat its head."""
+    by = {(r["row"], r["seed"]): r for r in results}
+    seeds = sorted(seed for row, seed in by if row == "dre")
+    if not seeds:
+        return []
+
+    def pair(val, test):
+        return f"{100 * val:.2f} / {100 * test:.2f}" if val is not None else "–"
+
+    table = ["Per seed, validation / test accuracy %. The stage-one head reads the same words as the LLM "
+             "(sums of their embeddings).", "",
+             "| seed | GraphSAGE | stage-one head | Dr.E (LLM) | LLM test − head test |",
+             "|---:|---|---|---|---:|"]
+    for seed in seeds:
+        dre, sage = by[("dre", seed)], by.get(("sage", seed), {})
+        table.append(f"| {seed} | {pair(sage.get('val_accuracy'), sage.get('test_accuracy'))} | "
+                     f"{pair(dre.get('stage_one_val_accuracy'), dre['stage_one_test_accuracy'])} | "
+                     f"{pair(dre.get('val_accuracy'), dre['test_accuracy'])} | "
+                     f"{100 * (dre['test_accuracy'] - dre['stage_one_test_accuracy']):+.2f} |")
+    return table + [""]
 
 
 def targets_markdown(payload: dict) -> list:

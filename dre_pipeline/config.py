@@ -150,7 +150,9 @@ class FinetuneConfig(EncodeConfig):
             "names' scores, the scores prediction ranks (costs one row per class where first tokens collide)."
         ),
     )
-    gnn_lr: float = field(default=8e-4, metadata=_help("GNN learning rate in the joint pass."))
+    gnn_lr: float = field(
+        default=1e-4, metadata=_help("GNN learning rate in the joint pass, well below the LLM's: the codes should drift, not jump.")
+    )
     ft_weight_decay: float = field(default=5e-4, metadata=_help("Weight decay of stage two."))
     node_tokens: str = field(
         default="words",
@@ -161,6 +163,10 @@ class FinetuneConfig(EncodeConfig):
     )
     joint: bool = field(default=False, metadata=_help("After fine-tuning, train GNN and LLM end to end."))
     joint_epochs: int = field(default=1, metadata=_help("Epochs of the joint pass."))
+    joint_stage_one_weight: float = field(
+        default=0.1,
+        metadata=_help("Weight of the stage-one loss (on each batch's subgraph) beside the LLM's loss in the joint pass."),
+    )
     quantization: str = field(default="none", metadata=_help("none | 4bit | 8bit | auto (bitsandbytes; needs CUDA)."))
 
     def __post_init__(self):

@@ -85,6 +85,9 @@ class StageOneModel(nn.Module):
 
     def forward(self, x: Tensor, edge_index: Tensor):
         views = self.encoder(x, edge_index)
+        return (views, *self.decode(views))
+
+    def decode(self, views: list) -> tuple:
         z = torch.cat([v.z for v in views], dim=-1)
-        return views, self.label_head(z), self.feature_decoder(z), views[-1].z
+        return self.label_head(z), self.feature_decoder(z), views[-1].z
 

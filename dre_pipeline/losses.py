@@ -38,3 +38,17 @@ def adjacency_loss(z: Tensor, edge_index: Tensor, num_nodes: int) -> Tensor:
 def label_loss(logits: Tensor, y: Tensor, train_mask: Tensor) -> Tensor:
     """Cross-entropy on training nodes only."""
     return F.cross_entropy(logits[train_mask], y[train_mask])
+
+
+def stage_one_loss(views: list, logits: Tensor, x_rec: Tensor, z: Tensor, x: Tensor, edge_index: Tensor,
+                   y: Tensor, train_mask: Tensor, cfg) -> tuple:
+    """The weighted sum L above and its parts; ``cfg`` carries the weights (an EncodeConfig)."""
+    parts = {
+        "feature": feature_loss(x_rec, x),
+        "adjacency": adjacency_loss(z, edge_index, x.size(0)),
+        "label": label_loss(logits, y, train_mask),
+        "commitment": torch.stack([v.commitment for v in views]).mean(),
+    }
+    loss = (cfg.feature_weight * parts["feature"] + cfg.adjacency_weight * parts["adjacency"]
+            + cfg.label_weight * parts["label"] + cfg.beta * parts["commitment"])
+    return loss, parts

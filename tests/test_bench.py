@@ -18,6 +18,8 @@ def test_quick_bench_writes_every_row(tmp_path):
     markdown = (out / "RESULTS.md").read_text()
     assert all(label in markdown for label, *_ in ROWS.values())
     assert "machine:" in markdown and "command:" in markdown
+    per_seed = next(line for line in markdown.splitlines() if line.startswith("| 0 |"))  # seed 0: SAGE, head, LLM
+    assert per_seed.count(" / ") == 3
     chart = out / "synthetic_accuracy.png"
     assert chart.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
@@ -51,8 +53,8 @@ def test_quick_speed_bench_measures_each_cpu_class(tmp_path):
 def test_a_joint_pass_that_kept_the_plain_model_has_no_number_of_its_own(tmp_path):
     from dre_pipeline.bench import accuracy_markdown
 
-    results = [{"row": row, "label": label, "test_accuracy": 0.8, "test_macro_f1": 0.8, "seconds": {"finetune": 1.0},
-                "peak_memory_mb": 1, "inference_nodes_per_second": 1.0, "stage_one_test_accuracy": 0.8,
+    results = [{"row": row, "label": label, "seed": 0, "test_accuracy": 0.8, "test_macro_f1": 0.8,
+                "seconds": {"finetune": 1.0}, "peak_memory_mb": 1, "inference_nodes_per_second": 1.0, "stage_one_test_accuracy": 0.8,
                 "kept_plain_model": row == "joint"} for row, label in (("dre", "Dr.E (full)"), ("joint", "Dr.E + joint"))]
     payload = {"results": results, "settings": {"dataset": "toy", "llm_path": None, "ft_epochs": 1},
                "command": "c", "machine": "m", "date": "d"}

@@ -64,7 +64,7 @@ def test_joint_pass_moves_the_gnn_or_keeps_the_plain_model(run):
     before = torch.load(enc.path / "gnn.pt")["state_dict"]
     after = torch.load(artifact.path / "graph_in_the_loop.pt")
     convs = [k for k in before if k.startswith("encoder.convs")]
-    moved = any(not torch.equal(before[k], after[k]) for k in convs)
+    moved = any(not torch.equal(before[k], after[f"stage_one.{k}"]) for k in convs)
     beaten = any(h["val_accuracy"] > joint["val_accuracy_at_start"] for h in joint["history"])
     assert convs and joint["kept_start"] == (not beaten) == (not moved) == (joint["gnn_weight_change"] == 0)
 
@@ -142,3 +142,25 @@ def test_code_samples_vary_training_prompts_but_never_evaluation(run):
     words.train()
     training = [words.tokens(nodes)[0] for _ in range(3)]
     assert training[0] != training[1] or training[1] != training[2]
+
+
+def test_joint_pass_carries_the_stage_one_loss_at_its_weight(run):
+    cfg, store, artifact = run
+    ws = workspace.prepare(cfg, store, quiet=True)
+    predictor = type("Predictor", (), {"embed": torch.nn.Embedding(1, 16), "device": torch.device("cpu")})()
+    module = node_tokens.graph_in_the_loop(ws, predictor, soft=False)
+    train_nodes = np.flatnonzero(ws.split == 0)[:8]
+    module.train()
+    module.tokens(train_nodes)
+    loss = module.stage_one_loss
+    assert loss.ndim == 0 and torch.isfinite(loss)
+    loss.backward()  # reaches the decoders stage one trained, not only the encoder
+    assert module.stage_one.label_head.weight.grad.abs().sum() > 0
+    assert module.stage_one.feature_decoder.weight.grad.abs().sum() > 0
+    module.eval()
+    module.tokens(train_nodes)
+    assert module.stage_one_loss is None  # evaluation computes none
+    ws_off = workspace.prepare(replace(cfg, joint_stage_one_weight=0.0), store, quiet=True)
+    off = node_tokens.graph_in_the_loop(ws_off, predictor, soft=False).train()
+    off.tokens(train_nodes)
+    assert off.stage_one_loss is None

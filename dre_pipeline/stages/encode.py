@@ -66,15 +66,7 @@ def run(cfg: EncodeConfig, store: Store, force: bool = False, quiet: bool = Fals
     bar = progress(range(cfg.epochs), quiet=quiet, desc="encode epoch")
     for epoch in bar:
         model.train()
-        views, logits, x_rec, z = model(x, edge_index)
-        parts = {
-            "feature": losses.feature_loss(x_rec, x),
-            "adjacency": losses.adjacency_loss(z, edge_index, data.num_nodes),
-            "label": losses.label_loss(logits, y, train_mask),
-            "commitment": torch.stack([v.commitment for v in views]).mean(),
-        }
-        loss = (cfg.feature_weight * parts["feature"] + cfg.adjacency_weight * parts["adjacency"]
-                 + cfg.label_weight * parts["label"] + cfg.beta * parts["commitment"])
+        loss, parts = losses.stage_one_loss(*model(x, edge_index), x, edge_index, y, train_mask, cfg)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()

@@ -18,6 +18,7 @@ import torch
 from torch import nn
 from torch_geometric.utils import k_hop_subgraph
 
+from .. import losses
 from ..predictor import GraphWordPredictor
 from ..quantizer import straight_through_words
 from .workspace import Workspace, stage_one_model, suffixes_for
@@ -38,6 +39,7 @@ class StoredWords(nn.Module):
         self.ws, self.codes = ws, codes
         self.variants = np.stack([codes, *samples])  # s n t k
         self.generator = np.random.default_rng(seed)
+        self.stage_one_loss = None
 
     def tokens(self, nodes: np.ndarray) -> tuple:
         variant = self.generator.integers(len(self.variants), size=len(nodes)) if self.training else 0
@@ -48,22 +50,33 @@ class StoredWords(nn.Module):
 class GraphInTheLoop(nn.Module):
     """The stage-one GNN inside each step, run on the nodes' T-hop subgraph (exact for them).
 
+    In the joint pass, each training step also leaves the stage-one loss of that subgraph in
+    ``stage_one_loss`` (labels of the batch's nodes only, all of them training nodes); the loop
+    adds it at ``--joint-stage-one-weight`` so the GNN keeps reconstructing its graph while the
+    LLM's loss moves it.
+
     Args:
         ws (Workspace): prompts, data, codebook.
-        encoder (MultiViewSAGE): initialised from stage one.
+        stage_one (StageOneModel): the encoder and its decoders, initialised from stage one.
         word_embeddings (Tensor): ``[M, d]`` the LLM's embeddings of the codebook words.
         soft (bool): False: straight-through code words (Dr.E joint pass); True: continuous
             views through a learned projector, K soft tokens per view (no quantization).
     """
 
-    def __init__(self, ws: Workspace, encoder: nn.Module, word_embeddings: torch.Tensor, soft: bool):
+    def __init__(self, ws: Workspace, stage_one: nn.Module, word_embeddings: torch.Tensor, soft: bool):
         super().__init__()
-        self.ws, self.encoder, self.soft = ws, encoder, soft
+        self.ws, self.stage_one, self.soft = ws, stage_one, soft
+        self.stage_one_loss = None
         self.register_buffer("word_embeddings", word_embeddings, persistent=False)
         d, k = word_embeddings.shape[1], ws.cfg.codes_per_view
         self.projector = nn.Linear(d, k * d) if soft else None
         self.register_buffer("x", ws.data.x, persistent=False)
         self.register_buffer("edge_index", ws.data.edge_index, persistent=False)
+        self.register_buffer("y", ws.data.y, persistent=False)
+
+    @property
+    def encoder(self) -> nn.Module:
+        return self.stage_one.encoder
 
     def tokens(self, nodes: np.ndarray) -> tuple:
         device = self.x.device
@@ -72,16 +85,23 @@ class GraphInTheLoop(nn.Module):
                                                         num_nodes=self.ws.data.num_nodes)
         # The joint pass picks codes as evaluation does (no dropout), so training reads what prediction reads.
         self.encoder.train(self.training and self.soft)
-        views = self.encoder(self.x[subset_nodes], edges)
+        x = self.x[subset_nodes]
+        views = self.encoder(x, edges)
+        self.stage_one_loss = None
+        if self.training and not self.soft and self.ws.cfg.joint_stage_one_weight:
+            labels = self.y[subset_nodes]
+            centre_mask = torch.zeros(len(subset_nodes), dtype=torch.bool, device=device).index_fill_(0, centre, True)
+            self.stage_one_loss, _ = losses.stage_one_loss(views, *self.stage_one.decode(views), x, edges, labels,
+                                                           centre_mask, self.ws.cfg)
         codes = torch.stack([v.codes[centre] for v in views], dim=1)  # b t k
         suffixes, positions = suffixes_for(self.ws, codes.cpu().numpy(), nodes)
         if self.soft:
             k, d = codes.size(2), self.word_embeddings.size(1)
             vectors = torch.cat([self.projector(v.h[centre]).view(len(nodes), k, d) for v in views], dim=1)
         else:
-            # The LLM's loss alone trains the GNN here. Stage one's commitment term, weighed there
-            # against reconstruction and labels, would dominate on its own and rewrite the codes
-            # (measured on Cora: 84 % of codes changed, test accuracy 83.8 → 69.7).
+            # Stage one's commitment term alone, without the reconstruction and label terms it is
+            # weighed against there, rewrote the codes (measured on Cora: 84 % of codes changed,
+            # test accuracy 83.8 → 69.7); so the whole stage-one loss comes along, or none of it.
             vectors = torch.cat([straight_through_words(v.z[centre], v.codes[centre], self.word_embeddings)
                                  for v in views], dim=1)
         row_index = torch.arange(len(nodes)).repeat_interleave(vectors.size(1))
@@ -97,7 +117,7 @@ class GraphInTheLoop(nn.Module):
 def graph_in_the_loop(ws: Workspace, predictor: GraphWordPredictor, soft: bool,
                       gnn_state: Optional[dict] = None) -> GraphInTheLoop:
     """Build the GNN-in-the-loop module from the stage-one GNN (or a saved state of this module)."""
-    module = GraphInTheLoop(ws, stage_one_model(ws).encoder, ws.codebook.vectors.to(predictor.embed.weight.dtype), soft)
+    module = GraphInTheLoop(ws, stage_one_model(ws), ws.codebook.vectors.to(predictor.embed.weight.dtype), soft)
     if gnn_state is not None:
         module.load_state_dict(gnn_state)
     return module.to(predictor.device)

@@ -94,6 +94,8 @@ def train(predictor: GraphWordPredictor, node_tokens: nn.Module, ws: Workspace, 
             node_tokens.train()
             suffixes, words = node_tokens.tokens(batch)
             loss = predictor.loss(suffixes, labels[batch].tolist(), words, kind=cfg.ft_loss)
+            if node_tokens.stage_one_loss is not None:
+                loss = loss + cfg.joint_stage_one_weight * node_tokens.stage_one_loss
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if gnn_params:
