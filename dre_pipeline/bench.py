@@ -27,7 +27,8 @@ from .runtime import log, progress, setup_logging
 ROWS = {
     "gcn": ("GCN", "gnn", {}, True),
     "sage": ("GraphSAGE", "gnn", {}, True),
-    "soft": ("LLM + GNN soft prompt, no VQ (LLaGA-style)", "llm", {"node_tokens": "soft"}, True),
+    # The GNN runs inside every step, so no frozen-layer cache: an epoch costs ~4x a Dr.E epoch; one is its budget.
+    "soft": ("LLM + GNN soft prompt, no VQ (LLaGA-style), 1 epoch", "llm", {"node_tokens": "soft", "ft_epochs": 1}, True),
     "one-view": ("Dr.E, one view (1-hop only)", "llm", {"num_views": 1}, False),
     "single-code": ("Dr.E, one code per view (no intra-layer residual)", "llm", {"codes_per_view": 1}, False),
     "no-inter": ("Dr.E without inter-layer residual", "llm", {"inter_residual": False}, False),
@@ -215,7 +216,8 @@ def accuracy_markdown(payload: dict, out_dir: Path) -> list:
         f"- machine: {payload['machine']}",
         f"- date: {payload['date']}",
         f"- LLM: {payload['settings']['llm_path'] or 'embedded SmolLM2-135M-Instruct'}; "
-        f"fine-tuning epochs per LLM row: {payload['settings']['ft_epochs']}",
+        f"fine-tuning epochs per LLM row: {payload['settings']['ft_epochs']} (where its label says no other), "
+        "best validation epoch kept",
         "- split: random 60/20/20, one split per seed; test accuracy at the best validation checkpoint",
         "",
         *table,

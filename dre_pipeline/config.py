@@ -83,7 +83,7 @@ class EncodeConfig(DataConfig, CodebookConfig):
     )
     dropout: float = field(default=0.5, metadata=_help("Dropout after each SAGEConv."))
     input_dropout: float = field(
-        default=0.0, metadata=_help("Dropout on the node features before the first SAGEConv (as the GNN baselines).")
+        default=0.5, metadata=_help("Dropout on the node features before the first SAGEConv (as the GNN baselines).")
     )
     lr: float = field(default=1e-3, metadata=_help("Stage-one learning rate (AdamW)."))
     weight_decay: float = field(default=5e-4, metadata=_help("Stage-one weight decay."))
@@ -131,11 +131,11 @@ class FinetuneConfig(EncodeConfig):
     eval_every: int = field(default=0, metadata=_help("Evaluate every this many steps; 0 = once per epoch."))
     llm_lr: float = field(default=1e-3, metadata=_help("LLM (LoRA) peak learning rate."))
     lr_schedule: str = field(
-        default="constant",
+        default="cosine",
         metadata=_help("constant | linear | cosine: decay to 0 over the run after --warmup-ratio of its steps."),
     )
-    warmup_ratio: float = field(default=0.0, metadata=_help("Share of the training steps spent warming up linearly."))
-    max_grad_norm: float = field(default=0.0, metadata=_help("Clip the gradient norm to this; 0 = no clipping."))
+    warmup_ratio: float = field(default=0.1, metadata=_help("Share of the training steps spent warming up linearly."))
+    max_grad_norm: float = field(default=1.0, metadata=_help("Clip the gradient norm to this; 0 = no clipping."))
     code_samples: int = field(
         default=0,
         metadata=_help(
@@ -144,7 +144,7 @@ class FinetuneConfig(EncodeConfig):
         ),
     )
     ft_loss: str = field(
-        default="answer",
+        default="class",
         metadata=_help(
             "answer: NLL of the answer tokens over the whole vocabulary | class: cross-entropy over the class "
             "names' scores, the scores prediction ranks (costs one row per class where first tokens collide)."
@@ -201,7 +201,9 @@ class BenchConfig(LLMConfig):
         default="",
         metadata=_help("Comma-separated subset of: gcn, sage, soft, one-view, single-code, no-inter, no-refine, dre, joint."),
     )
-    ft_epochs: int = field(default=1, metadata=_help("Fine-tuning epochs of every LLM row."))
+    ft_epochs: int = field(
+        default=2, metadata=_help("Fine-tuning epochs of the LLM rows (the soft-prompt row runs 1: it has no layer cache).")
+    )
     quick: bool = field(
         default=False, metadata=_help("Plumbing check: synthetic graph, tiny random Llama, a few epochs (for CI).")
     )
