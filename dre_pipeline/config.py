@@ -53,7 +53,10 @@ class CodebookConfig(LLMConfig):
 class DataConfig:
     dataset: str = field(
         default="cora",
-        metadata=_help("cora | citeseer | pubmed | ogbn-arxiv | synthetic | a folder with nodes.parquet and edges.parquet."),
+        metadata=_help(
+            "cora | citeseer | pubmed | cora-ml | ogbn-arxiv | synthetic | a sparse-npz file (gnn-benchmark layout) "
+            "| a folder with nodes.parquet and edges.parquet."
+        ),
     )
     data_dir: Optional[str] = field(
         default=None,

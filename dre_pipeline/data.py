@@ -1,7 +1,8 @@
 """Load graphs into one in-memory form (`GraphData`) and cut train/val/test splits.
 
-Every source — Planetoid (Cora, CiteSeer, PubMed), ogbn-arxiv, a generated synthetic graph,
-or a user folder of parquet files — ends up with the same guarantees: float32 features,
+Every source — Planetoid (Cora, CiteSeer, PubMed), ogbn-arxiv, a sparse-npz file (Cora-ML,
+the gnn-benchmark collection), a generated synthetic graph, or a user folder of parquet
+files — ends up with the same guarantees: float32 features,
 an undirected, coalesced edge list without self loops, labels in ``0..C-1`` and readable
 class names.  Later stages rely on those guarantees instead of re-checking them, and the
 `fingerprint` lets cached artifacts tell whether they were built from the same data.
@@ -33,7 +34,7 @@ SPLIT_NAMES = ("train", "val", "test")
 def split_names(split: np.ndarray) -> list:
     """Each node's part by name; -1 (in no part) is "unused"."""
     return np.asarray(SPLIT_NAMES + ("unused",), dtype=object)[split].tolist()
-DATASETS = ("cora", "citeseer", "pubmed", "ogbn-arxiv", "synthetic")
+DATASETS = ("cora", "citeseer", "pubmed", "cora-ml", "ogbn-arxiv", "synthetic")
 
 DATA_DIR_ENV = "DRE_DATA_DIR"
 
@@ -63,6 +64,11 @@ _PLANETOID = {
     ),
 }
 _PLANETOID_RAW_SUFFIXES = ("x", "tx", "allx", "y", "ty", "ally", "graph", "test.index")
+
+# Built-in sparse-npz graphs: name -> file, looked up beside the Planetoid data (see _find_npz).
+_NPZ = {"cora-ml": "cora_ml.npz"}
+# The two key spellings of the gnn-benchmark layout: "adj_matrix.data" and "adj_data".
+_NPZ_SPELLINGS = ("{}_matrix.{}", "{}_{}")
 
 _ARXIV_DIR = "ogbn_arxiv"
 _ARXIV_RELEASE = "RELEASE_v1.txt"  # ogb asks on stdin when this marker is missing
@@ -146,11 +152,17 @@ def load_dataset(
         return _load_arxiv(_resolve_data_dir(data_dir), cache_dir)
     if key == "synthetic":
         return _make_synthetic(seed)
+    if key in _NPZ:
+        return _load_npz(_find_npz(_NPZ[key], _resolve_data_dir(data_dir)), key)
+    if name.endswith(".npz"):
+        if not Path(name).is_file():
+            raise InputError(f"npz dataset {name!r} does not exist")
+        return _load_npz(Path(name), Path(name).stem)
     if Path(name).is_dir():
         return _load_folder(Path(name))
     raise InputError(
         f"unknown dataset {name!r}: expected one of {', '.join(DATASETS)} "
-        "or an existing folder holding nodes.parquet and edges.parquet"
+        "or an .npz file (sparse-npz layout) or a folder holding nodes.parquet and edges.parquet"
     )
 
 
@@ -461,6 +473,84 @@ def _make_synthetic(seed: int) -> GraphData:
         node_ids=np.arange(num_nodes),
         public_split=None,
     )
+
+
+# --------------------------------------------------------------------------- sparse npz
+
+
+def _find_npz(file: str, data_dir: Path | None) -> Path:
+    """``<data_dir>/../npz``, ``<data_dir>/npz`` or ``<data_dir>``, then ``../shared/datasets/npz``."""
+    bases = [data_dir.parent / "npz", data_dir / "npz", data_dir] if data_dir is not None else []
+    bases.append(Path("../shared/datasets/npz"))
+    for base in bases:
+        if (base / file).is_file():
+            return base / file
+    searched = ", ".join(str(b) for b in bases)
+    raise InputError(f"{file} not found under {searched}: set --data-dir or ${DATA_DIR_ENV}")
+
+
+def _load_npz(path: Path, name: str) -> GraphData:
+    """A graph in the gnn-benchmark sparse-npz layout, either key spelling.
+
+    CSR adjacency and attributes, ``labels``, optional ``node_names``, ``attr_names`` and
+    ``class_names``. Where attribute names exist, a node's text is the names of its nonzero
+    attributes in vocabulary order (the layout keeps no word order). Class names keep their
+    last path component (``.../Machine_Learning/Neural_Networks`` -> ``Neural Networks``).
+    No key is unpickled: the layout's optional object entries are never read.
+    """
+    try:
+        archive = np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as err:
+        raise InputError(f"{path}: not a readable .npz file ({err})") from err
+    with archive:
+        if "labels" not in archive.files:
+            raise InputError(f"{path}: no 'labels' array")
+        adjacency, attributes = _npz_csr(archive, "adj", path).tocoo(), _npz_csr(archive, "attr", path)
+        labels = archive["labels"]
+        node_names, attr_names, class_names = (
+            _npz_strings(archive, key) for key in ("node_names", "attr_names", "class_names")
+        )
+    if attributes.shape[0] != adjacency.shape[0] or labels.shape[0] != adjacency.shape[0]:
+        raise InputError(f"{path}: adjacency, attributes and labels disagree on the number of nodes")
+    num_classes = int(labels.max()) + 1 if labels.size else 0
+    if class_names:
+        class_names = [c.rsplit("/", 1)[-1] for c in class_names]
+    else:
+        class_names = [f"class {c}" for c in range(num_classes)]
+    text = None
+    if attr_names is not None:
+        attributes.eliminate_zeros()
+        vocabulary, bounds = np.asarray(attr_names, dtype=object), attributes.indptr
+        text = [" ".join(vocabulary[np.sort(attributes.indices[a:b])]) for a, b in zip(bounds[:-1], bounds[1:])]
+    node_ids = np.arange(adjacency.shape[0])
+    numeric = node_names is not None and all(n.isdigit() for n in node_names)
+    if numeric and len(set(node_names)) == len(node_names):  # the papers' own ids, where they are ids
+        node_ids = np.array([int(n) for n in node_names])
+    return _graph(
+        name=name,
+        x=torch.from_numpy(attributes.toarray()),
+        edge_index=torch.from_numpy(np.stack([adjacency.row, adjacency.col]).astype(np.int64)),
+        y=torch.from_numpy(labels.astype(np.int64)),
+        class_names=class_names,
+        text=text,
+        node_ids=node_ids,
+        public_split=None,
+    )
+
+
+def _npz_csr(archive, prefix: str, path: Path):
+    from scipy.sparse import csr_matrix
+
+    for spelling in _NPZ_SPELLINGS:
+        keys = [spelling.format(prefix, part) for part in ("data", "indices", "indptr", "shape")]
+        if all(k in archive.files for k in keys):
+            data, indices, indptr, shape = (archive[k] for k in keys)
+            return csr_matrix((data, indices, indptr), shape=tuple(shape))
+    raise InputError(f"{path}: no '{prefix}_matrix.data' or '{prefix}_data' CSR arrays")
+
+
+def _npz_strings(archive, key: str) -> list[str] | None:
+    return [str(v).strip() for v in archive[key]] if key in archive.files else None
 
 
 # --------------------------------------------------------------------------- folder

@@ -55,7 +55,7 @@ def cora(cora_load: tuple[GraphData, dict, dict]) -> GraphData:
 
 def test_constants() -> None:
     assert SPLIT_NAMES == ("train", "val", "test")
-    assert DATASETS == ("cora", "citeseer", "pubmed", "ogbn-arxiv", "synthetic")
+    assert DATASETS == ("cora", "citeseer", "pubmed", "cora-ml", "ogbn-arxiv", "synthetic")
 
 
 def test_cora_shapes(cora: GraphData) -> None:
@@ -254,3 +254,68 @@ def test_folder_errors(tmp_path: Path) -> None:
     pq.write_table(nodes, no_edges / "nodes.parquet")
     with pytest.raises(InputError, match="edges.parquet"):
         load_dataset(str(no_edges), None, cache)
+
+
+# --------------------------------------------------------------------------- sparse npz
+
+
+def write_npz(path: Path, spelling: str, names: bool = True) -> Path:
+    """Four nodes: a directed chain 0→1→2 with a self-loop on 3, 0/1 words over a 3-word vocabulary."""
+    from scipy.sparse import csr_matrix
+
+    adjacency = csr_matrix((np.ones(3, np.float32), ([0, 1, 3], [1, 2, 3])), shape=(4, 4))
+    attributes = csr_matrix(np.array([[0, 1, 1], [1, 0, 0], [1, 1, 0], [0, 0, 1]], np.float32))
+    arrays = {"labels": np.array([0, 1, 1, 0])}
+    for prefix, matrix in (("adj", adjacency), ("attr", attributes)):
+        for part in ("data", "indices", "indptr", "shape"):
+            value = np.array(matrix.shape) if part == "shape" else getattr(matrix, part)
+            arrays[spelling.format(prefix, part)] = value
+    if names:
+        arrays.update(node_names=np.array(["101\n", "7\n", "55\n", "3\n"]),
+                      attr_names=np.array(["graph", "language", "model"]),
+                      class_names=np.array(["AI/ML/Neural_Networks", "AI/ML/Case-Based"]))
+    np.savez(path, **arrays)
+    return path
+
+
+@pytest.mark.parametrize("spelling", ["{}_matrix.{}", "{}_{}"])
+def test_npz_either_key_spelling(tmp_path: Path, spelling: str) -> None:
+    data = load_dataset(str(write_npz(tmp_path / "toy.npz", spelling)), None, tmp_path)
+    assert data.name == "toy" and data.num_nodes == 4 and data.x.shape == (4, 3)
+    edges = set(map(tuple, data.edge_index.t().tolist()))
+    assert edges == {(0, 1), (1, 0), (1, 2), (2, 1)}  # undirected, self-loop gone
+    assert data.text == ["language model", "graph", "graph language", "model"]  # vocabulary order
+    assert data.class_names == ["Neural Networks", "Case-Based"]
+    assert data.node_ids.tolist() == [101, 7, 55, 3]
+
+
+def test_npz_without_names_loads_without_text(tmp_path: Path) -> None:
+    data = load_dataset(str(write_npz(tmp_path / "bare.npz", "{}_{}", names=False)), None, tmp_path)
+    assert data.text is None and data.class_names == ["class 0", "class 1"]
+    assert data.node_ids.tolist() == [0, 1, 2, 3]
+
+
+def test_npz_errors(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    with pytest.raises(InputError, match="does not exist"):
+        load_dataset(str(tmp_path / "missing.npz"), None, tmp_path)
+    (tmp_path / "junk.npz").write_text("not a zip")
+    with pytest.raises(InputError, match="not a readable"):
+        load_dataset(str(tmp_path / "junk.npz"), None, tmp_path)
+    np.savez(tmp_path / "nolabels.npz", adj_data=np.ones(1))
+    with pytest.raises(InputError, match="labels"):
+        load_dataset(str(tmp_path / "nolabels.npz"), None, tmp_path)
+    np.savez(tmp_path / "noadj.npz", labels=np.zeros(2, int))
+    with pytest.raises(InputError, match="CSR"):
+        load_dataset(str(tmp_path / "noadj.npz"), None, tmp_path)
+    monkeypatch.chdir(tmp_path)  # no ../shared/datasets beside it either
+    with pytest.raises(InputError, match="cora_ml.npz not found"):
+        load_dataset("cora-ml", tmp_path, tmp_path)
+
+
+def test_cora_ml_from_the_shared_folder(datasets_root: Path, tmp_path: Path) -> None:
+    data = load_dataset("cora-ml", datasets_root / "planetoid", tmp_path)
+    assert data.num_nodes == 2995 and data.x.shape == (2995, 2879) and data.num_classes == 7
+    assert "Neural Networks" in data.class_names and all("/" not in c for c in data.class_names)
+    assert data.edge_index.size(1) == 16316  # 8,416 directed links, symmetrised, loops and repeats removed
+    assert all(text for text in data.text)
+    assert int((data.y == data.class_names.index("Neural Networks")).sum()) == 857
