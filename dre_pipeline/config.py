@@ -113,7 +113,10 @@ class EncodeConfig(DataConfig, CodebookConfig):
 class FinetuneConfig(EncodeConfig):
     """Stage two: LoRA on graph-word prompts; optional joint GNN + LLM pass."""
 
-    use_text: bool = field(default=False, metadata=_help("Add the node's own text to the prompt, where the dataset has it."))
+    use_text: bool = field(
+        default=True,
+        metadata=_help("Put the node's own text in the prompt after its graph words, where the dataset has text."),
+    )
     max_text_tokens: int = field(default=64, metadata=_help("Truncate node text to this many tokens."))
     lora_r: int = field(default=8, metadata=_help("LoRA rank."))
     lora_alpha: int = field(default=16, metadata=_help("LoRA alpha."))

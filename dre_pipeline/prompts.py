@@ -18,7 +18,7 @@ PLACEHOLDER = "\x00"  # marks where the node part goes inside the chat template
 
 def instruction(class_names: list, num_views: int, use_text: bool) -> str:
     hops = ", ".join(f"{t}-hop" for t in range(1, num_views + 1))
-    text = " and its text" if use_text else ""
+    text = ", then by its own text" if use_text else ""
     return (
         f"Classify the node into one of these categories: {', '.join(class_names)}. "
         f"It is described by words that summarise its {hops} graph neighbourhood{text}. "
@@ -56,7 +56,7 @@ def build_template(tokenizer, class_names: list, num_views: int, use_text: bool)
     return PromptTemplate(
         prefix_ids=ids(before),
         view_ids=[ids(f"{'; ' if t > 1 else ''}{t}-hop information being") for t in range(1, num_views + 1)],
-        text_ids=ids(". Text:"),
+        text_ids=ids(". Its own text:"),
         close_ids=ids(after),
         # A leading space makes each name start with a word token, like the code words.
         answer_ids=[ids(f" {name}") for name in class_names],

@@ -164,3 +164,31 @@ def test_joint_pass_carries_the_stage_one_loss_at_its_weight(run):
     off = node_tokens.graph_in_the_loop(ws_off, predictor, soft=False).train()
     off.tokens(train_nodes)
     assert off.stage_one_loss is None
+
+
+def test_text_goes_in_the_prompt_by_default_where_the_graph_has_text(run, tmp_path):
+    import pyarrow as pa
+
+    from dre_pipeline.data import load_dataset
+
+    cfg, store, artifact = run
+    plain = replace(cfg, joint=False)
+    ws = workspace.prepare(plain, store, quiet=True)  # the synthetic graph has text
+    assert "own text" in ws.template.instruction and all(len(ids) for ids in ws.text_ids)
+    codes = workspace.codes_from_table(pq.read_table(ws.encode.path / "codes.parquet"), cfg.num_views)
+    suffix = ws.tokenizer.decode(workspace.suffixes_for(ws, codes[:1], [0])[0][0])
+    assert suffix.index("3-hop") < suffix.index("Its own text:")  # graph words first, then the text
+    off = workspace.prepare(replace(plain, use_text=False), store, quiet=True)
+    assert not any(off.text_ids) and off.key != ws.key
+
+    graph = load_dataset("synthetic", None, tmp_path)  # the same graph without its text
+    folder = tmp_path / "no-text"
+    folder.mkdir()
+    pq.write_table(pa.table({"node_id": graph.node_ids, "label": graph.y.numpy(),
+                             "features": list(graph.x.numpy())}), folder / "nodes.parquet")
+    src, dst = graph.edge_index.numpy()
+    pq.write_table(pa.table({"src": src, "dst": dst}), folder / "edges.parquet")
+    quick = replace(plain, dataset=str(folder), epochs=2, patience=2)
+    keys = {workspace.prepare(replace(quick, use_text=u, max_text_tokens=m), store, quiet=True).key
+            for u, m in ((True, 64), (False, 64), (True, 8))}
+    assert len(keys) == 1  # text settings do not split the cache of a graph without text

@@ -14,7 +14,6 @@ from ..config import EncodeConfig, FinetuneConfig, key_fields, subset
 from ..data import GraphData
 from ..llm import load_tokenizer, resolve_llm
 from ..prompts import PromptTemplate, build_template, node_suffix
-from ..runtime import log
 from . import encode as encode_stage
 
 
@@ -40,12 +39,13 @@ def prepare(cfg: FinetuneConfig, store: Store, quiet: bool = False, cached_only:
     codebook = Codebook.load(store.root / "codebook" / encode.manifest["codebook"])
     tokenizer = load_tokenizer(llm)
     use_text = cfg.use_text and data.text is not None
-    if cfg.use_text and not use_text:
-        log.warning("--use-text: %s has no text column; prompts hold graph words only", data.name)
     template = build_template(tokenizer, data.class_names, cfg.num_views, use_text)
     text_ids = ([tokenizer(t, add_special_tokens=False).input_ids[: cfg.max_text_tokens] for t in data.text]
                 if use_text else [[] for _ in range(data.num_nodes)])
     own = key_fields(cfg, exclude=tuple(EncodeConfig.__dataclass_fields__))
+    own["use_text"] = use_text  # a graph without text gives the same prompts whatever the text settings
+    if not use_text:
+        del own["max_text_tokens"]
     key = artifact_key({"settings": own, "encode": encode.key, "llm": llm.identity})
     return Workspace(cfg, encode, data, split, codebook, tokenizer, template, text_ids, key)
 
