@@ -47,6 +47,22 @@ def write_json(path: Path, payload) -> None:
     path.write_text(json.dumps(payload, indent=2, sort_keys=True, default=str) + "\n")
 
 
+def write_matrix(path: Path, matrix) -> None:
+    """A float32 ``[rows, dim]`` array as zarr, in chunks of 1,024 rows."""
+    import zarr
+
+    array = zarr.create_array(path, shape=tuple(matrix.shape), chunks=(1024, matrix.shape[1]), dtype="float32")
+    array[:] = matrix.numpy() if hasattr(matrix, "numpy") else matrix
+
+
+def read_matrix(path: Path):
+    import numpy as np
+    import torch
+    import zarr
+
+    return torch.from_numpy(np.asarray(zarr.open_array(path, mode="r")[:]))
+
+
 @dataclass
 class Artifact:
     stage: str

@@ -51,17 +51,15 @@ def selected_rows(rows: str) -> list:
 def run_row(row: str, settings: dict, store_root: str, quiet: bool) -> dict:
     """One row for one seed, in its own process: accuracy, times, throughput, peak memory."""
     setup_logging(True)
-    from .data import load_dataset, make_split
-
     label, kind, overrides, _ = ROWS[row]
     cfg = FinetuneConfig(**{**settings, **overrides})
     store = Store(Path(store_root))
     started = time.time()
     if kind == "gnn":
         from .baselines import train_gnn
+        from .stages.encode import load_graph
 
-        data = load_dataset(cfg.dataset, cfg.data_dir, store.root / "data", seed=cfg.seed)
-        result = train_gnn(row, data, make_split(data, cfg.split, cfg.seed), cfg.seed)
+        result = train_gnn(row, *load_graph(cfg, store, quiet), cfg.seed)
         out = {"val_accuracy": result["val"]["accuracy"],
                "test_accuracy": result["test"]["accuracy"], "test_macro_f1": result["test"]["macro_f1"],
                "seconds": {"train": round(result["train_seconds"], 2)},

@@ -15,6 +15,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
+from .artifacts import read_matrix, write_matrix
+
 WORD_START_MARKERS = ("Ġ", "▁")  # byte-level BPE (GPT-2, SmolLM2) and SentencePiece (Llama)
 LETTERS = re.compile(r"^[A-Za-z]+$")
 
@@ -56,20 +58,11 @@ class Codebook:
 
     @classmethod
     def load(cls, folder: Path) -> "Codebook":
-        import zarr
-
         table = pq.read_table(folder / "tokens.parquet")
-        vectors = torch.from_numpy(np.asarray(zarr.open_array(folder / "vectors.zarr", mode="r")[:]))
-        return cls(vectors, table["token_id"].to_numpy(), table["token"].to_pylist())
+        return cls(read_matrix(folder / "vectors.zarr"), table["token_id"].to_numpy(), table["token"].to_pylist())
 
     def save(self, folder: Path) -> None:
-        import zarr
-
-        array = zarr.create_array(
-            folder / "vectors.zarr", shape=tuple(self.vectors.shape), chunks=(1024, self.vectors.shape[1]),
-            dtype="float32",
-        )
-        array[:] = self.vectors.numpy()
+        write_matrix(folder / "vectors.zarr", self.vectors)
         table = pa.table({
             "code_id": np.arange(len(self), dtype=np.int64),
             "token_id": np.asarray(self.token_ids, dtype=np.int64),

@@ -65,11 +65,20 @@ class DataConfig:
         ),
     )
     split: str = field(default="random", metadata=_help("random (60/20/20 per seed, the paper's) | public."))
+    features: str = field(
+        default="raw",
+        metadata=_help(
+            "raw: the dataset's own node features | llm: each node's text embedded by the LLM (mean of its last "
+            "hidden states; computed once and cached), for graphs with text."
+        ),
+    )
     seed: int = field(default=0, metadata=_help("Seed of the random split and of every initialisation."))
 
     def __post_init__(self):
         if self.split not in ("random", "public"):
             raise InputError(f"--split must be 'random' or 'public', got {self.split!r}")
+        if self.features not in ("raw", "llm"):
+            raise InputError(f"--features must be 'raw' or 'llm', got {self.features!r}")
 
 
 @dataclass

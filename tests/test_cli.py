@@ -25,6 +25,7 @@ def test_help_lists_config_options_with_their_help():
     (["codebook", "--llm-path", "/no/such/model"], "expected a Hugging Face model folder"),
     (["encode", "--split", "weird"], "--split must be"),
     (["encode", "--dataset", "no-such-dataset"], "dataset"),
+    (["encode", "--features", "words"], "--features must be"),
     (["predict", "--node-ids", "x,y"], "--node-ids"),
 ])
 def test_bad_input_is_one_line_and_exit_2(tmp_path, tiny_llm, args, message):
@@ -34,6 +35,7 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path, tiny_llm, args, message):
     lines = [line for line in result.output.splitlines() if line.strip()]
     assert lines[-1].startswith("error:") and message in lines[-1]
     assert "Traceback" not in result.output
+    assert not any((tmp_path / "codebook").glob("[!.]*"))  # refused before any work
 
 
 def test_quantization_on_cpu_stops_clearly(tmp_path, tiny_llm):

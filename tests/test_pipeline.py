@@ -192,3 +192,19 @@ def test_text_goes_in_the_prompt_by_default_where_the_graph_has_text(run, tmp_pa
     keys = {workspace.prepare(replace(quick, use_text=u, max_text_tokens=m), store, quiet=True).key
             for u, m in ((True, 64), (False, 64), (True, 8))}
     assert len(keys) == 1  # text settings do not split the cache of a graph without text
+
+
+def test_llm_text_features_are_computed_once_and_feed_stage_one(run):
+    from dre_pipeline.stages import features
+
+    cfg, store, artifact = run
+    data, _ = encode.load_graph(cfg, store)
+    first = features.run(data, cfg.llm_path, store, quiet=True)
+    again = features.run(data, cfg.llm_path, store, quiet=True)
+    assert not first.cached and again.cached and again.path == first.path
+    llm_cfg = replace(subset(cfg, EncodeConfig), features="llm", epochs=2, patience=2)
+    with_features, _ = encode.load_graph(llm_cfg, store)
+    hidden = json.loads((first.path / "manifest.json").read_text())["shape"][1]
+    assert with_features.x.shape == (data.num_nodes, hidden) and torch.isfinite(with_features.x).all()
+    assert with_features.fingerprint != data.fingerprint
+    assert encode.run(llm_cfg, store, quiet=True).manifest["fingerprint"] == with_features.fingerprint
