@@ -1,4 +1,4 @@
-"""GNN-only baselines for the benchmark: GCN and GraphSAGE on the same features and split.
+"""Baselines for the benchmark: GCN, GraphSAGE and an MLP (no graph) on the same features and split.
 
 Two layers, hidden 256, dropout 0.5, Adam (lr 0.01, weight decay 5e-4), full batch; the
 test accuracy is read at the epoch of best validation accuracy.
@@ -16,7 +16,14 @@ from .data import GraphData
 from .evaluation import classification_report, split_accuracy
 from .runtime import EarlyStopping, seed_everything, snapshot
 
-LAYERS = {"gcn": GCNConv, "sage": SAGEConv}
+class Linear(nn.Linear):
+    """A layer that ignores the graph: two of them make the MLP baseline."""
+
+    def forward(self, x, edge_index=None):
+        return super().forward(x)
+
+
+LAYERS = {"gcn": GCNConv, "sage": SAGEConv, "mlp": Linear}
 
 
 class TwoLayerGNN(nn.Module):

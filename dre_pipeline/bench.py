@@ -13,7 +13,7 @@ import resource
 import statistics
 import time
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import asdict
+from dataclasses import asdict, dataclass, field
 from multiprocessing import get_context
 from pathlib import Path
 
@@ -22,44 +22,62 @@ from .config import BenchConfig, EncodeConfig, FinetuneConfig
 from .errors import InputError
 from .runtime import log, progress, setup_logging
 
-# id: (label, kind, FinetuneConfig overrides, main row: all seeds; else --ablation-seeds).
+@dataclass(frozen=True)
+class Row:
+    label: str
+    kind: str  # gnn: a baseline trained here; llm: through the normal stages
+    overrides: dict = field(default_factory=dict)  # FinetuneConfig fields
+    main: bool = True  # all --seeds; else --ablation-seeds
+    needs_text: bool = False  # runs on graphs with text only
+
+
 # The joint pass is one of the paper's Table 3 ablations.
 ROWS = {
-    "gcn": ("GCN", "gnn", {}, True),
-    "sage": ("GraphSAGE", "gnn", {}, True),
+    "mlp": Row("MLP (no graph)", "gnn"),
+    "gcn": Row("GCN", "gnn"),
+    "sage": Row("GraphSAGE", "gnn"),
+    "mlp-llm": Row("MLP on LLM text features", "gnn", {"features": "llm"}, needs_text=True),
+    "gcn-llm": Row("GCN on LLM text features", "gnn", {"features": "llm"}, needs_text=True),
+    "sage-llm": Row("GraphSAGE on LLM text features", "gnn", {"features": "llm"}, needs_text=True),
+    "text": Row("LLM fine-tuned on the node's text alone (no graph)", "llm", {"node_tokens": "none"}, needs_text=True),
     # The GNN runs inside every step, so no frozen-layer cache: an epoch costs ~4x a Dr.E epoch; one is its budget.
-    "soft": ("LLM + GNN soft prompt, no VQ (LLaGA-style), 1 epoch", "llm", {"node_tokens": "soft", "ft_epochs": 1}, True),
-    "one-view": ("Dr.E, one view (1-hop only)", "llm", {"num_views": 1}, False),
-    "single-code": ("Dr.E, one code per view (no intra-layer residual)", "llm", {"codes_per_view": 1}, False),
-    "no-inter": ("Dr.E without inter-layer residual", "llm", {"inter_residual": False}, False),
-    "no-refine": ("Dr.E without token refinement", "llm", {"refine": False}, False),
-    "dre": ("Dr.E (full)", "llm", {}, True),
-    "joint": ("Dr.E + joint pass", "llm", {"joint": True}, False),
+    "soft": Row("LLM + GNN soft prompt, no VQ (LLaGA-style), 1 epoch", "llm", {"node_tokens": "soft", "ft_epochs": 1}),
+    "one-view": Row("Dr.E, one view (1-hop only)", "llm", {"num_views": 1}, main=False),
+    "single-code": Row("Dr.E, one code per view (no intra-layer residual)", "llm", {"codes_per_view": 1}, main=False),
+    "no-inter": Row("Dr.E without inter-layer residual", "llm", {"inter_residual": False}, main=False),
+    "no-refine": Row("Dr.E without token refinement", "llm", {"refine": False}, main=False),
+    "dre-words": Row("Dr.E, graph words only (no text)", "llm", {"use_text": False}, needs_text=True),
+    "dre": Row("Dr.E (full: graph words, and text where the graph has it)", "llm"),
+    "joint": Row("Dr.E + joint pass", "llm", {"joint": True}, main=False),
 }
 PAPER = {"gcn": 87.78, "sage": 88.24, "dre": 91.33}  # Cora, Llama-2-7B for Dr.E (AAAI 2025)
 QUICK = {"dataset": "synthetic", "epochs": 15, "patience": 15}
 
 
-def selected_rows(rows: str) -> list:
-    chosen = [r.strip() for r in rows.split(",") if r.strip()] or list(ROWS)
+def selected_rows(rows: str, has_text: bool) -> list:
+    """``--rows``, or every row the graph can run (the text rows need a graph with text)."""
+    chosen = [r.strip() for r in rows.split(",") if r.strip()]
     unknown = [r for r in chosen if r not in ROWS]
     if unknown:
         raise InputError(f"--rows: unknown {unknown}; choose from {', '.join(ROWS)}")
-    return chosen
+    if not has_text and (textual := [r for r in chosen if ROWS[r].needs_text]):
+        raise InputError(f"--rows: {', '.join(textual)} need a graph with text")
+    return chosen or [r for r, spec in ROWS.items() if has_text or not spec.needs_text]
 
 
 def run_row(row: str, settings: dict, store_root: str, quiet: bool) -> dict:
     """One row for one seed, in its own process: accuracy, times, throughput, peak memory."""
     setup_logging(True)
-    label, kind, overrides, _ = ROWS[row]
-    cfg = FinetuneConfig(**{**settings, **overrides})
+    spec = ROWS[row]
+    cfg = FinetuneConfig(**{**settings, **spec.overrides})
     store = Store(Path(store_root))
     started = time.time()
-    if kind == "gnn":
+    if spec.kind == "gnn":
         from .baselines import train_gnn
         from .stages.encode import load_graph
 
-        result = train_gnn(row, *load_graph(cfg, store, quiet), cfg.seed)
+        model = row.removesuffix("-llm")  # the -llm rows: the same model on the LLM's text features
+        result = train_gnn(model, *load_graph(cfg, store, quiet), cfg.seed)
         out = {"val_accuracy": result["val"]["accuracy"],
                "test_accuracy": result["test"]["accuracy"], "test_macro_f1": result["test"]["macro_f1"],
                "seconds": {"train": round(result["train_seconds"], 2)},
@@ -86,7 +104,7 @@ def run_row(row: str, settings: dict, store_root: str, quiet: bool) -> dict:
             # the joint pass that beat no plain-model evaluation has no number of its own
             "kept_plain_model": bool(cfg.joint and metrics["joint"].get("kept_start")),
         }
-    out.update(row=row, label=label, seed=cfg.seed, wall_seconds=round(time.time() - started, 2),
+    out.update(row=row, label=spec.label, seed=cfg.seed, wall_seconds=round(time.time() - started, 2),
                peak_memory_mb=round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1))
     return out
 
@@ -119,7 +137,10 @@ def run(cfg: BenchConfig, store: Store, quiet: bool = False, command: str = "dre
         results = speed.run(stage_one, store.root, repeat_seconds=0.2 if cfg.quick else 3.0, quiet=quiet)
         return write_results(out_dir, "speed", {"command": command, "date": time.strftime("%Y-%m-%d"),
                                                 "settings": settings, "results": results})
-    jobs = [(row, seed) for row in selected_rows(cfg.rows) for seed in range(seeds[ROWS[row][3]])]
+    from .data import load_dataset
+
+    has_text = load_dataset(settings["dataset"], settings["data_dir"], store.root / "data").text is not None
+    jobs = [(row, seed) for row in selected_rows(cfg.rows, has_text) for seed in range(seeds[ROWS[row].main])]
     results = []
     context = get_context("spawn")  # a fresh process per row: its own peak memory, no state carried over
     for row, seed in progress(jobs, quiet=quiet, desc="bench rows"):

@@ -166,30 +166,34 @@ class FinetuneConfig(EncodeConfig):
         ),
     )
     gnn_lr: float = field(
-        default=1e-4, metadata=_help("GNN learning rate in the joint pass, well below the LLM's: the codes should drift, not jump.")
+        default=1e-4,
+        metadata=_help("GNN learning rate in the joint pass, well below the LLM's: the codes should drift, not jump."),
     )
     ft_weight_decay: float = field(default=5e-4, metadata=_help("Weight decay of stage two."))
     node_tokens: str = field(
         default="words",
         metadata=_help(
             "words: the node's code words (Dr.E) | soft: its continuous GNN views through a learned projector "
-            "as soft prompt tokens (LLaGA / G-Retriever-style baseline, no quantization)."
+            "as soft prompt tokens (LLaGA / G-Retriever-style baseline, no quantization) | none: the node's "
+            "text alone, no graph (baseline; needs a graph with text)."
         ),
     )
     joint: bool = field(default=False, metadata=_help("After fine-tuning, train GNN and LLM end to end."))
     joint_epochs: int = field(default=1, metadata=_help("Epochs of the joint pass."))
     joint_stage_one_weight: float = field(
         default=0.1,
-        metadata=_help("Weight of the stage-one loss (on each batch's subgraph) beside the LLM's loss in the joint pass."),
+        metadata=_help("Weight of the stage-one loss (on each batch's subgraph) beside the LLM's in the joint pass."),
     )
     quantization: str = field(default="none", metadata=_help("none | 4bit | 8bit | auto (bitsandbytes; needs CUDA)."))
 
     def __post_init__(self):
         super().__post_init__()
-        if self.node_tokens not in ("words", "soft"):
-            raise InputError(f"--node-tokens must be words or soft, got {self.node_tokens!r}")
-        if self.joint and self.node_tokens == "soft":
-            raise InputError("--joint trains the code words end to end; it does not apply to --node-tokens soft")
+        if self.node_tokens not in ("words", "soft", "none"):
+            raise InputError(f"--node-tokens must be words, soft or none, got {self.node_tokens!r}")
+        if self.joint and self.node_tokens != "words":
+            raise InputError(f"--joint trains the code words end to end, not --node-tokens {self.node_tokens}")
+        if self.node_tokens == "none" and not self.use_text:
+            raise InputError("--node-tokens none prompts with the node's text alone: it needs --use-text")
         if self.lr_schedule not in ("constant", "linear", "cosine"):
             raise InputError(f"--lr-schedule must be constant, linear or cosine, got {self.lr_schedule!r}")
         if not 0 <= self.warmup_ratio < 1:
@@ -214,7 +218,11 @@ class BenchConfig(LLMConfig):
     ablation_seeds: int = field(default=1, metadata=_help("Seeds for the ablation rows."))
     rows: str = field(
         default="",
-        metadata=_help("Comma-separated subset of: gcn, sage, soft, one-view, single-code, no-inter, no-refine, dre, joint."),
+        metadata=_help(
+            "Comma-separated subset of: mlp, gcn, sage, mlp-llm, gcn-llm, sage-llm, text, soft, one-view, single-code, "
+            "no-inter, no-refine, dre-words, dre, joint (default: all that the graph can run; the -llm, text and "
+            "dre-words rows need a graph with text)."
+        ),
     )
     ft_epochs: int = field(
         default=2, metadata=_help("Fine-tuning epochs of the LLM rows (the soft-prompt row runs 1: it has no layer cache).")

@@ -17,11 +17,13 @@ PLACEHOLDER = "\x00"  # marks where the node part goes inside the chat template
 
 
 def instruction(class_names: list, num_views: int, use_text: bool) -> str:
+    """The task; ``num_views`` 0 is a prompt of text alone (the bench's text-only row)."""
     hops = ", ".join(f"{t}-hop" for t in range(1, num_views + 1))
-    text = ", then by its own text" if use_text else ""
+    parts = ([f"words that summarise its {hops} graph neighbourhood"] if num_views else []) + (
+        ["its own text"] if use_text else [])
     return (
         f"Classify the node into one of these categories: {', '.join(class_names)}. "
-        f"It is described by words that summarise its {hops} graph neighbourhood{text}. "
+        f"It is described by {', then by '.join(parts)}. "
         "Answer with the category only."
     )
 
@@ -56,7 +58,7 @@ def build_template(tokenizer, class_names: list, num_views: int, use_text: bool)
     return PromptTemplate(
         prefix_ids=ids(before),
         view_ids=[ids(f"{'; ' if t > 1 else ''}{t}-hop information being") for t in range(1, num_views + 1)],
-        text_ids=ids(". Its own text:"),
+        text_ids=ids(". Its own text:" if num_views else "Its own text:"),
         close_ids=ids(after),
         # A leading space makes each name start with a word token, like the code words.
         answer_ids=[ids(f" {name}") for name in class_names],

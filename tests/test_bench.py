@@ -16,7 +16,7 @@ def test_quick_bench_writes_every_row(tmp_path):
         assert 0 <= result["test_accuracy"] <= 1 and result["peak_memory_mb"] > 0
         assert result["inference_nodes_per_second"] > 0
     markdown = (out / "RESULTS.md").read_text()
-    assert all(label in markdown for label, *_ in ROWS.values())
+    assert all(spec.label in markdown for spec in ROWS.values())
     assert "machine:" in markdown and "command:" in markdown
     per_seed = next(line for line in markdown.splitlines() if line.startswith("| 0 |"))  # seed 0: SAGE, head, LLM
     assert per_seed.count(" / ") == 3

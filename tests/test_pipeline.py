@@ -208,3 +208,14 @@ def test_llm_text_features_are_computed_once_and_feed_stage_one(run):
     assert with_features.x.shape == (data.num_nodes, hidden) and torch.isfinite(with_features.x).all()
     assert with_features.fingerprint != data.fingerprint
     assert encode.run(llm_cfg, store, quiet=True).manifest["fingerprint"] == with_features.fingerprint
+
+
+def test_text_only_prompts_hold_no_graph_words(run):
+    cfg, store, artifact = run
+    ws = workspace.prepare(replace(cfg, joint=False, node_tokens="none"), store, quiet=True)
+    assert ws.template.view_ids == [] and "hop" not in ws.template.instruction
+    codes = workspace.codes_from_table(pq.read_table(ws.encode.path / "codes.parquet"), cfg.num_views)
+    suffix = ws.tokenizer.decode(workspace.suffixes_for(ws, codes[:1], [0])[0][0])
+    assert suffix.startswith("Its own text:") and "hop" not in suffix
+    with pytest.raises(Exception, match="needs --use-text"):
+        replace(cfg, joint=False, node_tokens="none", use_text=False)

@@ -4,7 +4,9 @@ Each node's text is read by the same LLM that stage two fine-tunes. Its feature 
 the mean of the last hidden states over the text's tokens:
 
 .. math::
-    x_i = \frac{1}{|s_i|} \sum_{j \in s_i} H^{(L)}_j(s_i), \qquad s_i = \text{the first } 512 \text{ tokens of node } i\text{'s text}.
+    x_i = \frac{1}{|s_i|} \sum_{j \in s_i} H^{(L)}_j(s_i),
+
+where :math:`s_i` is the first 512 tokens of node i's text and :math:`H^{(L)}` the LLM's last hidden states.
 
 Computed once, with a progress bar, and cached in the store under ``features/<key>``
 (the graph's fingerprint and the LLM's identity), as zarr.
@@ -53,8 +55,8 @@ def run(data: GraphData, llm_path, store: Store, quiet: bool = False) -> Artifac
             hidden = model.model(input_ids=ids.to(device), attention_mask=mask.to(device)).last_hidden_state
             weights = mask.to(device).unsqueeze(-1).to(hidden.dtype)
             features[torch.from_numpy(batch)] = ((hidden * weights).sum(1) / weights.sum(1)).float().cpu()
-    manifest = {"dataset": data.name, "fingerprint": data.fingerprint, "llm": {"name": llm.name, "identity": llm.identity},
-                "pooling": "mean-last-hidden", "max_tokens": MAX_TOKENS, "shape": list(features.shape),
+    manifest = {"dataset": data.name, "fingerprint": data.fingerprint,
+                "llm": {"name": llm.name, "identity": llm.identity}, "pooling": "mean-last-hidden", "max_tokens": MAX_TOKENS, "shape": list(features.shape),
                 "seconds": round(time.time() - started, 2)}
     with store.writing("features", key, manifest) as out:
         write_matrix(out / "features.zarr", features)

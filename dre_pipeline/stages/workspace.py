@@ -12,6 +12,7 @@ from ..artifacts import Artifact, Store, artifact_key
 from ..codebook import Codebook
 from ..config import EncodeConfig, FinetuneConfig, key_fields, subset
 from ..data import GraphData
+from ..errors import InputError
 from ..llm import load_tokenizer, resolve_llm
 from ..prompts import PromptTemplate, build_template, node_suffix
 from . import encode as encode_stage
@@ -39,7 +40,10 @@ def prepare(cfg: FinetuneConfig, store: Store, quiet: bool = False, cached_only:
     codebook = Codebook.load(store.root / "codebook" / encode.manifest["codebook"])
     tokenizer = load_tokenizer(llm)
     use_text = cfg.use_text and data.text is not None
-    template = build_template(tokenizer, data.class_names, cfg.num_views, use_text)
+    if cfg.node_tokens == "none" and not use_text:
+        raise InputError(f"--node-tokens none prompts with the node's text alone, and {data.name!r} has no text")
+    graph_views = 0 if cfg.node_tokens == "none" else cfg.num_views
+    template = build_template(tokenizer, data.class_names, graph_views, use_text)
     text_ids = ([tokenizer(t, add_special_tokens=False).input_ids[: cfg.max_text_tokens] for t in data.text]
                 if use_text else [[] for _ in range(data.num_nodes)])
     own = key_fields(cfg, exclude=tuple(EncodeConfig.__dataclass_fields__))
