@@ -12,7 +12,7 @@ verdict is unknown and ``clean --stale-only`` refuses to guess.
 
 import os
 import shutil
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Optional
 
@@ -22,9 +22,10 @@ from .errors import InputError
 from .llm import embedded_gguf, resolve_llm
 from .stages import codebook as codebook_stage
 from .stages import encode as encode_stage
+from .stages import features as features_stage
 from .stages import workspace
 
-STAGES = ("llm", "codebook", "encode", "finetune")  # upstream first: a key depends on those before it
+STAGES = ("llm", "features", "codebook", "encode", "finetune")  # upstream first: a key depends on those before it
 LEFTOVER_PREFIXES = (".tmp-", ".old-")  # what an interrupted Store.writing leaves behind
 
 
@@ -70,6 +71,8 @@ def headline(artifact: Artifact) -> str:
     m = artifact.manifest
     if artifact.stage == "llm":
         return f"de-quantized {m.get('name', '')}"
+    if artifact.stage == "features":
+        return f"{m['dataset']}: text of {m['shape'][0]} nodes embedded by {m['llm']['name']} ({m['shape'][1]} dims)"
     if artifact.stage == "codebook":
         return f"{m['kept']}/{m['total']} tokens kept"
     if artifact.stage == "encode":
@@ -92,11 +95,14 @@ def current_keys(cfg: FinetuneConfig, store: Store) -> Current:
         if _dequantization_pending(cfg, store):
             return Current({}, False, "the LLM is not de-quantized in this store yet (any stage command does it once)")
         keys = {"llm": resolve_llm(cfg.llm_path, store).identity}
-        data, _ = encode_stage.load_graph(cfg, store)
+        data, _ = encode_stage.load_graph(replace(cfg, features="raw"), store)
     except InputError as error:
         return Current({}, False, str(error))
     # From here an InputError can only be a cached-only miss: an upstream artifact is not built.
     try:
+        if cfg.features == "llm":
+            keys["features"] = features_stage.run(data, cfg.llm_path, store, cached_only=True).key
+            data = features_stage.with_llm_features(data, cfg.llm_path, store, cached_only=True)
         codebook = codebook_stage.run(subset(cfg, CodebookConfig), store, cached_only=True)
         keys["codebook"] = codebook.key
         keys["encode"] = encode_stage.encode_key(cfg, codebook, data)

@@ -25,14 +25,17 @@ from ..runtime import EarlyStopping, log, progress, seed_everything, snapshot
 from . import codebook as codebook_stage
 
 
-def load_graph(cfg: EncodeConfig, store: Store, quiet: bool = False):
-    """The dataset (with the node features ``--features`` names) and its split: (data, split [N] int8)."""
+def load_graph(cfg: EncodeConfig, store: Store, quiet: bool = False, cached_only: bool = False):
+    """The dataset (with the node features ``--features`` names) and its split: (data, split [N] int8).
+
+    ``cached_only``: LLM features must already be in the store (``status`` computes nothing).
+    """
     data = load_dataset(cfg.dataset, cfg.data_dir, store.root / "data", seed=cfg.seed)
     split = make_split(data, cfg.split, cfg.seed)
     if cfg.features == "llm":
         from .features import with_llm_features
 
-        data = with_llm_features(data, cfg.llm_path, store, quiet)
+        data = with_llm_features(data, cfg.llm_path, store, quiet, cached_only)
     return data, split
 
 
@@ -49,7 +52,7 @@ def build_model(cfg: EncodeConfig, data: GraphData, codebook: Codebook) -> Stage
 
 def run(cfg: EncodeConfig, store: Store, force: bool = False, quiet: bool = False,
         cached_only: bool = False) -> Artifact:
-    data, split_np = load_graph(cfg, store, quiet)  # a graph that cannot load stops before any codebook work
+    data, split_np = load_graph(cfg, store, quiet, cached_only)  # a graph that cannot load stops before any work
     codebook_artifact = codebook_stage.run(subset(cfg, CodebookConfig), store, cached_only=cached_only)
     key = encode_key(cfg, codebook_artifact, data)
     if found := store.lookup("encode", key, force, cached_only):

@@ -28,13 +28,13 @@ MAX_TOKENS = 512
 BATCH = 16
 
 
-def run(data: GraphData, llm_path, store: Store, quiet: bool = False) -> Artifact:
+def run(data: GraphData, llm_path, store: Store, quiet: bool = False, cached_only: bool = False) -> Artifact:
     if data.text is None:
         raise InputError(f"--features llm embeds each node's text, and {data.name!r} has none: use --features raw")
     llm = resolve_llm(llm_path, store)
     key = artifact_key({"data": data.fingerprint, "llm": llm.identity, "pooling": "mean-last-hidden",
                         "max_tokens": MAX_TOKENS})
-    if found := store.lookup("features", key, force=False):
+    if found := store.lookup("features", key, force=False, cached_only=cached_only):
         return found
     started = time.time()
     device = resolve_device("auto")
@@ -64,8 +64,9 @@ def run(data: GraphData, llm_path, store: Store, quiet: bool = False) -> Artifac
     return store.find("features", key, cached=False)
 
 
-def with_llm_features(data: GraphData, llm_path, store: Store, quiet: bool = False) -> GraphData:
+def with_llm_features(data: GraphData, llm_path, store: Store, quiet: bool = False,
+                      cached_only: bool = False) -> GraphData:
     """The same graph with the LLM's text features as ``x`` (and a fingerprint that says so)."""
-    artifact = run(data, llm_path, store, quiet)
+    artifact = run(data, llm_path, store, quiet, cached_only)
     return replace(data, x=read_matrix(artifact.path / "features.zarr"),
                    fingerprint=digest({"graph": data.fingerprint, "features": artifact.key}))

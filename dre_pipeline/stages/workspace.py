@@ -36,7 +36,7 @@ class Workspace:
 def prepare(cfg: FinetuneConfig, store: Store, quiet: bool = False, cached_only: bool = False) -> Workspace:
     encode = encode_stage.run(subset(cfg, EncodeConfig), store, quiet=quiet, cached_only=cached_only)
     llm = resolve_llm(cfg.llm_path, store)
-    data, split = encode_stage.load_graph(cfg, store)
+    data, split = encode_stage.load_graph(cfg, store, quiet, cached_only)
     codebook = Codebook.load(store.root / "codebook" / encode.manifest["codebook"])
     tokenizer = load_tokenizer(llm)
     use_text = cfg.use_text and data.text is not None
