@@ -12,8 +12,29 @@ from typing import Optional
 from .errors import InputError
 
 
-def _help(text: str, **extra) -> dict:
-    return {"help": text, **extra}
+def _help(text: str, check: str = None, choices: tuple = None) -> dict:
+    """A field's help text and, optionally, the range (a key of ``CHECKS``) or the values it must take."""
+    return {"help": text, "check": check, "choices": choices}
+
+
+CHECKS = {
+    "positive": (lambda v: v > 0, "must be positive"),
+    "non-negative": (lambda v: v >= 0, "must be 0 or more"),
+    "at-least-1": (lambda v: v >= 1, "must be at least 1"),
+    "fraction": (lambda v: 0 <= v < 1, "must lie in [0, 1)"),
+}
+
+
+def check_values(cfg) -> None:
+    """Refuse a value outside its field's declared range or choices, naming the option as the CLI spells it."""
+    for f in fields(cfg):
+        value, option = getattr(cfg, f.name), f"--{f.name.replace('_', '-')}"
+        if f.metadata.get("check"):
+            ok, rule = CHECKS[f.metadata["check"]]
+            if not ok(value):
+                raise InputError(f"{option} {rule}, got {value}")
+        if f.metadata.get("choices") and value not in f.metadata["choices"]:
+            raise InputError(f"{option} must be one of {', '.join(f.metadata['choices'])}, got {value!r}")
 
 
 @dataclass
@@ -26,6 +47,9 @@ class LLMConfig:
         ),
     )
 
+    def __post_init__(self):
+        check_values(self)  # every field of the concrete config, its subclasses' included
+
 
 @dataclass
 class CodebookConfig(LLMConfig):
@@ -35,7 +59,10 @@ class CodebookConfig(LLMConfig):
         default=True,
         metadata=_help("Token refinement; --no-refine keeps the first --max-codes vocabulary rows as they are (ablation)."),
     )
-    min_chars: int = field(default=3, metadata=_help("Drop tokens shorter than this many letters."))
+    min_chars: int = field(
+        default=3,
+        metadata=_help("Drop tokens shorter than this many letters.", check="non-negative"),
+    )
     word_start_only: bool = field(
         default=True,
         metadata=_help("Keep only tokens that begin a word (leading-space marker), not mid-word fragments."),
@@ -45,7 +72,7 @@ class CodebookConfig(LLMConfig):
         metadata=_help(
             "Keep at most this many words, the most frequent first (lowest BPE merge rank); 0 keeps all. "
             "Nearest-code search costs time linear in this."
-        ),
+        , check="non-negative"),
     )
 
 
@@ -64,58 +91,75 @@ class DataConfig:
             "Local copy of the raw data (read-only; never written to). Default: $DRE_DATA_DIR, else download."
         ),
     )
-    split: str = field(default="random", metadata=_help("random (60/20/20 per seed, the paper's) | public."))
+    split: str = field(
+        default="random",
+        metadata=_help("random (60/20/20 per seed, the paper's) | public.", choices=("random", "public")),
+    )
     features: str = field(
         default="raw",
         metadata=_help(
             "raw: the dataset's own node features | llm: each node's text embedded by the LLM (mean of its last "
-            "hidden states; computed once and cached), for graphs with text."
+            "hidden states; computed once and cached), for graphs with text.",
+            choices=("raw", "llm"),
         ),
     )
-    seed: int = field(default=0, metadata=_help("Seed of the random split and of every initialisation."))
+    seed: int = field(
+        default=0,
+        metadata=_help("Seed of the random split and of every initialisation.", check="non-negative"),
+    )
 
-    def __post_init__(self):
-        if self.split not in ("random", "public"):
-            raise InputError(f"--split must be 'random' or 'public', got {self.split!r}")
-        if self.features not in ("raw", "llm"):
-            raise InputError(f"--features must be 'raw' or 'llm', got {self.features!r}")
 
 
 @dataclass
 class EncodeConfig(DataConfig, CodebookConfig):
     """Stage one: multi-view GNN + dual-level residual VQ (Dr.E sections 3.1-3.4)."""
 
-    num_views: int = field(default=3, metadata=_help("SAGEConv layers T; layer t's output is the t-hop view."))
-    codes_per_view: int = field(default=4, metadata=_help("K: codes per view (intra-layer residual levels)."))
+    num_views: int = field(
+        default=3,
+        metadata=_help("SAGEConv layers T; layer t's output is the t-hop view.", check="at-least-1"),
+    )
+    codes_per_view: int = field(
+        default=4,
+        metadata=_help("K: codes per view (intra-layer residual levels).", check="at-least-1"),
+    )
     inter_residual: bool = field(
         default=True, metadata=_help("Add the quantized view back before the next hop (Eq. 7).")
     )
     word_scale: bool = field(
         default=True, metadata=_help("Rescale each view to the norm of a sum of K words before quantizing it.")
     )
-    dropout: float = field(default=0.5, metadata=_help("Dropout after each SAGEConv."))
+    dropout: float = field(default=0.5, metadata=_help("Dropout after each SAGEConv.", check="fraction"))
     input_dropout: float = field(
-        default=0.5, metadata=_help("Dropout on the node features before the first SAGEConv (as the GNN baselines).")
+        default=0.5,
+        metadata=_help("Dropout on the node features before the first SAGEConv (as the GNN baselines).",
+                       check="fraction"),
     )
-    lr: float = field(default=1e-3, metadata=_help("Stage-one learning rate (AdamW)."))
-    weight_decay: float = field(default=5e-4, metadata=_help("Stage-one weight decay."))
-    epochs: int = field(default=300, metadata=_help("Maximum stage-one epochs."))
-    patience: int = field(default=20, metadata=_help("Stop after this many epochs without a better val accuracy."))
+    lr: float = field(default=1e-3, metadata=_help("Stage-one learning rate (AdamW).", check="positive"))
+    weight_decay: float = field(default=5e-4, metadata=_help("Stage-one weight decay.", check="non-negative"))
+    epochs: int = field(default=300, metadata=_help("Maximum stage-one epochs.", check="at-least-1"))
+    patience: int = field(
+        default=20,
+        metadata=_help("Stop after this many epochs without a better val accuracy.", check="at-least-1"),
+    )
     eval_epochs: int = field(
         default=2,
-        metadata=_help("Evaluate the label head every this many epochs (each evaluation re-runs the code search)."),
+        metadata=_help("Evaluate the label head every this many epochs (each evaluation re-runs the code search).",
+                       check="at-least-1"),
     )
-    beta: float = field(default=0.25, metadata=_help("Weight of the commitment loss."))
-    feature_weight: float = field(default=1.0, metadata=_help("Weight of the feature reconstruction loss."))
-    adjacency_weight: float = field(default=1.0, metadata=_help("Weight of the adjacency reconstruction loss (Eq. 10)."))
-    label_weight: float = field(default=1.0, metadata=_help("Weight of the label cross-entropy (training nodes only)."))
+    beta: float = field(default=0.25, metadata=_help("Weight of the commitment loss.", check="non-negative"))
+    feature_weight: float = field(
+        default=1.0,
+        metadata=_help("Weight of the feature reconstruction loss.", check="non-negative"),
+    )
+    adjacency_weight: float = field(
+        default=1.0,
+        metadata=_help("Weight of the adjacency reconstruction loss (Eq. 10).", check="non-negative"),
+    )
+    label_weight: float = field(
+        default=1.0,
+        metadata=_help("Weight of the label cross-entropy (training nodes only).", check="non-negative"),
+    )
 
-    def __post_init__(self):
-        super().__post_init__()
-        if self.num_views < 1 or self.codes_per_view < 1:
-            raise InputError("--num-views and --codes-per-view must be at least 1")
-        if self.eval_epochs < 1:
-            raise InputError(f"--eval-epochs must be at least 1, got {self.eval_epochs}")
 
 
 @dataclass
@@ -126,10 +170,13 @@ class FinetuneConfig(EncodeConfig):
         default=True,
         metadata=_help("Put the node's own text in the prompt after its graph words, where the dataset has text."),
     )
-    max_text_tokens: int = field(default=64, metadata=_help("Truncate node text to this many tokens."))
-    lora_r: int = field(default=8, metadata=_help("LoRA rank."))
-    lora_alpha: int = field(default=16, metadata=_help("LoRA alpha."))
-    lora_dropout: float = field(default=0.05, metadata=_help("LoRA dropout."))
+    max_text_tokens: int = field(
+        default=64,
+        metadata=_help("Truncate node text to this many tokens.", check="at-least-1"),
+    )
+    lora_r: int = field(default=8, metadata=_help("LoRA rank.", check="at-least-1"))
+    lora_alpha: int = field(default=16, metadata=_help("LoRA alpha.", check="positive"))
+    lora_dropout: float = field(default=0.05, metadata=_help("LoRA dropout.", check="fraction"))
     lora_targets: str = field(
         default="q_proj,k_proj,v_proj,o_proj", metadata=_help("Comma-separated module names LoRA adapts.")
     )
@@ -138,74 +185,81 @@ class FinetuneConfig(EncodeConfig):
         metadata=_help(
             "LoRA adapts the top this many decoder layers (0 = all). The frozen layers below see the same "
             "words every epoch, so their output is computed once per prompt and cached."
-        ),
+        , check="non-negative"),
     )
-    batch_size: int = field(default=8, metadata=_help("Prompts per optimisation step."))
-    ft_epochs: int = field(default=20, metadata=_help("Maximum fine-tuning epochs."))
-    ft_patience: int = field(default=2, metadata=_help("Stop after this many evaluations without a better val accuracy."))
-    eval_every: int = field(default=0, metadata=_help("Evaluate every this many steps; 0 = once per epoch."))
-    llm_lr: float = field(default=1e-3, metadata=_help("LLM (LoRA) peak learning rate."))
+    batch_size: int = field(default=8, metadata=_help("Prompts per optimisation step.", check="at-least-1"))
+    ft_epochs: int = field(default=20, metadata=_help("Maximum fine-tuning epochs.", check="at-least-1"))
+    ft_patience: int = field(
+        default=2,
+        metadata=_help("Stop after this many evaluations without a better val accuracy.", check="at-least-1"),
+    )
+    eval_every: int = field(
+        default=0,
+        metadata=_help("Evaluate every this many steps; 0 = once per epoch.", check="non-negative"),
+    )
+    llm_lr: float = field(default=1e-3, metadata=_help("LLM (LoRA) peak learning rate.", check="positive"))
     lr_schedule: str = field(
         default="cosine",
-        metadata=_help("constant | linear | cosine: decay to 0 over the run after --warmup-ratio of its steps."),
+        metadata=_help("constant | linear | cosine: decay to 0 over the run after --warmup-ratio of its steps.",
+                       choices=("constant", "linear", "cosine")),
     )
-    warmup_ratio: float = field(default=0.1, metadata=_help("Share of the training steps spent warming up linearly."))
-    max_grad_norm: float = field(default=1.0, metadata=_help("Clip the gradient norm to this; 0 = no clipping."))
+    warmup_ratio: float = field(
+        default=0.1,
+        metadata=_help("Share of the training steps spent warming up linearly.", check="fraction"),
+    )
+    max_grad_norm: float = field(
+        default=1.0,
+        metadata=_help("Clip the gradient norm to this; 0 = no clipping.", check="non-negative"),
+    )
     code_samples: int = field(
         default=0,
         metadata=_help(
             "Code sets drawn from the stage-one GNN with dropout on; training prompts read one of them or the "
             "deterministic codes at random, evaluation always the deterministic ones. 0 = deterministic only."
-        ),
+        , check="non-negative"),
     )
     ft_loss: str = field(
         default="class",
         metadata=_help(
             "answer: NLL of the answer tokens over the whole vocabulary | class: cross-entropy over the class "
-            "names' scores, the scores prediction ranks (costs one row per class where first tokens collide)."
+            "names' scores, the scores prediction ranks (costs one row per class where first tokens collide).",
+            choices=("answer", "class"),
         ),
     )
     gnn_lr: float = field(
         default=1e-4,
-        metadata=_help("GNN learning rate in the joint pass, well below the LLM's: the codes should drift, not jump."),
+        metadata=_help("GNN learning rate in the joint pass, well below the LLM's: the codes should drift, not jump.",
+                       check="positive"),
     )
-    ft_weight_decay: float = field(default=5e-4, metadata=_help("Weight decay of stage two."))
+    ft_weight_decay: float = field(default=5e-4, metadata=_help("Weight decay of stage two.", check="non-negative"))
     node_tokens: str = field(
         default="words",
         metadata=_help(
             "words: the node's code words (Dr.E) | soft: its continuous GNN views through a learned projector "
             "as soft prompt tokens (LLaGA / G-Retriever-style baseline, no quantization) | none: the node's "
-            "text alone, no graph (baseline; needs a graph with text)."
+            "text alone, no graph (baseline; needs a graph with text).",
+            choices=("words", "soft", "none"),
         ),
     )
     joint: bool = field(default=False, metadata=_help("After fine-tuning, train GNN and LLM end to end."))
-    joint_epochs: int = field(default=1, metadata=_help("Epochs of the joint pass."))
+    joint_epochs: int = field(default=1, metadata=_help("Epochs of the joint pass.", check="at-least-1"))
     joint_stage_one_weight: float = field(
         default=0.1,
-        metadata=_help("Weight of the stage-one loss (on each batch's subgraph) beside the LLM's in the joint pass."),
+        metadata=_help("Weight of the stage-one loss (on each batch's subgraph) beside the LLM's in the joint pass.",
+                       check="non-negative"),
     )
-    quantization: str = field(default="none", metadata=_help("none | 4bit | 8bit | auto (bitsandbytes; needs CUDA)."))
+    quantization: str = field(
+        default="none",
+        metadata=_help("none | 4bit | 8bit | auto (bitsandbytes; needs CUDA).",
+                       choices=("none", "4bit", "8bit", "auto")),
+    )
 
     def __post_init__(self):
         super().__post_init__()
-        if self.node_tokens not in ("words", "soft", "none"):
-            raise InputError(f"--node-tokens must be words, soft or none, got {self.node_tokens!r}")
         if self.joint and self.node_tokens != "words":
             raise InputError(f"--joint trains the code words end to end, not --node-tokens {self.node_tokens}")
         if self.node_tokens == "none" and not self.use_text:
             raise InputError("--node-tokens none prompts with the node's text alone: it needs --use-text")
-        if self.lr_schedule not in ("constant", "linear", "cosine"):
-            raise InputError(f"--lr-schedule must be constant, linear or cosine, got {self.lr_schedule!r}")
-        if not 0 <= self.warmup_ratio < 1:
-            raise InputError(f"--warmup-ratio must lie in [0, 1), got {self.warmup_ratio}")
-        if self.max_grad_norm < 0:
-            raise InputError(f"--max-grad-norm must be 0 (off) or positive, got {self.max_grad_norm}")
-        if self.code_samples < 0:
-            raise InputError(f"--code-samples must be 0 or more, got {self.code_samples}")
-        if self.ft_loss not in ("answer", "class"):
-            raise InputError(f"--ft-loss must be answer or class, got {self.ft_loss!r}")
-        if self.quantization not in ("none", "4bit", "8bit", "auto"):
-            raise InputError(f"--quantization must be none, 4bit, 8bit or auto, got {self.quantization!r}")
 
 
 @dataclass
@@ -214,8 +268,11 @@ class BenchConfig(LLMConfig):
 
     dataset: str = field(default="cora", metadata=_help("Dataset to benchmark (see encode --dataset)."))
     data_dir: Optional[str] = field(default=None, metadata=_help("Local raw data (default $DRE_DATA_DIR)."))
-    seeds: int = field(default=3, metadata=_help("Seeds (random 60/20/20 splits) for the main rows."))
-    ablation_seeds: int = field(default=1, metadata=_help("Seeds for the ablation rows."))
+    seeds: int = field(
+        default=3,
+        metadata=_help("Seeds (random 60/20/20 splits) for the main rows.", check="at-least-1"),
+    )
+    ablation_seeds: int = field(default=1, metadata=_help("Seeds for the ablation rows.", check="at-least-1"))
     rows: str = field(
         default="",
         metadata=_help(
@@ -225,7 +282,9 @@ class BenchConfig(LLMConfig):
         ),
     )
     ft_epochs: int = field(
-        default=2, metadata=_help("Fine-tuning epochs of the LLM rows (the soft-prompt row runs 1: it has no layer cache).")
+        default=2,
+        metadata=_help("Fine-tuning epochs of the LLM rows (the soft-prompt row runs 1: it has no layer cache).",
+                       check="at-least-1"),
     )
     quick: bool = field(
         default=False, metadata=_help("Plumbing check: synthetic graph, tiny random Llama, a few epochs (for CI).")

@@ -26,6 +26,16 @@ def test_help_lists_config_options_with_their_help():
     (["encode", "--split", "weird"], "--split must be"),
     (["encode", "--dataset", "no-such-dataset"], "dataset"),
     (["encode", "--features", "words"], "--features must be"),
+    (["encode", "--lr", "-1"], "--lr must be positive, got -1"),
+    (["encode", "--codes-per-view", "0"], "--codes-per-view must be at least 1"),
+    (["encode", "--num-views", "0"], "--num-views must be at least 1"),
+    (["encode", "--dropout", "1"], "--dropout must lie in [0, 1)"),
+    (["encode", "--epochs", "0"], "--epochs must be at least 1"),
+    (["finetune", "--batch-size", "0"], "--batch-size must be at least 1"),
+    (["finetune", "--llm-lr", "0"], "--llm-lr must be positive"),
+    (["finetune", "--ft-epochs", "0"], "--ft-epochs must be at least 1"),
+    (["finetune", "--lr-schedule", "step"], "--lr-schedule must be one of constant, linear, cosine"),
+    (["bench", "--seeds", "0"], "--seeds must be at least 1"),
     (["predict", "--node-ids", "x,y"], "--node-ids"),
 ])
 def test_bad_input_is_one_line_and_exit_2(tmp_path, tiny_llm, args, message):
