@@ -182,7 +182,7 @@ def make_split(
             raise InputError(
                 f"dataset {data.name!r} defines no public split: use --split random"
             )
-        return data.public_split.astype(np.int8, copy=True)
+        return _with_train_and_val(data.public_split.astype(np.int8, copy=True), data.name)
     if kind != "random":
         raise InputError(f"unknown split {kind!r}: expected 'random' or 'public'")
     if len(ratios) != 3 or min(ratios) < 0 or abs(sum(ratios) - 1.0) > 1e-6:
@@ -198,6 +198,14 @@ def make_split(
     split[order[:cut_train]] = 0
     split[order[cut_train:cut_val]] = 1
     split[order[cut_val:]] = 2
+    return _with_train_and_val(split, data.name)
+
+
+def _with_train_and_val(split: np.ndarray, name: str) -> np.ndarray:
+    """Training fits the models and validation picks their checkpoints: a split without either cannot run."""
+    for code, part in ((0, "training"), (1, "validation")):
+        if not (split == code).any():
+            raise InputError(f"dataset {name!r}: the split has no {part} nodes")
     return split
 
 
@@ -269,15 +277,24 @@ def _graph(
 ) -> GraphData:
     """Normalise any source into the guaranteed form and compute its fingerprint."""
     num_nodes = int(x.shape[0])
+    if num_nodes == 0:
+        raise InputError(f"dataset {name!r} has no nodes")
     x = x.to(torch.float32).contiguous()
+    if not torch.isfinite(x).all():
+        node = int((~torch.isfinite(x)).any(dim=1).nonzero()[0])
+        raise InputError(f"dataset {name!r}: features hold NaN or infinite values (first at row {node})")
     y = y.reshape(-1).to(torch.int64)
     class_names = [c.replace("_", " ") for c in class_names]
+    if len(class_names) < 2:
+        raise InputError(f"dataset {name!r}: node classification needs at least two classes, found {len(class_names)}")
     if y.numel() and (int(y.min()) < 0 or int(y.max()) >= len(class_names)):
         raise InputError(
             f"dataset {name!r}: labels must lie in 0..{len(class_names) - 1}, "
             f"found {int(y.min())}..{int(y.max())}"
         )
     edge_index, _ = remove_self_loops(edge_index.to(torch.int64))
+    if edge_index.size(1) == 0:  # isolated nodes are fine; a graph of nothing but is not one to read
+        raise InputError(f"dataset {name!r} has no edges (self-loops aside)")
     edge_index = to_undirected(edge_index, num_nodes=num_nodes).contiguous()
     return GraphData(
         name=name,

@@ -319,3 +319,36 @@ def test_cora_ml_from_the_shared_folder(datasets_root: Path, tmp_path: Path) -> 
     assert data.edge_index.size(1) == 16316  # 8,416 directed links, symmetrised, loops and repeats removed
     assert all(text for text in data.text)
     assert int((data.y == data.class_names.index("Neural Networks")).sum()) == 857
+
+
+def test_bad_graphs_are_refused_and_isolated_nodes_are_fine(tmp_path: Path) -> None:
+    cache = tmp_path / "cache"
+
+    def folder(name, features, labels, src, dst, split=None, classes=None):
+        nodes = {"node_id": list(range(len(labels))), "label": labels, "features": features}
+        if split is not None:
+            nodes["split"] = split
+        return str(write_folder(tmp_path / name, nodes, {"src": src, "dst": dst}, classes))
+
+    nan = folder("nan", [[1.0], [float("nan")], [0.0]], [0, 1, 0], [0], [1])
+    with pytest.raises(InputError, match="NaN or infinite values \\(first at row 1\\)"):
+        load_dataset(nan, None, cache)
+    one_class = folder("one_class", [[1.0], [2.0]], [0, 0], [0], [1], classes=["only"])
+    with pytest.raises(InputError, match="at least two classes"):
+        load_dataset(one_class, None, cache)
+    no_edges = folder("loops_only", [[1.0], [2.0]], [0, 1], [0, 1], [0, 1])
+    with pytest.raises(InputError, match="no edges"):
+        load_dataset(no_edges, None, cache)
+    empty = folder("empty", pa.array([], pa.list_(pa.float64())), pa.array([], pa.int64()), [], [],
+                   classes=["a", "b"])
+    with pytest.raises(InputError):
+        load_dataset(empty, None, cache)
+    untrained = folder("untrained", [[1.0], [2.0], [3.0]], [0, 1, 0], [0], [1], split=["val", "test", "val"])
+    data = load_dataset(untrained, None, cache)
+    with pytest.raises(InputError, match="no training nodes"):
+        make_split(data, "public", 0)
+
+    isolated = folder("isolated", [[float(i)] for i in range(6)], [0, 1, 0, 1, 0, 1], [0, 1], [1, 2])
+    data = load_dataset(isolated, None, cache)  # nodes 3..5 have no edge at all
+    assert data.num_nodes == 6 and set(data.edge_index.flatten().tolist()) == {0, 1, 2}
+    assert (make_split(data, "random", 0) >= 0).all()
