@@ -3,7 +3,9 @@
 A key is a hash of everything that determines the output (the stage's config, its
 inputs' keys, the data's fingerprint), so a rerun with the same settings is a cache
 hit. Each artifact is written in a temporary folder and renamed into place: a killed
-run leaves no half artifact, and what was already finished stays.
+run leaves no half artifact, and what was already finished stays. The manifest lists
+every file with its size and SHA-256; a cache hit is checked against it, and a damaged
+artifact (a truncated or altered file) is rebuilt, never used.
 """
 
 import hashlib
@@ -35,12 +37,32 @@ def artifact_key(payload: dict) -> str:
     return digest({**payload, "version": __version__})
 
 
-def file_digest(path: Path, chunk: int = 1 << 22) -> str:
+def file_digest(path: Path, chunk: int = 1 << 22, length: int = 16) -> str:
     sha = hashlib.sha256()
     with open(path, "rb") as f:
         while block := f.read(chunk):
             sha.update(block)
-    return sha.hexdigest()[:16]
+    return sha.hexdigest()[:length]
+
+
+def file_checksums(folder: Path) -> dict:
+    """Every file below ``folder`` but the manifest: relative path -> size and full SHA-256."""
+    return {str(p.relative_to(folder)): {"size": p.stat().st_size, "sha256": file_digest(p, length=64)}
+            for p in sorted(folder.rglob("*")) if p.is_file() and p.name != MANIFEST}
+
+
+def damaged_files(artifact: "Artifact") -> list:
+    """What no longer matches the manifest's checksums: one line per file (empty: intact or unlisted)."""
+    problems = []
+    for name, expected in artifact.manifest.get("files", {}).items():
+        path = artifact.path / name
+        if not path.is_file():
+            problems.append(f"{name} is missing")
+        elif path.stat().st_size != expected["size"]:
+            problems.append(f"{name} has {path.stat().st_size} bytes, not {expected['size']}")
+        elif file_digest(path, length=64) != expected["sha256"]:
+            problems.append(f"{name} has changed since it was written")
+    return problems
 
 
 def write_json(path: Path, payload) -> None:
@@ -93,6 +115,10 @@ class Store:
         ``cached_only`` (for commands that must not train, like ``predict``) turns a miss into an error.
         """
         found = None if force else self.find(stage, key)
+        if found and (problems := damaged_files(found)):
+            log.warning("%s: %s is damaged (%s); %s", stage, found.path, "; ".join(problems),
+                        "it is not used" if cached_only else "rebuilding it")
+            found = None
         if found:
             log.info("%s: cache hit %s", stage, found.path)
         elif cached_only:
@@ -119,7 +145,8 @@ class Store:
         tmp.mkdir(parents=True)
         try:
             yield tmp
-            manifest = {**manifest, "stage": stage, "key": key, "created": time.strftime("%Y-%m-%dT%H:%M:%S")}
+            manifest = {**manifest, "stage": stage, "key": key, "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
+                        "files": file_checksums(tmp)}
             write_json(tmp / MANIFEST, manifest)
             if final.exists():
                 old = final.with_name(f".old-{key}-{os.getpid()}")

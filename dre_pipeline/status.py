@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Optional
 
-from .artifacts import Artifact, Store, file_digest
+from .artifacts import Artifact, Store, damaged_files, file_digest
 from .config import CodebookConfig, FinetuneConfig, subset
 from .errors import InputError
 from .llm import embedded_gguf, resolve_llm
@@ -42,6 +42,7 @@ class Entry:
     size: int  # bytes
     stale: Optional[bool]  # None: unknown (see Current.known)
     differs: dict = field(default_factory=dict)  # setting -> (the artifact's value, the current value)
+    damage: list = field(default_factory=list)  # files that no longer match the manifest's checksums
 
     @property
     def headline(self) -> str:
@@ -140,7 +141,7 @@ def inventory(cfg: Optional[FinetuneConfig], store: Store) -> Inventory:
         for artifact in store.list(stage):
             stale = (artifact.key != current.keys.get(stage)) if current.known else None
             differs = differing_settings(artifact, cfg) if cfg is not None else {}
-            entries.append(Entry(artifact, folder_size(artifact.path), stale, differs))
+            entries.append(Entry(artifact, folder_size(artifact.path), stale, differs, damaged_files(artifact)))
         folder = store.root / stage
         if folder.is_dir():
             leftovers += [(p, folder_size(p)) for p in sorted(folder.iterdir())
@@ -163,7 +164,9 @@ def status_text(inv: Inventory, root: Path) -> str:
     for e in inv.entries:
         a = e.artifact
         lines.append(f"{a.stage:<9} {a.key:<16} {a.manifest.get('created', ''):<19} {human_size(e.size):>9} "
-                     f"{state[e.stale]:<7} {e.headline}")
+                     f"{'damaged' if e.damage else state[e.stale]:<7} {e.headline}")
+        if e.damage:
+            lines.append(f"{'':<9} damaged: {'; '.join(e.damage)} (rebuilt on the next run that needs it)")
         if e.differs:
             changes = ", ".join(f"{k} {old!r} → {new!r}" for k, (old, new) in sorted(e.differs.items()))
             lines.append(f"{'':<9} settings that differ: {changes}")

@@ -47,3 +47,28 @@ def test_force_replaces_only_when_complete(tmp_path):
 def test_cached_only_miss_is_a_user_error(tmp_path):
     with pytest.raises(InputError, match="run `dre-pipeline encode` first"):
         Store(tmp_path).lookup("encode", "nope", force=False, cached_only=True)
+
+
+@pytest.mark.parametrize("harm, problem", [
+    (lambda path: path.write_bytes(path.read_bytes()[:-3]), "has 7 bytes, not 10"),  # truncated
+    (lambda path: path.write_bytes(b"0123456789"[::-1]), "has changed"),  # altered, same size
+    (lambda path: path.unlink(), "is missing"),
+])
+def test_a_damaged_artifact_is_detected_and_never_used(tmp_path, caplog, harm, problem):
+    from dre_pipeline.artifacts import damaged_files
+
+    from dre_pipeline.status import inventory, status_text
+
+    store = Store(tmp_path)
+    with store.writing("codebook", "k1", {"kept": 1, "total": 2}) as out:
+        (out / "sub").mkdir()
+        (out / "sub" / "codes.bin").write_bytes(b"0123456789")
+    artifact = store.find("codebook", "k1")
+    assert artifact.manifest["files"]["sub/codes.bin"]["size"] == 10 and damaged_files(artifact) == []
+    harm(artifact.path / "sub" / "codes.bin")
+    assert any(problem in line for line in damaged_files(artifact))
+    assert store.lookup("codebook", "k1", force=False) is None  # rebuilt, not used
+    assert "damaged" in caplog.text
+    with pytest.raises(InputError, match="run `dre-pipeline codebook` first"):
+        store.lookup("codebook", "k1", force=False, cached_only=True)
+    assert f"damaged: sub/codes.bin {problem}" in status_text(inventory(None, store), tmp_path)
