@@ -8,6 +8,7 @@ every file with its size and SHA-256; a cache hit is checked against it, and a d
 artifact (a truncated or altered file) is rebuilt, never used.
 """
 
+import fcntl
 import hashlib
 import json
 import logging
@@ -98,8 +99,13 @@ class Artifact:
 
 
 class Store:
+    """Artifacts by stage and key. Two runs on one store never compute the same key twice:
+    the first to miss takes the key's lock (``<stage>/.lock-<key>``) until it has written the
+    artifact; the second waits for it, then finds the artifact and reuses it."""
+
     def __init__(self, root: Path):
         self.root = Path(root)
+        self._locks = {}  # (stage, key) -> the open lock file this process holds
 
     def find(self, stage: str, key: str, cached: bool = True) -> Optional[Artifact]:
         """The finished artifact under ``key``, or None; ``cached=False`` for one just written."""
@@ -115,6 +121,8 @@ class Store:
         ``cached_only`` (for commands that must not train, like ``predict``) turns a miss into an error.
         """
         found = None if force else self.find(stage, key)
+        if not found and not cached_only and self._claim(stage, key):
+            found = None if force else self.find(stage, key)  # written while this run waited
         if found and (problems := damaged_files(found)):
             log.warning("%s: %s is damaged (%s); %s", stage, found.path, "; ".join(problems),
                         "it is not used" if cached_only else "rebuilding it")
@@ -124,6 +132,27 @@ class Store:
         elif cached_only:
             raise InputError(f"no {stage} artifact for these settings in {self.root}: run `dre-pipeline {stage}` first")
         return found
+
+    def _claim(self, stage: str, key: str) -> bool:
+        """Hold the key's lock until :meth:`writing` is done with it; True when another run held it first."""
+        if (stage, key) in self._locks:
+            return False
+        folder = self.root / stage
+        folder.mkdir(parents=True, exist_ok=True)
+        lock = open(folder / f".lock-{key}", "a")
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            waited = False
+        except BlockingIOError:
+            log.info("%s: another run is computing %s; waiting for it", stage, key)
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            waited = True
+        self._locks[(stage, key)] = lock
+        return waited
+
+    def _release(self, stage: str, key: str) -> None:
+        if lock := self._locks.pop((stage, key), None):
+            lock.close()  # closing the file drops the lock (so does the process ending)
 
     def list(self, stage: str) -> list:
         folder = self.root / stage
@@ -157,3 +186,4 @@ class Store:
                 tmp.rename(final)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
+            self._release(stage, key)

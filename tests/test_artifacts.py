@@ -72,3 +72,30 @@ def test_a_damaged_artifact_is_detected_and_never_used(tmp_path, caplog, harm, p
     with pytest.raises(InputError, match="run `dre-pipeline codebook` first"):
         store.lookup("codebook", "k1", force=False, cached_only=True)
     assert f"damaged: sub/codes.bin {problem}" in status_text(inventory(None, store), tmp_path)
+
+
+def _compute_once(root: str, log_file: str) -> None:
+    """What a stage does: look up, else compute (slowly) and write; counts its computations."""
+    import time
+
+    store = Store(root)
+    if store.lookup("encode", "shared", force=False) is None:
+        with open(log_file, "a") as f:
+            f.write("computed\n")
+        time.sleep(1.0)
+        with store.writing("encode", "shared", {}) as out:
+            (out / "codes.bin").write_bytes(b"codes")
+
+
+def test_two_runs_on_one_store_compute_a_key_once(tmp_path):
+    from multiprocessing import get_context
+
+    context = get_context("spawn")
+    runs = [context.Process(target=_compute_once, args=(str(tmp_path), str(tmp_path / "log"))) for _ in range(2)]
+    for run in runs:
+        run.start()
+    for run in runs:
+        run.join(60)
+    assert [run.exitcode for run in runs] == [0, 0]
+    assert (tmp_path / "log").read_text() == "computed\n"  # the second run waited, then reused it
+    assert Store(tmp_path).find("encode", "shared").file("codes.bin").read_bytes() == b"codes"
