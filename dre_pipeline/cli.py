@@ -8,6 +8,7 @@ line on stderr.
 import inspect
 import json
 import sys
+import tempfile
 from contextlib import contextmanager
 from dataclasses import MISSING, fields
 from pathlib import Path
@@ -40,6 +41,12 @@ def _store(path: Path) -> Store:
 
     if path == Path("artifacts") and os.environ.get("DRE_STORE"):
         path = Path(os.environ["DRE_STORE"])
+    try:  # refused now rather than after an hour of work
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=path):
+            pass
+    except OSError as error:
+        raise InputError(f"store folder {str(path)!r} cannot be written: {error.strerror}") from None
     return Store(path)
 
 

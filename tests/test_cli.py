@@ -62,3 +62,11 @@ def test_codebook_command_then_cache_hit(tmp_path, tiny_llm):
     second = invoke("codebook", "--llm-path", str(tiny_llm), "--max-codes", "300", store=tmp_path)
     assert second.output.splitlines()[-1] == first.output.splitlines()[-1]
     assert len(list((tmp_path / "codebook").iterdir())) == 1
+
+
+def test_a_store_that_cannot_be_written_is_refused_first(tmp_path, tiny_llm):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    result = invoke("codebook", "--llm-path", str(tiny_llm), store=blocker / "store")
+    assert result.exit_code == 2 and "cannot be written" in result.output.splitlines()[-1]
+    assert "Traceback" not in result.output

@@ -219,3 +219,19 @@ def test_text_only_prompts_hold_no_graph_words(run):
     assert suffix.startswith("Its own text:") and "hop" not in suffix
     with pytest.raises(Exception, match="needs --use-text"):
         replace(cfg, joint=False, node_tokens="none", use_text=False)
+
+
+def test_codes_built_on_another_llms_vocabulary_are_refused(run, tmp_path):
+    import shutil
+
+    from dre_pipeline.errors import InputError
+
+    cfg, store, artifact = run
+    copy = Store(tmp_path / "store")
+    shutil.copytree(store.root, copy.root)
+    book = next((copy.root / "codebook").glob("[!.]*"))
+    manifest = json.loads((book / "manifest.json").read_text())
+    manifest["llm"].update(identity="another", name="another-llm")
+    (book / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(InputError, match="built on another-llm's vocabulary"):
+        workspace.prepare(replace(cfg, joint=False), copy, quiet=True)

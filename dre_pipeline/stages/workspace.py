@@ -37,7 +37,12 @@ def prepare(cfg: FinetuneConfig, store: Store, quiet: bool = False, cached_only:
     encode = encode_stage.run(subset(cfg, EncodeConfig), store, quiet=quiet, cached_only=cached_only)
     llm = resolve_llm(cfg.llm_path, store)
     data, split = encode_stage.load_graph(cfg, store, quiet, cached_only)
-    codebook = Codebook.load(store.root / "codebook" / encode.manifest["codebook"])
+    codebook_artifact = store.find("codebook", encode.manifest["codebook"])
+    if codebook_artifact is None or codebook_artifact.manifest["llm"]["identity"] != llm.identity:
+        built_for = codebook_artifact.manifest["llm"]["name"] if codebook_artifact else "no codebook in this store"
+        raise InputError(f"the stage-one codes were built on {built_for}'s vocabulary, not on {llm.name}: "
+                         "run encode with the same --llm-path as finetune")
+    codebook = Codebook.load(codebook_artifact.path)
     tokenizer = load_tokenizer(llm)
     use_text = cfg.use_text and data.text is not None
     if cfg.node_tokens == "none" and not use_text:
