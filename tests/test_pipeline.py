@@ -229,7 +229,7 @@ def test_codes_built_on_another_llms_vocabulary_are_refused(run, tmp_path):
     cfg, store, artifact = run
     copy = Store(tmp_path / "store")
     shutil.copytree(store.root, copy.root)
-    book = next((copy.root / "codebook").glob("[!.]*"))
+    book = copy.root / "codebook" / store.find("encode", artifact.manifest["encode"]).manifest["codebook"]
     manifest = json.loads((book / "manifest.json").read_text())
     manifest["llm"].update(identity="another", name="another-llm")
     (book / "manifest.json").write_text(json.dumps(manifest))
