@@ -235,3 +235,19 @@ def test_codes_built_on_another_llms_vocabulary_are_refused(run, tmp_path):
     (book / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(InputError, match="built on another-llm's vocabulary"):
         workspace.prepare(replace(cfg, joint=False), copy, quiet=True)
+
+
+def test_same_seed_same_codes_and_predictions(run, tmp_path):
+    cfg, _, _ = run
+    plain = replace(cfg, joint=False, ft_epochs=1)
+    outputs = []
+    for attempt in ("first", "second"):  # two stores: nothing cached is shared
+        artifact = finetune.run(plain, Store(tmp_path / attempt), quiet=True, device="cpu")
+        encoded = Store(tmp_path / attempt).find("encode", artifact.manifest["encode"])
+        outputs.append((pq.read_table(encoded.path / "codes.parquet"),
+                        pq.read_table(artifact.path / "predictions.parquet")))
+    (codes_a, pred_a), (codes_b, pred_b) = outputs
+    assert codes_a.equals(codes_b)
+    assert pred_a.drop(["scores"]).equals(pred_b.drop(["scores"]))
+    np.testing.assert_array_equal(np.stack(pred_a["scores"].to_numpy(zero_copy_only=False)),
+                                  np.stack(pred_b["scores"].to_numpy(zero_copy_only=False)))
