@@ -154,6 +154,32 @@ class Store:
         if lock := self._locks.pop((stage, key), None):
             lock.close()  # closing the file drops the lock (so does the process ending)
 
+    def checkpoint(self, stage: str, key: str) -> Path:
+        """Where a run computing ``key`` keeps its last resumable state (removed once the artifact is written)."""
+        return self.root / stage / f".ckpt-{key}.pt"
+
+    def save_checkpoint(self, stage: str, key: str, state: dict) -> None:
+        import torch
+
+        path = self.checkpoint(stage, key)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+        torch.save(state, tmp)
+        os.replace(tmp, path)  # a kill leaves the previous checkpoint or this one, never half of one
+
+    def load_checkpoint(self, stage: str, key: str) -> Optional[dict]:
+        """The state a killed run left for ``key``, or None (also for one that cannot be read)."""
+        import torch
+
+        path = self.checkpoint(stage, key)
+        if not path.is_file():
+            return None
+        try:
+            return torch.load(path, weights_only=True)
+        except Exception as error:  # a checkpoint is an optimisation: an unreadable one means starting over
+            log.warning("%s: checkpoint %s cannot be read (%s); starting over", stage, path, error)
+            return None
+
     def list(self, stage: str) -> list:
         folder = self.root / stage
         if not folder.is_dir():
@@ -184,6 +210,7 @@ class Store:
                 shutil.rmtree(old)
             else:
                 tmp.rename(final)
+            self.checkpoint(stage, key).unlink(missing_ok=True)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
             self._release(stage, key)

@@ -1,6 +1,7 @@
 """Run-time helpers every stage shares: seeds, progress bars, logging."""
 
 import logging
+import os
 import random
 import sys
 import time
@@ -17,6 +18,21 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
+
+
+def checkpoint_seconds() -> float:
+    """Least time between two checkpoints of a training run ($DRE_CHECKPOINT_SECONDS, default 60)."""
+    return float(os.environ.get("DRE_CHECKPOINT_SECONDS", 60))
+
+
+def rng_state() -> dict:
+    """The generators a training step draws from (dropout: torch; PyG's negative sampling: Python's too)."""
+    return {"torch": torch.get_rng_state(), "python": random.getstate()}
+
+
+def set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    random.setstate(state["python"])
 
 
 def native_bf16(device: torch.device) -> bool:
@@ -113,6 +129,12 @@ class EarlyStopping:
     def __init__(self, patience: int, snapshot):
         self.patience, self.snapshot = patience, snapshot
         self.best, self.best_state, self.stale = float("-inf"), None, 0
+
+    def state_dict(self) -> dict:
+        return {"best": self.best, "best_state": self.best_state, "stale": self.stale}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.best, self.best_state, self.stale = state["best"], state["best_state"], state["stale"]
 
     def update(self, score: float) -> None:
         if score > self.best:

@@ -26,7 +26,7 @@ from .stages import features as features_stage
 from .stages import workspace
 
 STAGES = ("llm", "features", "codebook", "encode", "finetune")  # upstream first: a key depends on those before it
-LEFTOVER_PREFIXES = (".tmp-", ".old-")  # what an interrupted Store.writing leaves behind
+LEFTOVER_PREFIXES = (".tmp-", ".old-", ".ckpt-")  # what interrupted writes and training runs leave behind
 
 
 @dataclass

@@ -2,7 +2,9 @@
 
 One plain loop: forward, the four losses, backward, step; every ``eval_epochs`` epochs,
 evaluate the label head on validation, keep the best state, stop early. Then every node's codes go to
-``codes.parquet`` and the run's history to ``metrics.json``.
+``codes.parquet`` and the run's history to ``metrics.json``. At an evaluation, at most every
+``checkpoint_seconds()``, the whole training state is saved; a killed run resumes from it and
+ends as an uninterrupted one would.
 """
 
 import math
@@ -21,7 +23,8 @@ from ..data import GraphData, load_dataset, make_split, split_names
 from ..gnn import MultiViewSAGE, StageOneModel
 from ..quantizer import perplexity
 from ..evaluation import split_accuracy
-from ..runtime import EarlyStopping, log, progress, seed_everything, snapshot
+from ..runtime import (EarlyStopping, checkpoint_seconds, log, progress, rng_state, seed_everything, set_rng_state,
+                       snapshot)
 from . import codebook as codebook_stage
 
 
@@ -70,8 +73,16 @@ def run(cfg: EncodeConfig, store: Store, force: bool = False, quiet: bool = Fals
     history, losses_since_eval = [], []
     # Patience is in epochs; the stopper counts evaluations.
     stopper = EarlyStopping(math.ceil(cfg.patience / cfg.eval_epochs), lambda: snapshot(model.state_dict()))
-    started = time.time()
-    bar = progress(range(cfg.epochs), quiet=quiet, desc="encode epoch")
+    start_epoch, seconds_before = 0, 0.0
+    if resumed := store.load_checkpoint("encode", key):
+        model.load_state_dict(resumed["model"])
+        optimizer.load_state_dict(resumed["optimizer"])
+        stopper.load_state_dict(resumed["stopper"])
+        history, start_epoch, seconds_before = resumed["history"], resumed["epoch"], resumed["seconds"]
+        set_rng_state(resumed["rng"])
+        log.info("encode: resuming an interrupted run after epoch %d", start_epoch)
+    started = last_checkpoint = time.time()
+    bar = progress(range(start_epoch, cfg.epochs), quiet=quiet, desc="encode epoch")
     for epoch in bar:
         model.train()
         loss, parts = losses.stage_one_loss(*model(x, edge_index), x, edge_index, y, train_mask, cfg)
@@ -92,9 +103,15 @@ def run(cfg: EncodeConfig, store: Store, force: bool = False, quiet: bool = Fals
                         "perplexity": [perplexity(v.codes, len(codebook)) for v in views]})
         bar.set_postfix(loss=f"{mean_losses['loss']:.3f}", val=f"{acc['val']:.3f}")
         stopper.update(acc["val"])
+        if time.time() - last_checkpoint >= checkpoint_seconds() and not stopper.stop:
+            store.save_checkpoint("encode", key, {
+                "model": model.state_dict(), "optimizer": optimizer.state_dict(), "stopper": stopper.state_dict(),
+                "history": history, "epoch": epoch + 1, "seconds": seconds_before + time.time() - started,
+                "rng": rng_state()})
+            last_checkpoint = time.time()
         if stopper.stop:
             break
-    train_seconds = time.time() - started
+    train_seconds = seconds_before + time.time() - started
 
     model.load_state_dict(stopper.best_state)
     model.eval()

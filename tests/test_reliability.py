@@ -1,0 +1,46 @@
+"""Faults: a run killed with SIGKILL resumes from its checkpoint and ends as an uninterrupted one."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pyarrow.parquet as pq
+
+from dre_pipeline.artifacts import Store
+
+ENCODE = ["encode", "--dataset", "synthetic", "--epochs", "60", "--patience", "60", "--eval-epochs", "1", "--quiet"]
+
+
+def dre(store, llm, *args, wait=True):
+    command = [sys.executable, "-c", "from dre_pipeline.cli import main; main()", *args,
+               "--llm-path", str(llm), "--store", str(store)]
+    env = {**os.environ, "DRE_CHECKPOINT_SECONDS": "0", "OMP_NUM_THREADS": "1"}
+    if wait:
+        return subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+    return subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+
+
+def test_encode_killed_mid_run_resumes_and_matches_an_uninterrupted_run(tmp_path, tiny_llm):
+    killed = dre(tmp_path / "killed", tiny_llm, *ENCODE, wait=False)
+    deadline = time.time() + 300
+    while not list((tmp_path / "killed" / "encode").glob(".ckpt-*.pt")):
+        assert killed.poll() is None and time.time() < deadline, killed.stderr.read() if killed.stderr else ""
+        time.sleep(0.2)
+    time.sleep(0.5)  # a few epochs past the first checkpoint
+    killed.send_signal(signal.SIGKILL)
+    killed.wait()
+    store = Store(tmp_path / "killed")
+    assert store.list("encode") == []  # no half artifact
+    resumed = dre(tmp_path / "killed", tiny_llm, *ENCODE, "--no-quiet")
+    assert resumed.returncode == 0, resumed.stderr
+    assert "resuming an interrupted run after epoch" in resumed.stderr
+    assert not list((tmp_path / "killed" / "encode").glob(".ckpt-*"))  # spent once the artifact exists
+
+    whole = dre(tmp_path / "whole", tiny_llm, *ENCODE)
+    assert whole.returncode == 0, whole.stderr
+    (a,), (b,) = store.list("encode"), Store(tmp_path / "whole").list("encode")
+    assert a.key == b.key
+    assert pq.read_table(a.path / "codes.parquet").equals(pq.read_table(b.path / "codes.parquet"))
+    assert a.manifest["label_head_accuracy"] == b.manifest["label_head_accuracy"]
