@@ -44,3 +44,26 @@ def test_encode_killed_mid_run_resumes_and_matches_an_uninterrupted_run(tmp_path
     assert a.key == b.key
     assert pq.read_table(a.path / "codes.parquet").equals(pq.read_table(b.path / "codes.parquet"))
     assert a.manifest["label_head_accuracy"] == b.manifest["label_head_accuracy"]
+
+
+FINETUNE = ["finetune", "--dataset", "synthetic", "--epochs", "5", "--patience", "5", "--ft-epochs", "6",
+            "--ft-patience", "6", "--lora-layers", "1", "--quiet"]
+
+
+def test_finetune_killed_mid_run_resumes_and_matches_an_uninterrupted_run(tmp_path, tiny_llm):
+    killed = dre(tmp_path / "killed", tiny_llm, *FINETUNE, wait=False)
+    deadline = time.time() + 300
+    while not list((tmp_path / "killed" / "finetune").glob(".ckpt-*.pt")):
+        assert killed.poll() is None and time.time() < deadline, killed.stderr.read() if killed.stderr else ""
+        time.sleep(0.2)
+    killed.send_signal(signal.SIGKILL)
+    killed.wait()
+    assert Store(tmp_path / "killed").list("finetune") == []
+    resumed = dre(tmp_path / "killed", tiny_llm, *FINETUNE, "--no-quiet")
+    assert resumed.returncode == 0, resumed.stderr
+    assert "finetune: resuming an interrupted run after epoch" in resumed.stderr
+
+    whole = dre(tmp_path / "whole", tiny_llm, *FINETUNE)
+    assert whole.returncode == 0, whole.stderr
+    (a,), (b,) = Store(tmp_path / "killed").list("finetune"), Store(tmp_path / "whole").list("finetune")
+    assert pq.read_table(a.path / "predictions.parquet").equals(pq.read_table(b.path / "predictions.parquet"))

@@ -53,7 +53,8 @@ def run(cfg: FinetuneConfig, store: Store, force: bool = False, quiet: bool = Fa
         metrics = {"finetune": json.loads((base.path / "metrics.json").read_text())["finetune"]}
         node_tokens = graph_in_the_loop(ws, predictor, soft=False)
         before = [p.detach().clone() for p in node_tokens.encoder.parameters()]
-        joint = train(predictor, node_tokens, ws, cfg.joint_epochs, cfg.seed + 1, quiet, "joint", keep_start=True)
+        joint = train(predictor, node_tokens, ws, cfg.joint_epochs, cfg.seed + 1, quiet, "joint", keep_start=True,
+                      store=store)
         codes, old = node_tokens.all_codes(), codes
         joint["gnn_weight_change"] = float(torch.norm(torch.stack(
             [(p.detach() - b).norm() for p, b in zip(node_tokens.encoder.parameters(), before)])))
@@ -66,7 +67,8 @@ def run(cfg: FinetuneConfig, store: Store, force: bool = False, quiet: bool = Fa
         soft = cfg.node_tokens == "soft"
         node_tokens = (graph_in_the_loop(ws, predictor, soft=True) if soft
                        else StoredWords(ws, codes, sampled_codes(ws, cfg.code_samples, cfg.seed), cfg.seed))
-        metrics = {"finetune": train(predictor, node_tokens, ws, cfg.ft_epochs, cfg.seed, quiet, "finetune")}
+        metrics = {"finetune": train(predictor, node_tokens, ws, cfg.ft_epochs, cfg.seed, quiet, "finetune",
+                                     store=store)}
         nodes, scores, reports = evaluate(predictor, node_tokens, ws, quiet)
         metrics["finetune"].update(reports, scoring="first-token" if ws.template.first_token_unique else "sequence")
     metrics["final"] = reports

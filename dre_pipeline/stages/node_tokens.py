@@ -66,7 +66,7 @@ class GraphInTheLoop(nn.Module):
     def __init__(self, ws: Workspace, stage_one: nn.Module, word_embeddings: torch.Tensor, soft: bool):
         super().__init__()
         self.ws, self.stage_one, self.soft = ws, stage_one, soft
-        self.stage_one_loss = None
+        self.stage_one_loss, self.generator = None, None  # draws nothing at random itself
         self.register_buffer("word_embeddings", word_embeddings, persistent=False)
         d, k = word_embeddings.shape[1], ws.cfg.codes_per_view
         self.projector = nn.Linear(d, k * d) if soft else None

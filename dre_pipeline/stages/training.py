@@ -5,8 +5,10 @@ score validation every ``eval_every`` steps or each epoch, keep the best state, 
 :func:`score` / :func:`evaluate` rank the class names for given nodes (predict uses them too).
 """
 
+import json
 import math
 import time
+from typing import Optional
 
 import numpy as np
 import torch
@@ -16,7 +18,8 @@ from ..config import FinetuneConfig
 from ..data import SPLIT_NAMES
 from ..evaluation import classification_report
 from ..predictor import GraphWordPredictor
-from ..runtime import EarlyStopping, log, progress, snapshot
+from ..artifacts import Store
+from ..runtime import EarlyStopping, checkpoint_seconds, log, progress, rng_state, set_rng_state, snapshot
 from .workspace import Workspace
 
 
@@ -52,11 +55,14 @@ def evaluate(predictor, node_tokens: nn.Module, ws: Workspace, quiet: bool, part
 
 
 def train(predictor: GraphWordPredictor, node_tokens: nn.Module, ws: Workspace, epochs: int, seed: int,
-          quiet: bool, phase: str, keep_start: bool = False) -> dict:
+          quiet: bool, phase: str, keep_start: bool = False, store: Optional[Store] = None) -> dict:
     """The training loop; returns its metrics and leaves the best state (LoRA + node tokens) loaded.
 
     ``keep_start``: the starting state competes too, so training that does not beat it on
     validation leaves the model as it was (the joint pass starts from a validated model).
+    ``store``: after an epoch, at most every ``checkpoint_seconds()``, the training state is
+    saved under the run's key; a killed run resumes at the next epoch and ends as an
+    uninterrupted one would.
     """
     cfg, model = ws.cfg, predictor.model
     groups = [{"params": [p for p in model.parameters() if p.requires_grad], "lr": cfg.llm_lr}]
@@ -81,12 +87,26 @@ def train(predictor: GraphWordPredictor, node_tokens: nn.Module, ws: Workspace, 
         log.info("%s: epoch %d step %d loss %.4f val accuracy %.4f", phase, epoch + 1, step,
                  history[-1]["train_loss"], history[-1]["val_accuracy"])
 
-    start_accuracy = None
-    if keep_start:
+    trainable = [name for name, p in model.named_parameters() if p.requires_grad]
+    start_accuracy, start_epoch, seconds_before = None, 0, 0.0
+    if resumed := store and store.load_checkpoint("finetune", ws.key):
+        model.load_state_dict(resumed["trainable"], strict=False)
+        node_tokens.load_state_dict(resumed["node_tokens"])
+        optimizer.load_state_dict(resumed["optimizer"])
+        scheduler.load_state_dict(resumed["scheduler"])
+        stopper.load_state_dict(resumed["stopper"])
+        history, step, trained_tokens, gnn_grad_norms = (resumed[k] for k in ("history", "step", "tokens", "gnn_norms"))
+        start_accuracy, start_epoch, seconds_before = resumed["start_accuracy"], resumed["epoch"], resumed["seconds"]
+        generator.bit_generator.state = json.loads(resumed["batches_rng"])
+        if node_tokens.generator is not None:
+            node_tokens.generator.bit_generator.state = json.loads(resumed["node_tokens_rng"])
+        set_rng_state(resumed["rng"])
+        log.info("%s: resuming an interrupted run after epoch %d", phase, start_epoch)
+    elif keep_start:
         start_accuracy = evaluate(predictor, node_tokens, ws, quiet, parts=("val",))[2]["val"]["accuracy"]
         stopper.update(start_accuracy)
-    started = time.time()
-    for epoch in range(epochs):
+    started = last_checkpoint = time.time()
+    for epoch in range(start_epoch, epochs):
         epoch_start, losses = time.time(), []
         for batch in progress(train_batches(train_nodes, cfg.batch_size, generator), quiet=quiet,
                               desc=f"{phase} epoch {epoch + 1}"):
@@ -118,7 +138,18 @@ def train(predictor: GraphWordPredictor, node_tokens: nn.Module, ws: Workspace, 
             checkpoint(epoch, losses, time.time() - epoch_start)
         if stopper.stop:
             break
-    train_seconds = time.time() - started
+        if store and time.time() - last_checkpoint >= checkpoint_seconds():
+            store.save_checkpoint("finetune", ws.key, {
+                "trainable": {k: v for k, v in model.state_dict().items() if k in trainable},
+                "node_tokens": node_tokens.state_dict(), "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(), "stopper": stopper.state_dict(), "history": history,
+                "step": step, "tokens": trained_tokens, "gnn_norms": gnn_grad_norms, "epoch": epoch + 1,
+                "start_accuracy": start_accuracy, "seconds": seconds_before + time.time() - started,
+                "batches_rng": json.dumps(generator.bit_generator.state), "rng": rng_state(),
+                "node_tokens_rng": json.dumps(node_tokens.generator.bit_generator.state)
+                if node_tokens.generator is not None else None})
+            last_checkpoint = time.time()
+    train_seconds = seconds_before + time.time() - started
     lora, tokens_state = stopper.best_state
     model.load_state_dict(lora, strict=False)
     node_tokens.load_state_dict(tokens_state)
