@@ -59,7 +59,7 @@ def user_errors():
         typer.echo(f"error: {error}", err=True)
         raise typer.Exit(2)
     except KeyboardInterrupt:
-        typer.echo("interrupted: finished artifacts are kept", err=True)
+        typer.echo("interrupted: finished artifacts are kept; a rerun resumes from the last checkpoint", err=True)
         raise typer.Exit(130)
 
 

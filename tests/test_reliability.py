@@ -67,3 +67,17 @@ def test_finetune_killed_mid_run_resumes_and_matches_an_uninterrupted_run(tmp_pa
     assert whole.returncode == 0, whole.stderr
     (a,), (b,) = Store(tmp_path / "killed").list("finetune"), Store(tmp_path / "whole").list("finetune")
     assert pq.read_table(a.path / "predictions.parquet").equals(pq.read_table(b.path / "predictions.parquet"))
+
+
+def test_ctrl_c_stops_with_one_line_and_the_rerun_resumes(tmp_path, tiny_llm):
+    run = dre(tmp_path, tiny_llm, *ENCODE, wait=False)
+    deadline = time.time() + 300
+    while not list((tmp_path / "encode").glob(".ckpt-*.pt")):
+        assert run.poll() is None and time.time() < deadline
+        time.sleep(0.2)
+    run.send_signal(signal.SIGINT)
+    _, stderr = run.communicate(timeout=60)
+    assert run.returncode == 130 and "Traceback" not in stderr
+    assert stderr.strip().splitlines()[-1].startswith("interrupted: finished artifacts are kept")
+    rerun = dre(tmp_path, tiny_llm, *ENCODE, "--no-quiet")
+    assert rerun.returncode == 0 and "resuming an interrupted run" in rerun.stderr
