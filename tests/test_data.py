@@ -348,6 +348,11 @@ def test_bad_graphs_are_refused_and_isolated_nodes_are_fine(tmp_path: Path) -> N
     with pytest.raises(InputError, match="no training nodes"):
         make_split(data, "public", 0)
 
+    twice = write_folder(tmp_path / "twice", {"node_id": [0, 0], "label": [0, 1], "features": [[1.0], [2.0]]},
+                         {"src": [0], "dst": [0]})
+    with pytest.raises(InputError, match="node_id values must be unique"):
+        load_dataset(str(twice), None, cache)
+
     isolated = folder("isolated", [[float(i)] for i in range(6)], [0, 1, 0, 1, 0, 1], [0, 1], [1, 2])
     data = load_dataset(isolated, None, cache)  # nodes 3..5 have no edge at all
     assert data.num_nodes == 6 and set(data.edge_index.flatten().tolist()) == {0, 1, 2}

@@ -69,6 +69,14 @@ def test_joint_pass_moves_the_gnn_or_keeps_the_plain_model(run):
     assert convs and joint["kept_start"] == (not beaten) == (not moved) == (joint["gnn_weight_change"] == 0)
 
 
+def test_predict_refuses_node_ids_the_graph_does_not_have(run):
+    from dre_pipeline.errors import InputError
+
+    cfg, store, artifact = run
+    with pytest.raises(InputError, match="unknown node ids \\[123456\\]"):
+        predict.run(cfg, store, [0, 123456], device="cpu", quiet=True)
+
+
 def test_predict_agrees_with_saved_predictions(run):
     cfg, store, artifact = run
     saved = pq.read_table(artifact.path / "predictions.parquet").to_pydict()
@@ -251,3 +259,25 @@ def test_same_seed_same_codes_and_predictions(run, tmp_path):
     assert pred_a.drop(["scores"]).equals(pred_b.drop(["scores"]))
     np.testing.assert_array_equal(np.stack(pred_a["scores"].to_numpy(zero_copy_only=False)),
                                   np.stack(pred_b["scores"].to_numpy(zero_copy_only=False)))
+
+
+def test_isolated_nodes_get_codes_like_any_other(run, tmp_path):
+    import pyarrow as pa
+
+    from dre_pipeline.data import load_dataset
+
+    cfg, store, artifact = run
+    graph = load_dataset("synthetic", None, tmp_path)
+    extra = 5  # nodes with no edge at all
+    folder = tmp_path / "isolated"
+    folder.mkdir()
+    features = np.concatenate([graph.x.numpy(), np.zeros((extra, graph.x.size(1)), np.float32)])
+    pq.write_table(pa.table({"node_id": np.arange(graph.num_nodes + extra),
+                             "label": np.concatenate([graph.y.numpy(), np.zeros(extra, np.int64)]),
+                             "features": list(features)}), folder / "nodes.parquet")
+    src, dst = graph.edge_index.numpy()
+    pq.write_table(pa.table({"src": src, "dst": dst}), folder / "edges.parquet")
+    encoded = encode.run(replace(subset(cfg, EncodeConfig), dataset=str(folder), epochs=2, patience=2), store,
+                         quiet=True)
+    codes = workspace.codes_from_table(pq.read_table(encoded.path / "codes.parquet"), cfg.num_views)
+    assert codes.shape[0] == graph.num_nodes + extra and (codes[-extra:] >= 0).all()
