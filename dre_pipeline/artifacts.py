@@ -106,6 +106,7 @@ class Store:
     def __init__(self, root: Path):
         self.root = Path(root)
         self._locks = {}  # (stage, key) -> the open lock file this process holds
+        self._intact = set()  # (stage, key) checked against its checksums by this process
 
     def find(self, stage: str, key: str, cached: bool = True) -> Optional[Artifact]:
         """The finished artifact under ``key``, or None; ``cached=False`` for one just written."""
@@ -116,21 +117,27 @@ class Store:
         return Artifact(stage, key, path, json.loads(manifest.read_text()), cached=cached)
 
     def lookup(self, stage: str, key: str, force: bool, cached_only: bool = False) -> Optional[Artifact]:
-        """The cached artifact a stage can reuse, or None when it must compute it.
+        """The cached, intact artifact a stage can reuse, or None when it must compute it.
 
         ``cached_only`` (for commands that must not train, like ``predict``) turns a miss into an error.
         """
-        found = None if force else self.find(stage, key)
-        if not found and not cached_only and self._claim(stage, key):
-            found = None if force else self.find(stage, key)  # written while this run waited
-        if found and (problems := damaged_files(found)):
-            log.warning("%s: %s is damaged (%s); %s", stage, found.path, "; ".join(problems),
-                        "it is not used" if cached_only else "rebuilding it")
-            found = None
-        if found:
-            log.info("%s: cache hit %s", stage, found.path)
-        elif cached_only:
+        found = None if force else self._intact_artifact(stage, key, cached_only)
+        if not found and not cached_only and self._claim(stage, key) and not force:
+            found = self._intact_artifact(stage, key, cached_only)  # written while this run waited
+        if not found and cached_only:
             raise InputError(f"no {stage} artifact for these settings in {self.root}: run `dre-pipeline {stage}` first")
+        return found
+
+    def _intact_artifact(self, stage: str, key: str, cached_only: bool) -> Optional[Artifact]:
+        """The artifact if its files match the manifest's checksums (hashed once per process: an LLM is gigabytes)."""
+        found = self.find(stage, key)
+        if found and (stage, key) not in self._intact:
+            if problems := damaged_files(found):
+                log.warning("%s: %s is damaged (%s); %s", stage, found.path, "; ".join(problems),
+                            "it is not used" if cached_only else "rebuilding it")
+                return None
+            self._intact.add((stage, key))
+            log.info("%s: cache hit %s", stage, found.path)
         return found
 
     def _claim(self, stage: str, key: str) -> bool:

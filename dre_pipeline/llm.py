@@ -63,8 +63,7 @@ def resolve_llm(llm_path: Optional[str], store: Store) -> ResolvedLLM:
 
 def _dequantized(gguf: Path, identity: str, store: Store) -> Path:
     """Convert a GGUF file to a safetensors folder once; return the cached folder."""
-    found = store.find("llm", identity)
-    if found:
+    if found := store.lookup("llm", identity, force=False):
         return found.path
     from transformers import AutoModelForCausalLM, AutoTokenizer
 

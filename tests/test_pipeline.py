@@ -281,3 +281,17 @@ def test_isolated_nodes_get_codes_like_any_other(run, tmp_path):
                          quiet=True)
     codes = workspace.codes_from_table(pq.read_table(encoded.path / "codes.parquet"), cfg.num_views)
     assert codes.shape[0] == graph.num_nodes + extra and (codes[-extra:] >= 0).all()
+
+
+def test_predict_never_reads_a_damaged_adapter(run, tmp_path):
+    import shutil
+
+    from dre_pipeline.errors import InputError
+
+    cfg, store, artifact = run
+    copy = Store(tmp_path / "store")
+    shutil.copytree(store.root, copy.root)
+    adapter = next((copy.root / "finetune" / artifact.key / "adapter").glob("*.safetensors"))
+    adapter.write_bytes(adapter.read_bytes()[:-64])  # truncated
+    with pytest.raises(InputError, match="run `dre-pipeline finetune` first"):
+        predict.run(cfg, copy, [0], device="cpu", quiet=True)

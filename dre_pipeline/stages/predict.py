@@ -21,9 +21,7 @@ def run(cfg: FinetuneConfig, store: Store, node_ids: list, device: str = "auto",
     from peft import PeftModel
 
     ws = prepare(cfg, store, quiet, cached_only=True)
-    found = store.find("finetune", ws.key)
-    if found is None:
-        raise InputError("no fine-tuned model for these settings: run `dre-pipeline finetune` with the same options first")
+    found = store.lookup("finetune", ws.key, force=False, cached_only=True)  # missing or damaged: refused
     position = {int(node): i for i, node in enumerate(ws.data.node_ids)}
     unknown = [n for n in node_ids if n not in position]
     if unknown:
