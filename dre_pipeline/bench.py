@@ -140,6 +140,7 @@ def run(cfg: BenchConfig, store: Store, quiet: bool = False, command: str = "dre
     from .data import load_dataset
 
     has_text = load_dataset(settings["dataset"], settings["data_dir"], store.root / "data").text is not None
+    started = time.time()
     jobs = [(row, seed) for row in selected_rows(cfg.rows, has_text) for seed in range(seeds[ROWS[row].main])]
     results = []
     context = get_context("spawn")  # a fresh process per row: its own peak memory, no state carried over
@@ -152,7 +153,7 @@ def run(cfg: BenchConfig, store: Store, quiet: bool = False, command: str = "dre
         results.append(result)
     return write_results(out_dir, settings["dataset"], {
         "command": command, "machine": machine(), "date": time.strftime("%Y-%m-%d"), "config": asdict(cfg),
-        "settings": settings, "results": results})
+        "settings": settings, "results": results, "wall_seconds": round(time.time() - started)})
 
 
 def write_results(out_dir: Path, name: str, payload: dict) -> Path:
@@ -234,6 +235,7 @@ def accuracy_markdown(payload: dict, out_dir: Path) -> list:
         f"- command: `{payload['command']}`",
         f"- machine: {payload['machine']}",
         f"- date: {payload['date']}",
+        *([f"- wall time of the whole run: {payload['wall_seconds']} s"] if "wall_seconds" in payload else []),
         f"- LLM: {payload['settings']['llm_path'] or 'embedded SmolLM2-135M-Instruct'}; "
         f"fine-tuning epochs per LLM row: {payload['settings']['ft_epochs']} (where its label says no other), "
         "best validation epoch kept",
