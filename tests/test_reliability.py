@@ -22,12 +22,17 @@ def dre(store, llm, *args, wait=True):
     return subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
 
 
+def wait_for_checkpoint(run: subprocess.Popen, folder) -> None:
+    """Until the running command has saved its first checkpoint under ``folder``."""
+    deadline = time.time() + 300
+    while not list(folder.glob(".ckpt-*.pt")):
+        assert run.poll() is None and time.time() < deadline, run.stderr.read() if run.stderr else ""
+        time.sleep(0.2)
+
+
 def test_encode_killed_mid_run_resumes_and_matches_an_uninterrupted_run(tmp_path, tiny_llm):
     killed = dre(tmp_path / "killed", tiny_llm, *ENCODE, wait=False)
-    deadline = time.time() + 300
-    while not list((tmp_path / "killed" / "encode").glob(".ckpt-*.pt")):
-        assert killed.poll() is None and time.time() < deadline, killed.stderr.read() if killed.stderr else ""
-        time.sleep(0.2)
+    wait_for_checkpoint(killed, tmp_path / "killed" / "encode")
     time.sleep(0.5)  # a few epochs past the first checkpoint
     killed.send_signal(signal.SIGKILL)
     killed.wait()
@@ -52,10 +57,7 @@ FINETUNE = ["finetune", "--dataset", "synthetic", "--epochs", "5", "--patience",
 
 def test_finetune_killed_mid_run_resumes_and_matches_an_uninterrupted_run(tmp_path, tiny_llm):
     killed = dre(tmp_path / "killed", tiny_llm, *FINETUNE, wait=False)
-    deadline = time.time() + 300
-    while not list((tmp_path / "killed" / "finetune").glob(".ckpt-*.pt")):
-        assert killed.poll() is None and time.time() < deadline, killed.stderr.read() if killed.stderr else ""
-        time.sleep(0.2)
+    wait_for_checkpoint(killed, tmp_path / "killed" / "finetune")
     killed.send_signal(signal.SIGKILL)
     killed.wait()
     assert Store(tmp_path / "killed").list("finetune") == []
@@ -71,10 +73,7 @@ def test_finetune_killed_mid_run_resumes_and_matches_an_uninterrupted_run(tmp_pa
 
 def test_ctrl_c_stops_with_one_line_and_the_rerun_resumes(tmp_path, tiny_llm):
     run = dre(tmp_path, tiny_llm, *ENCODE, wait=False)
-    deadline = time.time() + 300
-    while not list((tmp_path / "encode").glob(".ckpt-*.pt")):
-        assert run.poll() is None and time.time() < deadline
-        time.sleep(0.2)
+    wait_for_checkpoint(run, tmp_path / "encode")
     run.send_signal(signal.SIGINT)
     _, stderr = run.communicate(timeout=60)
     assert run.returncode == 130 and "Traceback" not in stderr
