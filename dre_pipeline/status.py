@@ -102,8 +102,9 @@ def current_keys(cfg: FinetuneConfig, store: Store) -> Current:
     # From here an InputError can only be a cached-only miss: an upstream artifact is not built.
     try:
         if cfg.features == "llm":
-            keys["features"] = features_stage.run(data, cfg.llm_path, store, cached_only=True).key
-            data = features_stage.with_llm_features(data, cfg.llm_path, store, cached_only=True)
+            text_features = features_stage.run(data, cfg.llm_path, store, cached_only=True)
+            keys["features"] = text_features.key
+            data = features_stage.with_llm_features(data, text_features)
         codebook = codebook_stage.run(subset(cfg, CodebookConfig), store, cached_only=True)
         keys["codebook"] = codebook.key
         keys["encode"] = encode_stage.encode_key(cfg, codebook, data)

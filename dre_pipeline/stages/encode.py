@@ -36,9 +36,9 @@ def load_graph(cfg: EncodeConfig, store: Store, quiet: bool = False, cached_only
     data = load_dataset(cfg.dataset, cfg.data_dir, store.root / "data", seed=cfg.seed)
     split = make_split(data, cfg.split, cfg.seed)
     if cfg.features == "llm":
-        from .features import with_llm_features
+        from . import features
 
-        data = with_llm_features(data, cfg.llm_path, store, quiet, cached_only)
+        data = features.with_llm_features(data, features.run(data, cfg.llm_path, store, quiet, cached_only))
     return data, split
 
 

@@ -56,7 +56,8 @@ def run(data: GraphData, llm_path, store: Store, quiet: bool = False, cached_onl
             weights = mask.to(device).unsqueeze(-1).to(hidden.dtype)
             features[torch.from_numpy(batch)] = ((hidden * weights).sum(1) / weights.sum(1)).float().cpu()
     manifest = {"dataset": data.name, "fingerprint": data.fingerprint,
-                "llm": {"name": llm.name, "identity": llm.identity}, "pooling": "mean-last-hidden", "max_tokens": MAX_TOKENS, "shape": list(features.shape),
+                "llm": {"name": llm.name, "identity": llm.identity}, "pooling": "mean-last-hidden",
+                "max_tokens": MAX_TOKENS, "shape": list(features.shape),
                 "seconds": round(time.time() - started, 2)}
     with store.writing("features", key, manifest) as out:
         write_matrix(out / "features.zarr", features)
@@ -64,9 +65,7 @@ def run(data: GraphData, llm_path, store: Store, quiet: bool = False, cached_onl
     return store.find("features", key, cached=False)
 
 
-def with_llm_features(data: GraphData, llm_path, store: Store, quiet: bool = False,
-                      cached_only: bool = False) -> GraphData:
-    """The same graph with the LLM's text features as ``x`` (and a fingerprint that says so)."""
-    artifact = run(data, llm_path, store, quiet, cached_only)
+def with_llm_features(data: GraphData, artifact: Artifact) -> GraphData:
+    """The same graph with the features of ``artifact`` (from :func:`run`) as ``x``, and a fingerprint that says so."""
     return replace(data, x=read_matrix(artifact.path / "features.zarr"),
                    fingerprint=digest({"graph": data.fingerprint, "features": artifact.key}))
