@@ -6,7 +6,7 @@ DRE    := $(BIN)/dre-pipeline
 # Real data: ../shared/datasets in CI, or wherever DRE_DATA_DIR points; unset = download.
 export DRE_DATA_DIR ?= $(wildcard $(abspath ../shared/datasets/planetoid))
 
-.PHONY: install test all bench bench-cpu clean
+.PHONY: install test all bench bench-text bench-cpu clean
 
 install: $(VENV)/.installed
 
@@ -29,6 +29,10 @@ all: install
 # The accuracy table on Cora (about 2 h on 2 cores; the artifact cache carries a rerun forward).
 bench: install
 	$(DRE) bench --dataset cora
+
+# What text adds, on the text-attributed Cora-ML: the main rows, 3 seeds (about 2 h more, so run on its own).
+bench-text: install
+	$(DRE) bench --dataset cora-ml --rows mlp,gcn,sage,mlp-llm,gcn-llm,sage-llm,dre,text,dre-words
 
 # Stage one's speed and the make all / make test wall times, per CPU class (about 45 min).
 bench-cpu: install

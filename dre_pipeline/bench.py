@@ -3,8 +3,10 @@
 Every row runs on the same dataset and the same random 60/20/20 splits (one per seed),
 in a fresh process so that its peak memory is its own. LLM rows go through the normal
 stages and the normal artifact store, so a rerun reuses what is cached. Results go to
-``<out>/results/<dataset>.json`` (``--speed``: ``speed.json``, see :mod:`.speed`);
-``<out>/RESULTS.md`` and a bar chart are regenerated from every result file there.
+``<out>/results/<dataset>.json`` (``--speed``: ``speed.json``, see :mod:`.speed`) after
+every row, so a killed bench keeps the rows it finished; a later run with the same
+settings replaces the rows and seeds it runs and keeps the others. ``<out>/RESULTS.md``
+and a bar chart are regenerated from every result file there.
 """
 
 import json
@@ -140,9 +142,8 @@ def run(cfg: BenchConfig, store: Store, quiet: bool = False, command: str = "dre
     from .data import load_dataset
 
     has_text = load_dataset(settings["dataset"], settings["data_dir"], store.root / "data").text is not None
-    started = time.time()
     jobs = [(row, seed) for row in selected_rows(cfg.rows, has_text) for seed in range(seeds[ROWS[row].main])]
-    results = []
+    results = earlier_results(out_dir / "results" / f"{settings['dataset']}.json", settings)
     context = get_context("spawn")  # a fresh process per row: its own peak memory, no state carried over
     for row, seed in progress(jobs, quiet=quiet, desc="bench rows"):
         log.info("bench: %s, seed %d", row, seed)
@@ -150,10 +151,21 @@ def run(cfg: BenchConfig, store: Store, quiet: bool = False, command: str = "dre
             result = pool.submit(run_row, row, {**settings, "seed": seed}, str(store.root), quiet).result()
         log.info("bench: %s seed %d test accuracy %.4f (%.0fs)", row, seed, result["test_accuracy"],
                  result["wall_seconds"])
-        results.append(result)
-    return write_results(out_dir, settings["dataset"], {
-        "command": command, "machine": machine(), "date": time.strftime("%Y-%m-%d"), "config": asdict(cfg),
-        "settings": settings, "results": results, "wall_seconds": round(time.time() - started)})
+        results = [r for r in results if (r["row"], r["seed"]) != (row, seed)] + [result]
+        results.sort(key=lambda r: (list(ROWS).index(r["row"]), r["seed"]))
+        results_file = write_results(out_dir, settings["dataset"], {
+            "command": command, "machine": machine(), "date": time.strftime("%Y-%m-%d"), "config": asdict(cfg),
+            "settings": settings, "results": results,
+            "wall_seconds": round(sum(r["wall_seconds"] for r in results))})
+    return results_file
+
+
+def earlier_results(results_file: Path, settings: dict) -> list:
+    """The rows of an earlier run with the same settings, which this run adds to; none otherwise."""
+    if not results_file.exists():
+        return []
+    earlier = json.loads(results_file.read_text())
+    return earlier["results"] if earlier.get("settings") == settings else []
 
 
 def write_results(out_dir: Path, name: str, payload: dict) -> Path:
@@ -235,7 +247,7 @@ def accuracy_markdown(payload: dict, out_dir: Path) -> list:
         f"- command: `{payload['command']}`",
         f"- machine: {payload['machine']}",
         f"- date: {payload['date']}",
-        *([f"- wall time of the whole run: {payload['wall_seconds']} s"] if "wall_seconds" in payload else []),
+        *([f"- wall time: {payload['wall_seconds']} s"] if "wall_seconds" in payload else []),
         f"- LLM: {payload['settings']['llm_path'] or 'embedded SmolLM2-135M-Instruct'}; "
         f"fine-tuning epochs per LLM row: {payload['settings']['ft_epochs']} (where its label says no other), "
         "best validation epoch kept",

@@ -3,7 +3,9 @@
 The CLI options and each artifact's cache key are derived from these dataclasses
 (as Hugging Face PEFT does with ``LoraConfig``), so a default is written exactly once.
 Fields that change *what* a stage computes enter its cache key; run-time settings
-(device, progress bars, ``--force``) live outside them.
+(device, progress bars, ``--force``) live outside them. A field added after artifacts
+exist declares the value that reproduces what was computed before it (``neutral``); at
+that value it stays out of the key, so those artifacts remain valid.
 """
 
 from dataclasses import asdict, dataclass, field, fields
@@ -12,9 +14,13 @@ from typing import Optional
 from .errors import InputError
 
 
-def _help(text: str, check: str = None, choices: tuple = None) -> dict:
-    """A field's help text and, optionally, the range (a key of ``CHECKS``) or the values it must take."""
-    return {"help": text, "check": check, "choices": choices}
+NOT_NEUTRAL = object()
+
+
+def _help(text: str, check: str = None, choices: tuple = None, neutral=NOT_NEUTRAL) -> dict:
+    """A field's help text and, optionally, the range (a key of ``CHECKS``) or the values it must take,
+    and the value at which it leaves cache keys as they were before the field existed."""
+    return {"help": text, "check": check, "choices": choices, "neutral": neutral}
 
 
 CHECKS = {
@@ -67,6 +73,16 @@ class CodebookConfig(LLMConfig):
         default=True,
         metadata=_help("Keep only tokens that begin a word (leading-space marker), not mid-word fragments."),
     )
+    whole_words: bool = field(
+        default=False,
+        metadata=_help("Keep only tokens that are English words in wordfreq's list, not BPE prefixes such as 'affili'.",
+                       neutral=False),
+    )
+    drop_function_words: bool = field(
+        default=False,
+        metadata=_help("Drop English function words ('the', 'and', 'for'; scikit-learn's stop-word list).",
+                       neutral=False),
+    )
     max_codes: int = field(
         default=8192,
         metadata=_help(
@@ -100,7 +116,7 @@ class DataConfig:
         metadata=_help(
             "raw: the dataset's own node features | llm: each node's text embedded by the LLM (mean of its last "
             "hidden states; computed once and cached), for graphs with text.",
-            choices=("raw", "llm"),
+            choices=("raw", "llm"), neutral="raw",
         ),
     )
     seed: int = field(
@@ -171,7 +187,7 @@ class FinetuneConfig(EncodeConfig):
         metadata=_help("Put the node's own text in the prompt after its graph words, where the dataset has text."),
     )
     max_text_tokens: int = field(
-        default=64,
+        default=96,
         metadata=_help("Truncate node text to this many tokens.", check="at-least-1"),
     )
     lora_r: int = field(default=8, metadata=_help("LoRA rank.", check="at-least-1"))
@@ -303,4 +319,5 @@ def subset(cfg, cls):
 
 def key_fields(cfg, exclude=()) -> dict:
     """The fields that identify an artifact, as plain JSON values."""
-    return {k: v for k, v in asdict(cfg).items() if k not in exclude}
+    neutral = {f.name: f.metadata.get("neutral", NOT_NEUTRAL) for f in fields(cfg)}
+    return {k: v for k, v in asdict(cfg).items() if k not in exclude and v != neutral[k]}

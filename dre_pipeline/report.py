@@ -173,13 +173,15 @@ def _table(rows: list) -> str:
 
 
 def _explained_table(rows: list, num_views: int) -> str:
+    with_text = any(row["text"] is not None for row in rows)
     head = "".join(f"<th>{h}</th>" for h in ["node", "split", "label", "prediction", "share"]
-                   + [f"{t}-hop words" for t in range(1, num_views + 1)] + ["prompt"])
+                   + [f"{t}-hop words" for t in range(1, num_views + 1)] + ["text"] * with_text + ["prompt"])
     body = []
     for row in rows:
         cells = [row["node_id"], row["split"], row["label"],
                  f"{row['prediction']} {'✓' if row['correct'] else '✗'}",
                  f"{class_shares(row['scores'])[row['prediction']]:.1%}"] + [" ".join(w) for w in row["words"]]
+        cells += [row["text"] or ""] * with_text
         body.append("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in cells)
                     + f"<td><details><summary>show</summary><pre>{html.escape(row['prompt'])}</pre></details></td></tr>")
     return f"<table class='nodes'><tr>{head}</tr>{''.join(body)}</table>"

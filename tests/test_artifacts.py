@@ -99,3 +99,13 @@ def test_two_runs_on_one_store_compute_a_key_once(tmp_path):
     assert [run.exitcode for run in runs] == [0, 0]
     assert (tmp_path / "log").read_text() == "computed\n"  # the second run waited, then reused it
     assert Store(tmp_path).find("encode", "shared").file("codes.bin").read_bytes() == b"codes"
+
+
+def test_an_option_at_its_neutral_value_leaves_cache_keys_as_they_were():
+    from dre_pipeline.config import CodebookConfig, EncodeConfig, key_fields
+
+    # the values that reproduce what was computed before these options existed stay out of the keys
+    assert not {"whole_words", "drop_function_words"} & set(key_fields(CodebookConfig()))
+    assert "features" not in key_fields(EncodeConfig())
+    assert key_fields(CodebookConfig(whole_words=True))["whole_words"] is True
+    assert key_fields(EncodeConfig(features="llm"))["features"] == "llm"

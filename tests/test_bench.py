@@ -60,3 +60,15 @@ def test_a_joint_pass_that_kept_the_plain_model_has_no_number_of_its_own(tmp_pat
                "command": "c", "machine": "m", "date": "d"}
     joint_line = next(line for line in accuracy_markdown(payload, tmp_path) if line.startswith("| Dr.E + joint"))
     assert "| kept plain model | – |" in joint_line and "80.00" not in joint_line.split("|")[3]
+
+
+def test_a_bench_of_some_rows_adds_to_the_earlier_rows_of_the_same_settings(tmp_path):
+    out, store = tmp_path / "benchmarks", Store(tmp_path / "store")
+    run(BenchConfig(quick=True, rows="mlp,gcn", out=str(out)), store, quiet=True)
+    first = {r["row"]: r for r in json.loads((out / "results" / "synthetic.json").read_text())["results"]}
+    payload = json.loads(run(BenchConfig(quick=True, rows="sage,gcn", out=str(out)), store, quiet=True).read_text())
+    assert [r["row"] for r in payload["results"]] == ["mlp", "gcn", "sage"]  # in table order, one per row and seed
+    assert payload["results"][0] == first["mlp"]  # kept as it was
+    assert payload["wall_seconds"] == round(sum(r["wall_seconds"] for r in payload["results"]))
+    other = BenchConfig(quick=True, rows="sage", ft_epochs=1, out=str(out))  # other settings: a table of its own
+    assert [r["row"] for r in json.loads(run(other, store, quiet=True).read_text())["results"]] == ["sage"]

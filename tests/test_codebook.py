@@ -32,3 +32,19 @@ def test_thresholds_are_honoured(smollm2_tokenizer):
 def test_without_refinement_rows_are_taken_as_they_are(smollm2_tokenizer):
     raw = refine_vocabulary(smollm2_tokenizer, 3, True, max_codes=100, refine=False)
     assert [i for i, _ in raw] == list(range(100))  # special and punctuation tokens included
+
+
+def test_word_lists_drop_fragments_and_function_words(smollm2_tokenizer):
+    plain = refine_vocabulary(smollm2_tokenizer, 3, True, max_codes=0)
+    whole = refine_vocabulary(smollm2_tokenizer, 3, True, max_codes=0, whole_words=True)
+    content = refine_vocabulary(smollm2_tokenizer, 3, True, max_codes=0, whole_words=True, drop_function_words=True)
+    plain_words = {w.lower() for _, w in plain}
+    whole_words = {w.lower() for _, w in whole}
+    content_words = {w.lower() for _, w in content}
+    fragments = {"includ", "comput", "proble", "signific"}
+    assert fragments <= plain_words and not fragments & whole_words
+    assert {"networks", "bayesian", "probabilistic", "learning"} <= whole_words
+    assert {"the", "and", "for"} <= whole_words and not {"the", "and", "for", "which"} & content_words
+    # filters only remove: the order (frequency) of what stays is the plain one
+    assert [t for t in plain if t in set(whole)] == whole
+    assert [t for t in whole if t in set(content)] == content

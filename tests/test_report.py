@@ -47,6 +47,7 @@ def test_report_writes_the_page_and_every_figure(run, tmp_path):
         assert f"src='{name}'" in page
     assert "http://" not in page and "https://" not in page  # opens with no network
     assert page.count("<summary>show</summary>") == 3  # the explained nodes, each with its prompt
+    assert "<th>1-hop words</th>" in page and "<th>text</th>" in page  # the synthetic graph has text
 
 
 def test_explain_shows_words_prompt_and_scores(run):

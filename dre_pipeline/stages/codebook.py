@@ -17,7 +17,8 @@ def run(cfg: CodebookConfig, store: Store, force: bool = False, cached_only: boo
         return found
     started = time.time()
     tokenizer = load_tokenizer(llm)
-    kept = refine_vocabulary(tokenizer, cfg.min_chars, cfg.word_start_only, cfg.max_codes, cfg.refine)
+    kept = refine_vocabulary(tokenizer, cfg.min_chars, cfg.word_start_only, cfg.max_codes, cfg.refine,
+                             cfg.whole_words, cfg.drop_function_words)
     embeddings = load_embeddings(llm)
     token_ids = [token_id for token_id, _ in kept]
     codebook = Codebook(embeddings[token_ids].contiguous(), token_ids, [word for _, word in kept])
