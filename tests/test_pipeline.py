@@ -214,6 +214,8 @@ def test_llm_text_features_are_computed_once_and_feed_stage_one(run):
     with_features, _ = encode.load_graph(llm_cfg, store)
     hidden = json.loads((first.path / "manifest.json").read_text())["shape"][1]
     assert with_features.x.shape == (data.num_nodes, hidden) and torch.isfinite(with_features.x).all()
+    # standardised per dimension: the hidden states' shared direction would give every node the same words
+    assert with_features.x.mean(0).abs().max() < 1e-4 and torch.allclose(with_features.x.std(0), torch.ones(hidden))
     assert with_features.fingerprint != data.fingerprint
     assert encode.run(llm_cfg, store, quiet=True).manifest["fingerprint"] == with_features.fingerprint
 

@@ -66,6 +66,15 @@ def run(data: GraphData, llm_path, store: Store, quiet: bool = False, cached_onl
 
 
 def with_llm_features(data: GraphData, artifact: Artifact) -> GraphData:
-    """The same graph with the features of ``artifact`` (from :func:`run`) as ``x``, and a fingerprint that says so."""
-    return replace(data, x=read_matrix(artifact.path / "features.zarr"),
-                   fingerprint=digest({"graph": data.fingerprint, "features": artifact.key}))
+    """The same graph with the features of ``artifact`` (from :func:`run`) as ``x``, standardised, and a
+    fingerprint that says so.
+
+    Mean-pooled hidden states share one large direction (SmolLM2-135M on Cora-ML: a few
+    dimensions reach 40 while the median spread is 0.3). Left in, it dominates the cosine
+    code search, every node gets the same words, and stage one stays at chance. Each
+    dimension is therefore centred and scaled to unit variance over the nodes (no labels used).
+    """
+    x = read_matrix(artifact.path / "features.zarr")
+    x = (x - x.mean(0)) / x.std(0).clamp_min(1e-6)
+    return replace(data, x=x, fingerprint=digest({"graph": data.fingerprint, "features": artifact.key,
+                                                   "standardised": True}))
