@@ -11,7 +11,6 @@ and a bar chart are regenerated from every result file there.
 
 import json
 import os
-import resource
 import statistics
 import time
 from concurrent.futures import ProcessPoolExecutor
@@ -22,7 +21,7 @@ from pathlib import Path
 from .artifacts import Store
 from .config import BenchConfig, EncodeConfig, FinetuneConfig
 from .errors import InputError
-from .runtime import log, progress, setup_logging
+from .runtime import log, peak_memory_mb, progress, setup_logging
 
 @dataclass(frozen=True)
 class Row:
@@ -89,6 +88,8 @@ def run_row(row: str, settings: dict, store_root: str, quiet: bool) -> dict:
 
         artifact = finetune.run(cfg, store, quiet=quiet, device="auto")
         metrics = json.loads((artifact.path / "metrics.json").read_text())
+        # a cache hit's process did not train: the peak is the one its training run recorded
+        recorded = artifact.manifest.get("peak_memory_mb") if artifact.cached else None
         encode = store.find("encode", artifact.manifest["encode"])
         codebook = store.find("codebook", encode.manifest["codebook"])
         phase = metrics["joint" if cfg.joint else "finetune"]
@@ -103,11 +104,12 @@ def run_row(row: str, settings: dict, store_root: str, quiet: bool) -> dict:
             "trained_tokens_per_second": phase["trained_tokens_per_second"],
             "inference_nodes_per_second": metrics["final"]["inference_nodes_per_second"],
             "cached": artifact.cached,
+            "peak_memory_mb": recorded["cpu"] if recorded else peak_memory_mb()["cpu"],
             # the joint pass that beat no plain-model evaluation has no number of its own
             "kept_plain_model": bool(cfg.joint and metrics["joint"].get("kept_start")),
         }
-    out.update(row=row, label=spec.label, seed=cfg.seed, wall_seconds=round(time.time() - started, 2),
-               peak_memory_mb=round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1))
+    out.setdefault("peak_memory_mb", peak_memory_mb()["cpu"])
+    out.update(row=row, label=spec.label, seed=cfg.seed, wall_seconds=round(time.time() - started, 2))
     return out
 
 
@@ -259,7 +261,8 @@ def accuracy_markdown(payload: dict, out_dir: Path) -> list:
         f"![accuracy]({chart.name})",
         "",
         "Seconds are wall time of each stage (codebook and encode are shared between rows with the same "
-        "settings and counted where they were computed). Peak MB is the row process's maximum resident memory.",
+        "settings and counted where they were computed). Peak MB is the maximum resident memory of the "
+        "process that trained the row (a cached row reports the one its training run recorded).",
         "",
     ]
 

@@ -266,7 +266,7 @@ class FinetuneConfig(EncodeConfig):
     )
     quantization: str = field(
         default="none",
-        metadata=_help("none | 4bit | 8bit | auto (bitsandbytes; needs CUDA).",
+        metadata=_help("none | 4bit | 8bit (bitsandbytes, on CUDA or CPU) | auto: 4bit on CUDA, none on CPU.",
                        choices=("none", "4bit", "8bit", "auto")),
     )
 

@@ -109,19 +109,32 @@ def compute_dtype(device: torch.device) -> torch.dtype:
     return torch.float32
 
 
-def quantization_config(quantization: str, device: torch.device):
-    """bitsandbytes settings for ``--quantization``; a clear stop where the backend cannot do it."""
-    if quantization == "none":
+# bitsandbytes' 4-bit CPU kernels quantize weights in blocks of 64 along each row.
+NF4_CPU_BLOCK = 64
+
+
+def quantization_config(quantization: str, device: torch.device, llm: "ResolvedLLM" = None):
+    """bitsandbytes settings for ``--quantization``; a clear stop where the backend cannot do it.
+
+    bitsandbytes (0.45+) runs 8-bit and nf4 4-bit layers on CPU as well as on CUDA, so both
+    are allowed on either; ``auto`` quantizes (4-bit) on CUDA only, where it saves the memory
+    that limits a run. On CPU the 4-bit kernels need layer widths that are multiples of 64,
+    checked against ``llm``'s config when given.
+    """
+    if quantization == "none" or (quantization == "auto" and device.type != "cuda"):
         return None
-    if device.type != "cuda":
-        if quantization == "auto":
-            log.warning("--quantization auto: bitsandbytes 4/8-bit needs CUDA; loading unquantized on %s", device)
-            return None
-        raise InputError(f"--quantization {quantization} needs a CUDA device (bitsandbytes); this run is on {device}")
-    from transformers import BitsAndBytesConfig
+    if device.type not in ("cuda", "cpu"):
+        raise InputError(f"--quantization {quantization} runs on CUDA or CPU (bitsandbytes), not on {device}")
+    from transformers import AutoConfig, BitsAndBytesConfig
 
     if quantization == "8bit":
         return BitsAndBytesConfig(load_in_8bit=True)
+    if device.type == "cpu" and llm is not None:
+        config = AutoConfig.from_pretrained(llm.folder)
+        widths = {config.hidden_size, getattr(config, "intermediate_size", config.hidden_size)}
+        if any(width % NF4_CPU_BLOCK for width in widths):
+            raise InputError(f"--quantization 4bit on CPU needs layer widths that are multiples of {NF4_CPU_BLOCK} "
+                             f"(bitsandbytes' block); {llm.name} has {sorted(widths)}: use 8bit or none")
     return BitsAndBytesConfig(
         load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=compute_dtype(device)
     )
@@ -130,10 +143,11 @@ def quantization_config(quantization: str, device: torch.device):
 def load_model(llm: ResolvedLLM, device: torch.device, quantization: str = "none"):
     from transformers import AutoModelForCausalLM
 
-    quant = quantization_config(quantization, device)
+    quant = quantization_config(quantization, device, llm)
     kwargs = {"dtype": compute_dtype(device)}
     if quant is not None:
-        kwargs.update(quantization_config=quant, device_map={"": device.index or 0})
+        kwargs.update(quantization_config=quant,
+                      device_map={"": "cpu" if device.type == "cpu" else (device.index or 0)})
     model = AutoModelForCausalLM.from_pretrained(llm.folder, **kwargs)
     if quant is None:
         model.to(device)
@@ -174,7 +188,8 @@ def attach_lora(model, cfg, quantized: bool):
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
 
     if quantized:
-        model = prepare_model_for_kbit_training(model)
+        # no gradient checkpointing: under it the forward over cached frozen layers fails (attention shapes disagree)
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
     depth = model.config.num_hidden_layers
     top = list(range(depth - cfg.lora_layers, depth)) if 0 < cfg.lora_layers < depth else None
     lora = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,

@@ -35,6 +35,16 @@ def set_rng_state(state: dict) -> None:
     random.setstate(state["python"])
 
 
+def peak_memory_mb() -> dict:
+    """Peak memory of this process so far, in MB: resident (``cpu``) and, where CUDA is in use, allocated on the GPU."""
+    import resource
+
+    peak = {"cpu": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        peak["cuda"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
+    return peak
+
+
 def native_bf16(device: torch.device) -> bool:
     """Whether ``device`` multiplies bf16 matrices in hardware.
 

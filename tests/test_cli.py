@@ -48,11 +48,12 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path, tiny_llm, args, message):
     assert not any((tmp_path / "codebook").glob("[!.]*"))  # refused before any work
 
 
-def test_quantization_on_cpu_stops_clearly(tmp_path, tiny_llm):
+def test_4bit_on_a_cpu_the_kernels_cannot_serve_stops_clearly(tmp_path, tiny_llm):
     result = invoke("finetune", "--dataset", "synthetic", "--llm-path", str(tiny_llm), "--quantization", "4bit",
                     "--device", "cpu", store=tmp_path)
     assert result.exit_code == 2
-    assert "needs a CUDA device" in result.output
+    assert "multiples of 64" in result.output
+    assert not any((tmp_path / "encode").glob("[!.]*"))  # refused before any work
 
 
 def test_codebook_command_then_cache_hit(tmp_path, tiny_llm):

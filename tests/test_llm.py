@@ -26,12 +26,15 @@ def test_bad_paths_name_what_was_expected(tmp_path, make):
         resolve_llm(str(path), Store(tmp_path / "store"))
 
 
-def test_quantization_needs_cuda_unless_auto():
+def test_quantization_on_cpu_where_bitsandbytes_can(tiny_llm, tmp_path):
     cpu = torch.device("cpu")
     assert quantization_config("none", cpu) is None
-    assert quantization_config("auto", cpu) is None
-    with pytest.raises(InputError, match="needs a CUDA device"):
-        quantization_config("8bit", cpu)
+    assert quantization_config("auto", cpu) is None  # auto quantizes where memory is scarce: on CUDA
+    assert quantization_config("8bit", cpu).load_in_8bit
+    assert quantization_config("4bit", cpu).load_in_4bit  # widths unknown: left to bitsandbytes
+    tiny = resolve_llm(str(tiny_llm), Store(tmp_path / "store"))  # hidden size 32: below the 4-bit CPU block
+    with pytest.raises(InputError, match="multiples of 64"):
+        quantization_config("4bit", cpu, tiny)
 
 
 def test_device_resolution():

@@ -92,6 +92,7 @@ def test_rerun_is_a_cache_hit(run):
     started = time.time()
     again = finetune.run(cfg, store, quiet=True, device="cpu")
     assert again.cached and again.key == artifact.key
+    assert again.manifest["peak_memory_mb"]["cpu"] > 0  # the training run's peak, reported on a cache hit too
     assert encode.run(subset(cfg, EncodeConfig), store, quiet=True).cached
     assert time.time() - started < 30
 
@@ -297,3 +298,14 @@ def test_predict_never_reads_a_damaged_adapter(run, tmp_path):
     adapter.write_bytes(adapter.read_bytes()[:-64])  # truncated
     with pytest.raises(InputError, match="run `dre-pipeline finetune` first"):
         predict.run(cfg, copy, [0], device="cpu", quiet=True)
+
+
+def test_8bit_fine_tuning_runs_on_cpu_and_predict_reloads_it(run):
+    cfg, store, _ = run
+    quantized = replace(cfg, joint=False, ft_epochs=1, quantization="8bit")
+    artifact = finetune.run(quantized, store, quiet=True, device="cpu")
+    assert artifact.manifest["settings"]["quantization"] == "8bit"
+    saved = pq.read_table(artifact.path / "predictions.parquet").to_pylist()
+    row = predict.run(quantized, store, [3], device="cpu", quiet=True)[0]
+    assert row["prediction"] in artifact.manifest["class_names"]
+    assert row["prediction"] == next(r["prediction_name"] for r in saved if r["node_id"] == 3)

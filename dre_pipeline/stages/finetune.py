@@ -19,7 +19,7 @@ from ..config import FinetuneConfig, key_fields
 from ..data import split_names
 from ..llm import attach_lora, load_model, quantization_config, resolve_device, resolve_llm
 from ..predictor import GraphWordPredictor
-from ..runtime import log, seed_everything
+from ..runtime import log, peak_memory_mb, seed_everything
 from . import encode as encode_stage
 from .node_tokens import GraphInTheLoop, StoredWords, graph_in_the_loop, sampled_codes
 from .training import evaluate, train
@@ -30,7 +30,7 @@ def run(cfg: FinetuneConfig, store: Store, force: bool = False, quiet: bool = Fa
         device: str = "auto") -> Artifact:
     """Fine-tune (or find the cached result); ``--joint`` continues from the plain run's adapter."""
     device = resolve_device(device)
-    quantization_config(cfg.quantization, device)  # an impossible setting stops before any work
+    quantization_config(cfg.quantization, device, resolve_llm(cfg.llm_path, store))  # stops before any work
     ws = prepare(cfg, store, quiet)
     if found := store.lookup("finetune", ws.key, force):
         return found
@@ -100,6 +100,8 @@ def _write(store: Store, ws: Workspace, model, codes: np.ndarray, nodes: np.ndar
         "test_accuracy": final["test"]["accuracy"], "test_macro_f1": final["test"]["macro_f1"],
         "val_accuracy": final["val"]["accuracy"],
         "stage_one_test_accuracy": ws.encode.manifest["label_head_accuracy"]["test"], "seconds": metrics["seconds"],
+        # the training run's peak, so that a later cache hit can still report it
+        "peak_memory_mb": peak_memory_mb(),
     }
     with store.writing("finetune", ws.key, manifest) as out:
         model.save_pretrained(out / "adapter")
