@@ -17,7 +17,7 @@ from typing import Callable, Optional
 import typer
 
 from .artifacts import Store
-from .config import BenchConfig, CodebookConfig, EncodeConfig, FinetuneConfig
+from .config import PRESETS, BenchConfig, CodebookConfig, EncodeConfig, FinetuneConfig
 from .errors import InputError
 from .runtime import setup_logging
 
@@ -34,6 +34,16 @@ RUN_OPTIONS = [
     _option("quiet", bool, False, "No progress bars, warnings only."),
 ]
 FORCE = _option("force", bool, False, "Recompute even when a cached artifact matches.")
+PRESET = _option("preset", str, "none", f"none | {' | '.join(PRESETS)}: a named bundle of settings "
+                 "(paper: the reference run's); options given here win over it.")
+
+
+def with_preset(values: dict, preset: str, context: typer.Context) -> dict:
+    """``values`` with the preset's settings where the command line left an option at its default."""
+    if preset != "none" and preset not in PRESETS:
+        raise InputError(f"--preset must be one of none, {', '.join(PRESETS)}, got {preset!r}")
+    given = {name for name in values if context.get_parameter_source(name).name != "DEFAULT"}
+    return {**values, **{k: v for k, v in PRESETS.get(preset, {}).items() if k in values and k not in given}}
 
 
 def _store(path: Path) -> Store:
@@ -72,16 +82,18 @@ def stage_command(name: str, config_cls, extra: tuple = (), computes: bool = Tru
     def register(body: Callable) -> Callable:
         config_names = [f.name for f in fields(config_cls)]
 
-        def command(**kwargs):
+        def command(ctx: typer.Context, **kwargs):
             setup_logging(kwargs["quiet"])
             with user_errors():
-                cfg = config_cls(**{k: kwargs[k] for k in config_names})
+                cfg = config_cls(**with_preset({k: kwargs[k] for k in config_names}, kwargs["preset"], ctx))
                 store = _store(kwargs["store"])
-                body(cfg, store, **{k: v for k, v in kwargs.items() if k not in config_names and k != "store"})
+                body(cfg, store, **{k: v for k, v in kwargs.items() if k not in (*config_names, "store", "preset")})
 
         params = [_option(f.name, f.type, f.default if f.default is not MISSING else f.default_factory(),
                           f.metadata["help"]) for f in fields(config_cls)]
-        command.__signature__ = inspect.Signature(params + RUN_OPTIONS + ([FORCE] if computes else []) + list(extra))
+        context = inspect.Parameter("ctx", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=typer.Context)
+        command.__signature__ = inspect.Signature([context] + params + RUN_OPTIONS + [PRESET] + ([FORCE] if computes else [])
+                                                  + list(extra))
         command.__doc__ = body.__doc__
         app.command(name)(command)
         return body
