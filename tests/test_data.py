@@ -357,3 +357,43 @@ def test_bad_graphs_are_refused_and_isolated_nodes_are_fine(tmp_path: Path) -> N
     data = load_dataset(isolated, None, cache)  # nodes 3..5 have no edge at all
     assert data.num_nodes == 6 and set(data.edge_index.flatten().tolist()) == {0, 1, 2}
     assert (make_split(data, "random", 0) >= 0).all()
+
+
+def write_ogb_arxiv(root: Path, num_nodes: int = 30, num_classes: int = 3) -> Path:
+    """A small ogbn-arxiv in OGB's raw layout: gzipped CSVs, the time split, the label mapping."""
+    import gzip
+
+    folder = root / "ogbn_arxiv"
+    rng = np.random.default_rng(0)
+    labels = np.arange(num_nodes) % num_classes
+    src = np.arange(num_nodes)
+    edges = np.stack([src, (src + 1) % num_nodes]).T  # a directed ring: ogb adds no inverse edges for arxiv
+    order = rng.permutation(num_nodes)
+    files = {
+        "raw/edge.csv.gz": edges, "raw/num-node-list.csv.gz": [[num_nodes]], "raw/num-edge-list.csv.gz": [[len(edges)]],
+        "raw/node-feat.csv.gz": rng.normal(size=(num_nodes, 8)).round(4), "raw/node-label.csv.gz": labels[:, None],
+        "raw/node_year.csv.gz": np.full((num_nodes, 1), 2020),
+        "split/time/train.csv.gz": order[:18, None], "split/time/valid.csv.gz": order[18:24, None],
+        "split/time/test.csv.gz": order[24:, None],
+    }
+    for name, rows in files.items():
+        (folder / name).parent.mkdir(parents=True, exist_ok=True)
+        with gzip.open(folder / name, "wt") as handle:
+            handle.writelines(",".join(str(v) for v in row) + "\n" for row in np.asarray(rows))
+    (folder / "mapping").mkdir()
+    with gzip.open(folder / "mapping" / "labelidx2arxivcategeory.csv.gz", "wt") as handle:
+        handle.write("label idx,arxiv category\n0,arxiv cs na\n1,arxiv cs mm\n2,arxiv cs lo\n")
+    (folder / "RELEASE_v1.txt").write_text("ogbn-arxiv v1\n")
+    return folder
+
+
+def test_ogbn_arxiv_through_the_ogb_loader(tmp_path: Path) -> None:
+    write_ogb_arxiv(tmp_path / "data")
+    before = snapshot(tmp_path / "data")
+    data = load_dataset("ogbn-arxiv", tmp_path / "data", tmp_path / "cache")
+    assert data.num_nodes == 30 and data.x.shape == (30, 8) and data.text is None
+    assert data.class_names[:3] == ["cs.NA", "cs.MM", "cs.LO"]
+    assert data.edge_index.size(1) == 60  # the ring, made undirected
+    split = make_split(data, "public", 0)
+    assert [int((split == k).sum()) for k in (0, 1, 2)] == [18, 6, 6]
+    assert snapshot(tmp_path / "data") == before  # processed in the cache, never in the data folder
