@@ -74,12 +74,12 @@ class CodebookConfig(LLMConfig):
         metadata=_help("Keep only tokens that begin a word (leading-space marker), not mid-word fragments."),
     )
     whole_words: bool = field(
-        default=False,
+        default=True,
         metadata=_help("Keep only tokens that are English words in wordfreq's list, not BPE prefixes such as 'affili'.",
                        neutral=False),
     )
     drop_function_words: bool = field(
-        default=False,
+        default=True,
         metadata=_help("Drop English function words ('the', 'and', 'for'; scikit-learn's stop-word list).",
                        neutral=False),
     )
