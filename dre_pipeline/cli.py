@@ -126,10 +126,12 @@ DEVICE = _option("device", str, "auto", "auto | cpu | cuda[:N]; bf16 where the d
 @stage_command("finetune", FinetuneConfig, extra=(DEVICE,))
 def finetune(cfg: FinetuneConfig, store: Store, force: bool, quiet: bool, device: str):
     """Stage two: LoRA-finetune the LLM on graph-word prompts (runs missing upstream stages)."""
+    from . import distributed
     from .stages import finetune as stage
 
     artifact = stage.run(cfg, store, force=force, quiet=quiet, device=device)
-    typer.echo(summary_table(store, artifact))
+    if distributed.is_main():  # under torchrun, one summary
+        typer.echo(summary_table(store, artifact))
 
 
 def summary_table(store: Store, finetune) -> str:
@@ -183,8 +185,12 @@ def predict(cfg: FinetuneConfig, store: Store, quiet: bool, node_ids: Optional[s
     """Answer for some nodes with the saved adapter of the same settings, without retraining."""
     from .stages import predict as stage
 
+    from . import distributed
+
     _check_format(format)
     rows = stage.run(cfg, store, _node_ids(node_ids, node_file), device=device, quiet=quiet)
+    if not distributed.is_main():  # under torchrun, one answer
+        return
     if format == "json":
         typer.echo(json.dumps(rows, indent=2))
         return

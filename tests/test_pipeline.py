@@ -309,3 +309,39 @@ def test_8bit_fine_tuning_runs_on_cpu_and_predict_reloads_it(run):
     row = predict.run(quantized, store, [3], device="cpu", quiet=True)[0]
     assert row["prediction"] in artifact.manifest["class_names"]
     assert row["prediction"] == next(r["prediction_name"] for r in saved if r["node_id"] == 3)
+
+
+def test_finetune_on_two_processes_matches_one(tiny_llm, tmp_path):
+    """torchrun, 2 CPU processes on gloo, each half of every batch: the same losses and scores as one process."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    args = ["finetune", "--dataset", "synthetic", "--llm-path", str(tiny_llm), "--epochs", "10", "--patience", "10",
+            "--ft-epochs", "2", "--batch-size", "8", "--lora-layers", "1", "--lora-dropout", "0", "--llm-lr", "1e-2",
+            "--device", "cpu", "--quiet"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    torchrun = Path(sys.executable).with_name("torchrun")
+    one = subprocess.run([sys.executable, "-m", "dre_pipeline.cli", *args, "--store", str(tmp_path / "one")],
+                         env=env, capture_output=True, text=True)
+    two = subprocess.run([str(torchrun), "--nproc-per-node", "2", "-m", "dre_pipeline.cli", *args,
+                          "--store", str(tmp_path / "two")], env=env, capture_output=True, text=True)
+    assert one.returncode == 0 and two.returncode == 0, one.stderr[-2000:] + two.stderr[-2000:]
+    assert two.stdout.count("artifact:") == 1  # one summary, from the first process
+    runs = [Store(tmp_path / name).list("finetune")[0] for name in ("one", "two")]
+    assert runs[0].key == runs[1].key
+    histories = [json.loads((a.path / "metrics.json").read_text())["finetune"]["history"] for a in runs]
+    for a, b in zip(*histories):
+        assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-5) and a["val_accuracy"] == b["val_accuracy"]
+    scores = [torch.tensor(pq.read_table(a.path / "predictions.parquet")["scores"].to_pylist()) for a in runs]
+    assert torch.allclose(scores[0], scores[1], atol=1e-4)  # sums over 2 processes: float reordering only
+
+    predict_args = [a for a in args if a != "--quiet"][1:] + ["--node-ids", "0,1,2,3,4", "--format", "json"]
+    answered = subprocess.run([str(torchrun), "--nproc-per-node", "2", "-m", "dre_pipeline.cli", "predict",
+                               *predict_args, "--store", str(tmp_path / "two")], env=env, capture_output=True, text=True)
+    assert answered.returncode == 0, answered.stderr[-2000:]
+    rows = json.loads(answered.stdout)  # one answer, from the first process
+    saved = {r["node_id"]: r for r in pq.read_table(runs[1].path / "predictions.parquet").to_pylist()}
+    assert [r["node_id"] for r in rows] == [0, 1, 2, 3, 4]
+    assert all(r["prediction"] == saved[r["node_id"]]["prediction_name"] for r in rows if r["node_id"] in saved)

@@ -14,6 +14,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
+from .. import distributed
 from ..artifacts import Artifact, Store, write_json
 from ..config import FinetuneConfig, key_fields
 from ..data import split_names
@@ -28,12 +29,17 @@ from .workspace import Workspace, codes_from_table, prepare
 
 def run(cfg: FinetuneConfig, store: Store, force: bool = False, quiet: bool = False,
         device: str = "auto") -> Artifact:
-    """Fine-tune (or find the cached result); ``--joint`` continues from the plain run's adapter."""
-    device = resolve_device(device)
+    """Fine-tune (or find the cached result); ``--joint`` continues from the plain run's adapter.
+
+    Under ``torchrun`` every process runs this; the first decides on the cache and writes.
+    """
+    device = distributed.setup(resolve_device(device))
+    quiet = quiet or not distributed.is_main()
     quantization_config(cfg.quantization, device, resolve_llm(cfg.llm_path, store))  # stops before any work
     ws = prepare(cfg, store, quiet)
-    if found := store.lookup("finetune", ws.key, force):
-        return found
+    found = store.lookup("finetune", ws.key, force) if distributed.is_main() else None
+    if distributed.agree(found is not None):
+        return found or store.find("finetune", ws.key)
     base = run(replace(cfg, joint=False), store, quiet=quiet, device=device) if cfg.joint else None
     log.info("finetune: reading %s", base.path if base else ws.encode.path)
     started = time.time()
@@ -74,7 +80,9 @@ def run(cfg: FinetuneConfig, store: Store, force: bool = False, quiet: bool = Fa
     metrics["final"] = reports
     metrics["seconds"] = round(time.time() - started, 2)
     gnn_state = node_tokens.state_dict() if isinstance(node_tokens, GraphInTheLoop) else None
-    return _write(store, ws, model, codes, nodes, scores, metrics, gnn_state, llm)
+    written = _write(store, ws, model, codes, nodes, scores, metrics, gnn_state, llm) if distributed.is_main() else None
+    distributed.barrier()
+    return written or store.find("finetune", ws.key, cached=False)
 
 
 def predictions_table(ws: Workspace, nodes: np.ndarray, scores: torch.Tensor) -> pa.Table:

@@ -4,6 +4,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import torch
 
+from .. import distributed
 from ..artifacts import Store
 from ..config import FinetuneConfig
 from ..data import split_names
@@ -17,9 +18,14 @@ from .workspace import codes_from_table, prepare
 
 
 def run(cfg: FinetuneConfig, store: Store, node_ids: list, device: str = "auto", quiet: bool = False) -> list:
-    """One dict per node: id, label, prediction, per-class scores, its words and prompt."""
+    """One dict per node: id, label, prediction, per-class scores, its words and prompt.
+
+    Under ``torchrun`` each process scores its share of the nodes and every process returns all rows.
+    """
     from peft import PeftModel
 
+    device = distributed.setup(resolve_device(device))
+    quiet = quiet or not distributed.is_main()
     ws = prepare(cfg, store, quiet, cached_only=True)
     found = store.lookup("finetune", ws.key, force=False, cached_only=True)  # missing or damaged: refused
     position = {int(node): i for i, node in enumerate(ws.data.node_ids)}
@@ -28,7 +34,6 @@ def run(cfg: FinetuneConfig, store: Store, node_ids: list, device: str = "auto",
         raise InputError(f"unknown node ids {unknown[:5]}: {ws.data.name} has ids {ws.data.node_ids.min()}..{ws.data.node_ids.max()}")
     nodes = np.array([position[n] for n in node_ids], dtype=np.int64)
 
-    device = resolve_device(device)
     model = PeftModel.from_pretrained(load_model(resolve_llm(cfg.llm_path, store), device, cfg.quantization),
                                       found.path / "adapter")
     predictor = GraphWordPredictor(model, ws.template, ws.tokenizer.pad_token_id, ws.cfg.lora_layers)

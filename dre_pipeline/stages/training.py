@@ -18,6 +18,7 @@ from ..config import FinetuneConfig
 from ..data import SPLIT_NAMES
 from ..evaluation import classification_report
 from ..predictor import GraphWordPredictor
+from .. import distributed
 from ..artifacts import Store
 from ..runtime import EarlyStopping, checkpoint_seconds, log, progress, rng_state, set_rng_state, snapshot
 from .workspace import Workspace
@@ -28,17 +29,18 @@ EVAL_BATCH = 32
 
 def score(predictor: GraphWordPredictor, node_tokens: nn.Module, ws: Workspace, nodes: np.ndarray,
           quiet: bool) -> torch.Tensor:
-    """``[n, C]`` class log-probabilities for ``nodes``, batched by prompt length."""
-    order = np.argsort([len(ws.text_ids[i]) for i in nodes], kind="stable")  # the rest is T*K words for all
-    scores = torch.empty(len(nodes), len(ws.data.class_names))
+    """``[n, C]`` class log-probabilities for ``nodes``, batched by prompt length (each process scores its share)."""
+    mine = distributed.shard(nodes)
+    order = np.argsort([len(ws.text_ids[i]) for i in mine], kind="stable")  # the rest is T*K words for all
+    scores = torch.empty(len(mine), len(ws.data.class_names))
     predictor.model.eval()
     node_tokens.eval()
     with torch.no_grad():
         for start in progress(range(0, len(order), EVAL_BATCH), quiet=quiet, desc="score"):
             batch = order[start: start + EVAL_BATCH]
-            suffixes, words = node_tokens.tokens(nodes[batch])
+            suffixes, words = node_tokens.tokens(mine[batch])
             scores[batch] = predictor.class_scores(suffixes, words)
-    return scores
+    return distributed.gather_rows(scores, len(nodes))
 
 
 def evaluate(predictor, node_tokens: nn.Module, ws: Workspace, quiet: bool, parts=("val", "test")) -> tuple:
@@ -63,12 +65,15 @@ def train(predictor: GraphWordPredictor, node_tokens: nn.Module, ws: Workspace, 
     ``store``: after an epoch, at most every ``checkpoint_seconds()``, the training state is
     saved under the run's key; a killed run resumes at the next epoch and ends as an
     uninterrupted one would.
+    Under ``torchrun`` each process trains on its share of every batch (:mod:`..distributed`).
     """
     cfg, model = ws.cfg, predictor.model
     groups = [{"params": [p for p in model.parameters() if p.requires_grad], "lr": cfg.llm_lr}]
     gnn_params = [p for p in node_tokens.parameters() if p.requires_grad]
     if gnn_params:
         groups.append({"params": gnn_params, "lr": cfg.gnn_lr})
+    trained_params = [p for group in groups for p in group["params"]]
+    distributed.same_start(trained_params)
     optimizer = torch.optim.AdamW(groups, weight_decay=cfg.ft_weight_decay)
     train_nodes = np.flatnonzero(ws.split == 0)
     scheduler = lr_scheduler(optimizer, cfg, epochs * math.ceil(len(train_nodes) / cfg.batch_size))
@@ -112,21 +117,28 @@ def train(predictor: GraphWordPredictor, node_tokens: nn.Module, ws: Workspace, 
                               desc=f"{phase} epoch {epoch + 1}"):
             model.train()
             node_tokens.train()
-            suffixes, words = node_tokens.tokens(batch)
-            loss = predictor.loss(suffixes, labels[batch].tolist(), words, kind=cfg.ft_loss)
-            if node_tokens.stage_one_loss is not None:
-                loss = loss + cfg.joint_stage_one_weight * node_tokens.stage_one_loss
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            mine, batch_loss, batch_tokens = distributed.shard(batch), 0.0, 0
+            if len(mine):  # a process can be left without a row of the last, short batch
+                suffixes, words = node_tokens.tokens(mine)
+                loss = predictor.loss(suffixes, labels[mine].tolist(), words, kind=cfg.ft_loss)
+                if node_tokens.stage_one_loss is not None:
+                    loss = loss + cfg.joint_stage_one_weight * node_tokens.stage_one_loss
+                share = len(mine) / len(batch)  # summed over the processes, the shares make the batch mean
+                (loss * share).backward()
+                batch_loss = loss.item() * share
+                batch_tokens = len(ws.template.prefix_ids) + sum(map(len, suffixes))
+            distributed.sum_gradients(trained_params)
             if gnn_params:
                 gnn_grad_norms.append(float(torch.norm(torch.stack(
                     [p.grad.norm() for p in gnn_params if p.grad is not None]))))
             if cfg.max_grad_norm:
-                torch.nn.utils.clip_grad_norm_([p for group in groups for p in group["params"]], cfg.max_grad_norm)
+                torch.nn.utils.clip_grad_norm_(trained_params, cfg.max_grad_norm)
             optimizer.step()
             scheduler.step()
-            losses.append(loss.item())
-            trained_tokens += len(ws.template.prefix_ids) + sum(map(len, suffixes))
+            batch_loss, batch_tokens = distributed.total([batch_loss, batch_tokens])
+            losses.append(batch_loss)
+            trained_tokens += batch_tokens
             step += 1
             if cfg.eval_every and step % cfg.eval_every == 0:
                 checkpoint(epoch, losses, time.time() - epoch_start)
@@ -138,7 +150,7 @@ def train(predictor: GraphWordPredictor, node_tokens: nn.Module, ws: Workspace, 
             checkpoint(epoch, losses, time.time() - epoch_start)
         if stopper.stop:
             break
-        if store and time.time() - last_checkpoint >= checkpoint_seconds():
+        if store and distributed.is_main() and time.time() - last_checkpoint >= checkpoint_seconds():
             store.save_checkpoint("finetune", ws.key, {
                 "trainable": {k: v for k, v in model.state_dict().items() if k in trainable},
                 "node_tokens": node_tokens.state_dict(), "optimizer": optimizer.state_dict(),
