@@ -189,6 +189,9 @@ def test_text_goes_in_the_prompt_by_default_where_the_graph_has_text(run, tmp_pa
     assert suffix.index("3-hop") < suffix.index("Its own text:")  # graph words first, then the text
     off = workspace.prepare(replace(plain, use_text=False), store, quiet=True)
     assert not any(off.text_ids) and off.key != ws.key
+    short = workspace.prepare(replace(plain, max_text_tokens=3), store, quiet=True)  # text cut to its first tokens
+    assert [ids[:3] for ids in ws.text_ids] == short.text_ids and short.key != ws.key
+    assert max(map(len, ws.text_ids)) > 3
 
     graph = load_dataset("synthetic", None, tmp_path)  # the same graph without its text
     folder = tmp_path / "no-text"
