@@ -68,7 +68,7 @@ def selected_rows(rows: str, has_text: bool) -> list:
 
 def run_row(row: str, settings: dict, store_root: str, quiet: bool) -> dict:
     """One row for one seed, in its own process: accuracy, times, throughput, peak memory."""
-    setup_logging(True)
+    setup_logging(quiet)  # a row can take half an hour: its stages log their progress, unless --quiet
     spec = ROWS[row]
     cfg = FinetuneConfig(**{**settings, **spec.overrides})
     store = Store(Path(store_root))
