@@ -153,6 +153,7 @@ def run(cfg: BenchConfig, store: Store, quiet: bool = False, command: str = "dre
             result = pool.submit(run_row, row, {**settings, "seed": seed}, str(store.root), quiet).result()
         log.info("bench: %s seed %d test accuracy %.4f (%.0fs)", row, seed, result["test_accuracy"],
                  result["wall_seconds"])
+        result["command"] = command  # a table built over several runs says which run gave which row
         results = [r for r in results if (r["row"], r["seed"]) != (row, seed)] + [result]
         results.sort(key=lambda r: (list(ROWS).index(r["row"]), r["seed"]))
         results_file = write_results(out_dir, settings["dataset"], {
@@ -246,7 +247,7 @@ def accuracy_markdown(payload: dict, out_dir: Path) -> list:
     return [
         f"## Accuracy: {payload['settings']['dataset']}",
         "",
-        f"- command: `{payload['command']}`",
+        *[f"- command: `{c}`" for c in dict.fromkeys(r.get("command", payload["command"]) for r in payload["results"])],
         f"- machine: {payload['machine']}",
         f"- date: {payload['date']}",
         *([f"- wall time: {payload['wall_seconds']} s"] if "wall_seconds" in payload else []),

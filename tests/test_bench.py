@@ -70,5 +70,6 @@ def test_a_bench_of_some_rows_adds_to_the_earlier_rows_of_the_same_settings(tmp_
     assert [r["row"] for r in payload["results"]] == ["mlp", "gcn", "sage"]  # in table order, one per row and seed
     assert payload["results"][0] == first["mlp"]  # kept as it was
     assert payload["wall_seconds"] == round(sum(r["wall_seconds"] for r in payload["results"]))
+    assert (out / "RESULTS.md").read_text().count("- command:") == 1  # one run's command per row it gave
     other = BenchConfig(quick=True, rows="sage", ft_epochs=1, out=str(out))  # other settings: a table of its own
     assert [r["row"] for r in json.loads(run(other, store, quiet=True).read_text())["results"]] == ["sage"]
