@@ -168,7 +168,9 @@ def earlier_results(results_file: Path, settings: dict) -> list:
     if not results_file.exists():
         return []
     earlier = json.loads(results_file.read_text())
-    return earlier["results"] if earlier.get("settings") == settings else []
+    if earlier.get("settings") != settings:
+        return []
+    return [{"command": earlier["command"], **r} for r in earlier["results"]]  # rows from before rows kept theirs
 
 
 def write_results(out_dir: Path, name: str, payload: dict) -> Path:
