@@ -187,6 +187,7 @@ def test_text_goes_in_the_prompt_by_default_where_the_graph_has_text(run, tmp_pa
     codes = workspace.codes_from_table(pq.read_table(ws.encode.path / "codes.parquet"), cfg.num_views)
     suffix = ws.tokenizer.decode(workspace.suffixes_for(ws, codes[:1], [0])[0][0])
     assert suffix.index("3-hop") < suffix.index("Its own text:")  # graph words first, then the text
+    assert "Its own text: " + ws.data.text[0].split()[0] in suffix  # its first word, as a word
     off = workspace.prepare(replace(plain, use_text=False), store, quiet=True)
     assert not any(off.text_ids) and off.key != ws.key
     short = workspace.prepare(replace(plain, max_text_tokens=3), store, quiet=True)  # text cut to its first tokens

@@ -1,7 +1,9 @@
 """What stage two reads, resolved from the config: the stage-one artifact, graph, split,
 codebook, tokenizer, prompt template and the artifact key (finetune, predict, report, status)."""
 
-from dataclasses import dataclass
+import hashlib
+import json
+from dataclasses import asdict, dataclass
 
 import numpy as np
 import pyarrow as pa
@@ -49,14 +51,25 @@ def prepare(cfg: FinetuneConfig, store: Store, quiet: bool = False, cached_only:
         raise InputError(f"--node-tokens none prompts with the node's text alone, and {data.name!r} has no text")
     graph_views = 0 if cfg.node_tokens == "none" else cfg.num_views
     template = build_template(tokenizer, data.class_names, graph_views, use_text)
-    text_ids = ([tokenizer(t, add_special_tokens=False).input_ids[: cfg.max_text_tokens] for t in data.text]
+    # the space makes the text's first word a word token, as it is after "text:" in running prose
+    text_ids = ([tokenizer(" " + t, add_special_tokens=False).input_ids[: cfg.max_text_tokens] for t in data.text]
                 if use_text else [[] for _ in range(data.num_nodes)])
     own = key_fields(cfg, exclude=tuple(EncodeConfig.__dataclass_fields__))
     own["use_text"] = use_text  # a graph without text gives the same prompts whatever the text settings
     if not use_text:
         del own["max_text_tokens"]
-    key = artifact_key({"settings": own, "encode": encode.key, "llm": llm.identity})
+    key = artifact_key({"settings": own, "encode": encode.key, "llm": llm.identity,
+                        "prompts": prompt_digest(template, text_ids)})
     return Workspace(cfg, encode, data, split, codebook, tokenizer, template, text_ids, key)
+
+
+def prompt_digest(template: PromptTemplate, text_ids: list) -> str:
+    """A hash of every token the prompts are made of but the code words, so a change of wording or of text
+    tokenization is a new key rather than a stale cache hit."""
+    sha = hashlib.sha256(json.dumps(asdict(template), sort_keys=True).encode())
+    sha.update(np.asarray([len(ids) for ids in text_ids], dtype=np.int64).tobytes())
+    sha.update(np.asarray([t for ids in text_ids for t in ids], dtype=np.int64).tobytes())
+    return sha.hexdigest()[:16]
 
 
 def suffixes_for(ws: Workspace, node_codes: np.ndarray, nodes) -> tuple:
