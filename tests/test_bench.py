@@ -73,3 +73,18 @@ def test_a_bench_of_some_rows_adds_to_the_earlier_rows_of_the_same_settings(tmp_
     assert (out / "RESULTS.md").read_text().count("- command:") == 1  # one run's command per row it gave
     other = BenchConfig(quick=True, rows="sage", ft_epochs=1, out=str(out))  # other settings: a table of its own
     assert [r["row"] for r in json.loads(run(other, store, quiet=True).read_text())["results"]] == ["sage"]
+
+
+def test_the_papers_numbers_stand_beside_their_own_dataset_only(tmp_path):
+    from dre_pipeline.bench import accuracy_markdown
+
+    results = [{"row": "dre", "label": "Dr.E", "seed": 0, "test_accuracy": 0.8, "test_macro_f1": 0.8,
+                "seconds": {"finetune": 1.0}, "peak_memory_mb": 1, "inference_nodes_per_second": 1.0,
+                "stage_one_test_accuracy": 0.8}]
+
+    def row_line(dataset):
+        payload = {"results": results, "settings": {"dataset": dataset, "llm_path": None, "ft_epochs": 1},
+                   "command": "c", "machine": "m", "date": "d"}
+        return next(line for line in accuracy_markdown(payload, tmp_path) if line.startswith("| Dr.E |"))
+
+    assert "| 91.33 |" in row_line("cora") and "| 91.33 |" not in row_line("cora-ml")
