@@ -183,9 +183,8 @@ def _check_format(format: str) -> None:
 def predict(cfg: FinetuneConfig, store: Store, quiet: bool, node_ids: Optional[str],
             node_file: Optional[Path], format: str, device: str):
     """Answer for some nodes with the saved adapter of the same settings, without retraining."""
-    from .stages import predict as stage
-
     from . import distributed
+    from .stages import predict as stage
 
     _check_format(format)
     rows = stage.run(cfg, store, _node_ids(node_ids, node_file), device=device, quiet=quiet)

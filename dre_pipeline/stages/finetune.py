@@ -35,7 +35,8 @@ def run(cfg: FinetuneConfig, store: Store, force: bool = False, quiet: bool = Fa
     """
     device = distributed.setup(resolve_device(device))
     quiet = quiet or not distributed.is_main()
-    quantization_config(cfg.quantization, device, resolve_llm(cfg.llm_path, store))  # stops before any work
+    llm = resolve_llm(cfg.llm_path, store)
+    quantization_config(cfg.quantization, device, llm)  # an impossible setting stops before any work
     ws = prepare(cfg, store, quiet)
     found = store.lookup("finetune", ws.key, force) if distributed.is_main() else None
     if distributed.agree(found is not None):
@@ -44,7 +45,6 @@ def run(cfg: FinetuneConfig, store: Store, force: bool = False, quiet: bool = Fa
     log.info("finetune: reading %s", base.path if base else ws.encode.path)
     started = time.time()
     seed_everything(cfg.seed)
-    llm = resolve_llm(cfg.llm_path, store)
     model = load_model(llm, device, cfg.quantization)
     if base:
         from peft import PeftModel

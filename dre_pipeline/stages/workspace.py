@@ -54,10 +54,9 @@ def prepare(cfg: FinetuneConfig, store: Store, quiet: bool = False, cached_only:
     # the space makes the text's first word a word token, as it is after "text:" in running prose
     text_ids = ([tokenizer(" " + t, add_special_tokens=False).input_ids[: cfg.max_text_tokens] for t in data.text]
                 if use_text else [[] for _ in range(data.num_nodes)])
-    own = key_fields(cfg, exclude=tuple(EncodeConfig.__dataclass_fields__))
-    own["use_text"] = use_text  # a graph without text gives the same prompts whatever the text settings
-    if not use_text:
-        del own["max_text_tokens"]
+    # The text settings enter the key through the prompts they make, so a graph without text
+    # gets the same key whatever they say.
+    own = key_fields(cfg, exclude=(*EncodeConfig.__dataclass_fields__, "use_text", "max_text_tokens"))
     key = artifact_key({"settings": own, "encode": encode.key, "llm": llm.identity,
                         "prompts": prompt_digest(template, text_ids)})
     return Workspace(cfg, encode, data, split, codebook, tokenizer, template, text_ids, key)
