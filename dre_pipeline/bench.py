@@ -5,7 +5,8 @@ in a fresh process so that its peak memory is its own. LLM rows go through the n
 stages and the normal artifact store, so a rerun reuses what is cached. Results go to
 ``<out>/results/<dataset>.json`` (``--speed``: ``speed.json``, see :mod:`.speed`) after
 every row, so a killed bench keeps the rows it finished; a later run with the same
-settings replaces the rows and seeds it runs and keeps the others. ``<out>/RESULTS.md``
+settings and the same defaults replaces the rows and seeds it runs and keeps the others
+(after a change of a default the earlier rows measured something else, so they go). ``<out>/RESULTS.md``
 and a bar chart are regenerated from every result file there.
 """
 
@@ -18,7 +19,7 @@ from dataclasses import asdict, dataclass, field
 from multiprocessing import get_context
 from pathlib import Path
 
-from .artifacts import Store
+from .artifacts import Store, digest
 from .config import BenchConfig, EncodeConfig, FinetuneConfig
 from .errors import InputError
 from .runtime import log, peak_memory_mb, progress, setup_logging
@@ -145,7 +146,8 @@ def run(cfg: BenchConfig, store: Store, quiet: bool = False, command: str = "dre
 
     has_text = load_dataset(settings["dataset"], settings["data_dir"], store.root / "data").text is not None
     jobs = [(row, seed) for row in selected_rows(cfg.rows, has_text) for seed in range(seeds[ROWS[row].main])]
-    results = earlier_results(out_dir / "results" / f"{settings['dataset']}.json", settings)
+    defaults = digest(asdict(FinetuneConfig()))
+    results = earlier_results(out_dir / "results" / f"{settings['dataset']}.json", settings, defaults)
     context = get_context("spawn")  # a fresh process per row: its own peak memory, no state carried over
     for row, seed in progress(jobs, quiet=quiet, desc="bench rows"):
         log.info("bench: %s, seed %d", row, seed)
@@ -158,17 +160,19 @@ def run(cfg: BenchConfig, store: Store, quiet: bool = False, command: str = "dre
         results.sort(key=lambda r: (list(ROWS).index(r["row"]), r["seed"]))
         results_file = write_results(out_dir, settings["dataset"], {
             "command": command, "machine": machine(), "date": time.strftime("%Y-%m-%d"), "config": asdict(cfg),
-            "settings": settings, "results": results,
+            "settings": settings, "defaults": defaults, "results": results,
             "wall_seconds": round(sum(r["wall_seconds"] for r in results))})
     return results_file
 
 
-def earlier_results(results_file: Path, settings: dict) -> list:
-    """The rows of an earlier run with the same settings, which this run adds to; none otherwise."""
+def earlier_results(results_file: Path, settings: dict, defaults: str) -> list:
+    """The rows of an earlier run with the same settings and defaults, which this run adds to; none otherwise."""
     if not results_file.exists():
         return []
     earlier = json.loads(results_file.read_text())
-    if earlier.get("settings") != settings:
+    if earlier.get("settings") != settings or earlier.get("defaults") != defaults:
+        if earlier["results"]:
+            log.info("bench: %s holds rows of other settings or defaults; this run starts a new table", results_file)
         return []
     return [{"command": earlier["command"], **r} for r in earlier["results"]]  # rows from before rows kept theirs
 

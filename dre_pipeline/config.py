@@ -242,6 +242,14 @@ class FinetuneConfig(EncodeConfig):
             choices=("answer", "class"),
         ),
     )
+    distill_weight: float = field(
+        default=0.0,
+        metadata=_help(
+            "Weight of the pseudo-labels: every node outside the training set also trains the LLM, toward the "
+            "stage-one label head's class distribution (GLEM-style; no validation or test label is read). "
+            "0 = training nodes only. Needs --ft-loss class.",
+            check="non-negative", neutral=0.0),
+    )
     gnn_lr: float = field(
         default=1e-4,
         metadata=_help("GNN learning rate in the joint pass, well below the LLM's: the codes should drift, not jump.",
@@ -274,6 +282,8 @@ class FinetuneConfig(EncodeConfig):
         super().__post_init__()
         if self.joint and self.node_tokens != "words":
             raise InputError(f"--joint trains the code words end to end, not --node-tokens {self.node_tokens}")
+        if self.distill_weight and self.ft_loss != "class":
+            raise InputError("--distill-weight trains on the class names' scores: it needs --ft-loss class")
         if self.node_tokens == "none" and not self.use_text:
             raise InputError("--node-tokens none prompts with the node's text alone: it needs --use-text")
 

@@ -161,16 +161,21 @@ class GraphWordPredictor:
         per_row = torch.zeros(len(rows), device=self.device).index_add(0, row_index.to(self.device), token_logprob)
         return per_row, target.numel()
 
-    def loss(self, suffixes: list, labels: list, words: Optional[tuple] = None, kind: str = "answer") -> Tensor:
+    def loss(self, suffixes: list, labels, words: Optional[tuple] = None, kind: str = "answer",
+             weights: Optional[Tensor] = None) -> Tensor:
         """``answer``: mean negative log-likelihood of the answer tokens over the whole vocabulary.
         ``class``: cross-entropy over the class names' scores, the very scores prediction ranks,
-        so no gradient goes to words that are no class name.
+        so no gradient goes to words that are no class name. Its ``labels`` may also be ``[B, C]``
+        class distributions (soft targets), and ``weights`` ``[B]`` weigh the rows of the mean.
         """
         if kind == "class":
-            target = torch.tensor(labels, device=self.device)
+            target = torch.as_tensor(labels, device=self.device)
             if self.template.first_token_unique:  # softmax over the class tokens' logits only
-                return F.cross_entropy(self._last_logits(suffixes, words)[:, self._firsts()], target)
-            return F.cross_entropy(self.scores(suffixes, words), target)
+                scores = self._last_logits(suffixes, words)[:, self._firsts()]
+            else:
+                scores = self.scores(suffixes, words)
+            per_row = F.cross_entropy(scores, target, reduction="none")
+            return (per_row if weights is None else per_row * weights.to(self.device)).mean()
         answers = [self.template.answer_ids[y] for y in labels]
         logprob, count = self.answer_logprobs(suffixes, answers, words)
         return -logprob.sum() / count

@@ -62,7 +62,7 @@ def test_a_joint_pass_that_kept_the_plain_model_has_no_number_of_its_own(tmp_pat
     assert "| kept plain model | – |" in joint_line and "80.00" not in joint_line.split("|")[3]
 
 
-def test_a_bench_of_some_rows_adds_to_the_earlier_rows_of_the_same_settings(tmp_path):
+def test_a_bench_of_some_rows_adds_to_the_earlier_rows_of_the_same_settings_and_defaults(tmp_path):
     out, store = tmp_path / "benchmarks", Store(tmp_path / "store")
     run(BenchConfig(quick=True, rows="mlp,gcn", out=str(out)), store, quiet=True)
     first = {r["row"]: r for r in json.loads((out / "results" / "synthetic.json").read_text())["results"]}
@@ -73,6 +73,11 @@ def test_a_bench_of_some_rows_adds_to_the_earlier_rows_of_the_same_settings(tmp_
     assert (out / "RESULTS.md").read_text().count("- command:") == 1  # one run's command per row it gave
     other = BenchConfig(quick=True, rows="sage", ft_epochs=1, out=str(out))  # other settings: a table of its own
     assert [r["row"] for r in json.loads(run(other, store, quiet=True).read_text())["results"]] == ["sage"]
+    payload = json.loads((out / "results" / "synthetic.json").read_text())
+    payload["defaults"] = "measured-with-other-defaults"
+    (out / "results" / "synthetic.json").write_text(json.dumps(payload))
+    again = run(BenchConfig(quick=True, rows="gcn", ft_epochs=1, out=str(out)), store, quiet=True)
+    assert [r["row"] for r in json.loads(again.read_text())["results"]] == ["gcn"]  # the sage row measured else
 
 
 def test_the_papers_numbers_stand_beside_their_own_dataset_only(tmp_path):

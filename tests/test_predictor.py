@@ -120,3 +120,19 @@ def test_class_loss_is_cross_entropy_over_the_scores_prediction_ranks(tiny_llm):
     others[firsts] = False
     assert grad[:, firsts].abs().sum() > 0
     assert grad[:, others].abs().max() == 0  # no word outside the class names is pushed up or down
+
+
+def test_class_loss_takes_soft_targets_and_row_weights(tiny_llm):
+    tok, model, template = setup(tiny_llm)
+    predictor = GraphWordPredictor(model, template, tok.pad_token_id or 0, trained_layers=1)
+    suffixes = [node_suffix(template, [[1000, 1001], [1002, 1003]])[0],
+                node_suffix(template, [[2000, 2001], [2002, 2003]])[0]]
+    targets = torch.tensor([[0.0, 1.0, 0.0], [0.2, 0.3, 0.5]])
+    weights = torch.tensor([1.0, 0.5])
+    scores = predictor.class_scores(suffixes)
+    loss = predictor.loss(suffixes, targets, kind="class", weights=weights)
+    expected = (-(targets * scores.log_softmax(-1)).sum(1) * weights).mean()
+    assert torch.allclose(loss.detach(), expected, atol=1e-5)
+    # a one-hot row is its label
+    hard = predictor.loss(suffixes[:1], [1], kind="class")
+    assert torch.allclose(hard, predictor.loss(suffixes[:1], targets[:1], kind="class"), atol=1e-6)

@@ -24,7 +24,7 @@ from ..runtime import log, peak_memory_mb, seed_everything
 from . import encode as encode_stage
 from .node_tokens import GraphInTheLoop, StoredWords, graph_in_the_loop, sampled_codes
 from .training import evaluate, train
-from .workspace import Workspace, codes_from_table, prepare
+from .workspace import Workspace, codes_from_table, head_distribution, prepare
 
 
 def run(cfg: FinetuneConfig, store: Store, force: bool = False, quiet: bool = False,
@@ -73,8 +73,9 @@ def run(cfg: FinetuneConfig, store: Store, force: bool = False, quiet: bool = Fa
         soft = cfg.node_tokens == "soft"
         node_tokens = (graph_in_the_loop(ws, predictor, soft=True) if soft
                        else StoredWords(ws, codes, sampled_codes(ws, cfg.code_samples, cfg.seed), cfg.seed))
+        pseudo_labels = head_distribution(ws) if cfg.distill_weight else None
         metrics = {"finetune": train(predictor, node_tokens, ws, cfg.ft_epochs, cfg.seed, quiet, "finetune",
-                                     store=store)}
+                                     store=store, pseudo_labels=pseudo_labels)}
         nodes, scores, reports = evaluate(predictor, node_tokens, ws, quiet)
         metrics["finetune"].update(reports, scoring="first-token" if ws.template.first_token_unique else "sequence")
     metrics["final"] = reports

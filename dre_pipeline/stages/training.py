@@ -57,7 +57,8 @@ def evaluate(predictor, node_tokens: nn.Module, ws: Workspace, quiet: bool, part
 
 
 def train(predictor: GraphWordPredictor, node_tokens: nn.Module, ws: Workspace, epochs: int, seed: int,
-          quiet: bool, phase: str, keep_start: bool = False, store: Optional[Store] = None) -> dict:
+          quiet: bool, phase: str, keep_start: bool = False, store: Optional[Store] = None,
+          pseudo_labels: Optional[torch.Tensor] = None) -> dict:
     """The training loop; returns its metrics and leaves the best state (LoRA + node tokens) loaded.
 
     ``keep_start``: the starting state competes too, so training that does not beat it on
@@ -65,6 +66,8 @@ def train(predictor: GraphWordPredictor, node_tokens: nn.Module, ws: Workspace, 
     ``store``: after an epoch, at most every ``checkpoint_seconds()``, the training state is
     saved under the run's key; a killed run resumes at the next epoch and ends as an
     uninterrupted one would.
+    ``pseudo_labels``: ``[N, C]`` class distributions; every node outside the training set then
+    trains too, toward its row, at weight ``--distill-weight`` (GLEM's pseudo-labels).
     Under ``torchrun`` each process trains on its share of every batch (:mod:`..distributed`).
     """
     cfg, model = ws.cfg, predictor.model
@@ -75,11 +78,11 @@ def train(predictor: GraphWordPredictor, node_tokens: nn.Module, ws: Workspace, 
     trained_params = [p for group in groups for p in group["params"]]
     distributed.same_start(trained_params)
     optimizer = torch.optim.AdamW(groups, weight_decay=cfg.ft_weight_decay)
-    train_nodes = np.flatnonzero(ws.split == 0)
+    targets, weights = training_targets(ws, pseudo_labels)
+    train_nodes = np.flatnonzero(weights > 0)
     scheduler = lr_scheduler(optimizer, cfg, epochs * math.ceil(len(train_nodes) / cfg.batch_size))
     stopper = EarlyStopping(cfg.ft_patience, lambda: (
         snapshot({k: v for k, v in model.named_parameters() if v.requires_grad}), snapshot(node_tokens.state_dict())))
-    labels = ws.data.y.numpy()
     generator = np.random.default_rng(seed)
     history, step, trained_tokens, gnn_grad_norms = [], 0, 0, []
 
@@ -121,7 +124,7 @@ def train(predictor: GraphWordPredictor, node_tokens: nn.Module, ws: Workspace, 
             mine, batch_loss, batch_tokens = distributed.shard(batch), 0.0, 0
             if len(mine):  # a process can be left without a row of the last, short batch
                 suffixes, words = node_tokens.tokens(mine)
-                loss = predictor.loss(suffixes, labels[mine].tolist(), words, kind=cfg.ft_loss)
+                loss = predictor.loss(suffixes, targets[mine], words, kind=cfg.ft_loss, weights=weights[mine])
                 if node_tokens.stage_one_loss is not None:
                     loss = loss + cfg.joint_stage_one_weight * node_tokens.stage_one_loss
                 share = len(mine) / len(batch)  # summed over the processes, the shares make the batch mean
@@ -176,6 +179,21 @@ def train(predictor: GraphWordPredictor, node_tokens: nn.Module, ws: Workspace, 
     if gnn_grad_norms:
         metrics["gnn_grad_norm_mean"] = float(np.mean(gnn_grad_norms))
     return metrics
+
+
+def training_targets(ws: Workspace, pseudo_labels: Optional[torch.Tensor]) -> tuple:
+    """Per node, what it trains toward and at what weight (0: not trained on).
+
+    Without pseudo-labels: training nodes, their labels, weight 1. With them: every node; the
+    training nodes keep their labels (as one-hot rows), the others take their pseudo-label rows.
+    """
+    train = ws.split == 0
+    labels = ws.data.y
+    if pseudo_labels is None:
+        return labels, torch.from_numpy(train.astype(np.float32))
+    targets = pseudo_labels.clone()
+    targets[train] = torch.nn.functional.one_hot(labels[train], targets.size(1)).to(targets.dtype)
+    return targets, torch.from_numpy(np.where(train, 1.0, ws.cfg.distill_weight).astype(np.float32))
 
 
 def lr_scheduler(optimizer, cfg: FinetuneConfig, total_steps: int):

@@ -88,3 +88,10 @@ def stage_one_model(ws: Workspace) -> nn.Module:
     model = encode_stage.build_model(subset(ws.cfg, EncodeConfig), ws.data, ws.codebook)
     model.load_state_dict(torch.load(ws.encode.path / "gnn.pt", weights_only=True)["state_dict"])
     return model
+
+
+@torch.no_grad()
+def head_distribution(ws: Workspace) -> torch.Tensor:
+    """``[N, C]`` the stage-one label head's class probabilities for every node (the pseudo-labels)."""
+    _, logits, _, _ = stage_one_model(ws).eval()(ws.data.x, ws.data.edge_index)
+    return logits.softmax(-1)
