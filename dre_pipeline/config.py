@@ -245,9 +245,9 @@ class FinetuneConfig(EncodeConfig):
     distill_weight: float = field(
         default=0.0,
         metadata=_help(
-            "Weight of the pseudo-labels: every node outside the training set also trains the LLM, toward the "
-            "stage-one label head's class distribution (GLEM-style; no validation or test label is read). "
-            "0 = training nodes only. Needs --ft-loss class.",
+            "Weight of the pseudo-labels: every node outside the training and validation sets also trains the "
+            "LLM, toward the stage-one label head's class distribution (GLEM-style; no label of theirs is read; "
+            "validation stays unseen to select on). 0 = training nodes only. Needs --ft-loss class.",
             check="non-negative", neutral=0.0),
     )
     gnn_lr: float = field(

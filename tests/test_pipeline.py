@@ -153,7 +153,7 @@ def test_code_samples_vary_training_prompts_but_never_evaluation(run):
     assert training[0] != training[1] or training[1] != training[2]
 
 
-def test_pseudo_labels_train_every_other_node_toward_the_head_never_reading_their_labels(run):
+def test_pseudo_labels_train_the_unlabelled_nodes_toward_the_head_and_leave_validation_unseen(run):
     cfg, store, artifact = run
     ws = workspace.prepare(replace(cfg, joint=False, distill_weight=0.5), store, quiet=True)
     train = ws.split == 0
@@ -163,12 +163,14 @@ def test_pseudo_labels_train_every_other_node_toward_the_head_never_reading_thei
     assert head.shape == (ws.data.num_nodes, ws.data.num_classes) and torch.allclose(head.sum(1), torch.ones(len(head)))
     targets, weights = training.training_targets(ws, head)
     assert torch.equal(targets[train].argmax(1), ws.data.y[train]) and torch.all(targets[train].max(1).values == 1)
-    assert torch.equal(targets[~train], head[~train])  # the head's distribution, not the label
-    assert torch.all(weights[train] == 1) and torch.all(weights[~train] == 0.5)
+    val = ws.split == 1
+    unlabelled = ~train & ~val
+    assert torch.equal(targets[unlabelled], head[unlabelled])  # the head's distribution, not the label
+    assert torch.all(weights[train] == 1) and torch.all(weights[unlabelled] == 0.5) and torch.all(weights[val] == 0)
     artifact = finetune.run(replace(cfg, joint=False, distill_weight=0.5, ft_epochs=1), store, quiet=True,
                             device="cpu")
-    steps = artifact.path / "metrics.json"
-    assert json.loads(steps.read_text())["finetune"]["steps"] == -(-ws.data.num_nodes // cfg.batch_size)
+    steps = json.loads((artifact.path / "metrics.json").read_text())["finetune"]["steps"]
+    assert steps == -(-int((~val).sum()) // cfg.batch_size)
 
 
 def test_joint_pass_carries_the_stage_one_loss_at_its_weight(run):

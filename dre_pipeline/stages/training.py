@@ -66,8 +66,8 @@ def train(predictor: GraphWordPredictor, node_tokens: nn.Module, ws: Workspace, 
     ``store``: after an epoch, at most every ``checkpoint_seconds()``, the training state is
     saved under the run's key; a killed run resumes at the next epoch and ends as an
     uninterrupted one would.
-    ``pseudo_labels``: ``[N, C]`` class distributions; every node outside the training set then
-    trains too, toward its row, at weight ``--distill-weight`` (GLEM's pseudo-labels).
+    ``pseudo_labels``: ``[N, C]`` class distributions; every node outside the training and
+    validation sets then trains too, toward its row, at weight ``--distill-weight`` (GLEM's pseudo-labels).
     Under ``torchrun`` each process trains on its share of every batch (:mod:`..distributed`).
     """
     cfg, model = ws.cfg, predictor.model
@@ -184,16 +184,20 @@ def train(predictor: GraphWordPredictor, node_tokens: nn.Module, ws: Workspace, 
 def training_targets(ws: Workspace, pseudo_labels: Optional[torch.Tensor]) -> tuple:
     """Per node, what it trains toward and at what weight (0: not trained on).
 
-    Without pseudo-labels: training nodes, their labels, weight 1. With them: every node; the
-    training nodes keep their labels (as one-hot rows), the others take their pseudo-label rows.
+    Without pseudo-labels: training nodes, their labels, weight 1. With them, the nodes outside
+    training and validation join, toward their pseudo-label rows; training nodes keep their
+    labels (as one-hot rows). Validation nodes stay out, so validation still measures the LLM
+    on nodes it never trained on, not its agreement with the head that made the pseudo-labels.
     """
-    train = ws.split == 0
+    train = ws.split == SPLIT_NAMES.index("train")
     labels = ws.data.y
     if pseudo_labels is None:
         return labels, torch.from_numpy(train.astype(np.float32))
     targets = pseudo_labels.clone()
     targets[train] = torch.nn.functional.one_hot(labels[train], targets.size(1)).to(targets.dtype)
-    return targets, torch.from_numpy(np.where(train, 1.0, ws.cfg.distill_weight).astype(np.float32))
+    unlabelled = ws.split != SPLIT_NAMES.index("val")
+    weights = np.where(train, 1.0, np.where(unlabelled, ws.cfg.distill_weight, 0.0))
+    return targets, torch.from_numpy(weights.astype(np.float32))
 
 
 def lr_scheduler(optimizer, cfg: FinetuneConfig, total_steps: int):
