@@ -48,6 +48,7 @@ ROWS = {
     "single-code": Row("Dr.E, one code per view (no intra-layer residual)", "llm", {"codes_per_view": 1}, main=False),
     "no-inter": Row("Dr.E without inter-layer residual", "llm", {"inter_residual": False}, main=False),
     "no-refine": Row("Dr.E without token refinement", "llm", {"refine": False}, main=False),
+    "no-pseudo": Row("Dr.E without pseudo-labels (training nodes only)", "llm", {"distill_weight": 0.0}, main=False),
     "dre-words": Row("Dr.E, graph words only (no text)", "llm", {"use_text": False}, needs_text=True),
     "dre": Row("Dr.E (full: graph words, and text where the graph has it)", "llm"),
     "joint": Row("Dr.E + joint pass", "llm", {"joint": True}, main=False),

@@ -243,7 +243,7 @@ class FinetuneConfig(EncodeConfig):
         ),
     )
     distill_weight: float = field(
-        default=0.0,
+        default=1.0,
         metadata=_help(
             "Weight of the pseudo-labels: every node outside the training and validation sets also trains the "
             "LLM, toward the stage-one label head's class distribution (GLEM-style; no label of theirs is read; "
@@ -283,7 +283,8 @@ class FinetuneConfig(EncodeConfig):
         if self.joint and self.node_tokens != "words":
             raise InputError(f"--joint trains the code words end to end, not --node-tokens {self.node_tokens}")
         if self.distill_weight and self.ft_loss != "class":
-            raise InputError("--distill-weight trains on the class names' scores: it needs --ft-loss class")
+            raise InputError("--distill-weight trains on the class names' scores: it needs --ft-loss class "
+                             "(or --distill-weight 0)")
         if self.node_tokens == "none" and not self.use_text:
             raise InputError("--node-tokens none prompts with the node's text alone: it needs --use-text")
 
@@ -303,7 +304,7 @@ class BenchConfig(LLMConfig):
         default="",
         metadata=_help(
             "Comma-separated subset of: mlp, gcn, sage, mlp-llm, gcn-llm, sage-llm, text, soft, one-view, single-code, "
-            "no-inter, no-refine, dre-words, dre, joint (default: all that the graph can run; the -llm, text and "
+            "no-inter, no-refine, no-pseudo, dre-words, dre, joint (default: all that the graph can run; the -llm, text and "
             "dre-words rows need a graph with text)."
         ),
     )
