@@ -41,6 +41,17 @@ def test_codes_parquet(run):
     assert all(b <= a for a, b in zip(levels, levels[1:]))
 
 
+def test_codes_are_written_one_row_group_at_a_time(run, tmp_path):
+    cfg, store, artifact = run
+    ws = workspace.prepare(cfg, store, quiet=True)
+    whole = pq.read_table(ws.encode.path / "codes.parquet")
+    codes = workspace.codes_from_table(whole, cfg.num_views)
+    encode.write_codes(tmp_path / "codes.parquet", ws.data, ws.split, [codes[:, t] for t in range(cfg.num_views)],
+                       ws.codebook, rows_per_group=64)
+    assert pq.ParquetFile(tmp_path / "codes.parquet").metadata.num_row_groups == 5  # 300 nodes
+    assert pq.read_table(tmp_path / "codes.parquet").equals(whole)
+
+
 def test_predictions_are_always_class_names(run):
     cfg, store, artifact = run
     names = artifact.manifest["class_names"]

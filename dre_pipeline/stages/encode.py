@@ -135,7 +135,7 @@ def run(cfg: EncodeConfig, store: Store, force: bool = False, quiet: bool = Fals
         "num_nodes": data.num_nodes, "class_names": data.class_names, "seconds": round(time.time() - started, 2),
     }
     with store.writing("encode", key, manifest) as out:
-        pq.write_table(codes_table(data, split_np, codes, codebook), out / "codes.parquet")
+        write_codes(out / "codes.parquet", data, split_np, codes, codebook)
         write_json(out / "metrics.json", metrics)
         torch.save({"state_dict": model.state_dict()}, out / "gnn.pt")
     log.info("encode: label head accuracy train %.4f val %.4f test %.4f; perplexity per view %s; %.1fs → %s",
@@ -144,11 +144,24 @@ def run(cfg: EncodeConfig, store: Store, force: bool = False, quiet: bool = Fals
     return store.find("encode", key, cached=False)
 
 
-def codes_table(data: GraphData, split: np.ndarray, codes: list, codebook: Codebook) -> pa.Table:
-    """node_id, split, label, and per view t: ``view{t}_codes`` (code ids) and ``view{t}_words``."""
+CODES_ROW_GROUP = 65536
+
+
+def write_codes(path, data: GraphData, split: np.ndarray, codes: list, codebook: Codebook,
+                rows_per_group: int = CODES_ROW_GROUP) -> None:
+    """``codes.parquet``: node_id, split, label, and per view t ``view{t}_codes`` (code ids) and
+    ``view{t}_words``, one row group at a time, so the words of only one group are ever built
+    in memory (a word list per node and view is the bulk of the file on a large graph)."""
     words = np.asarray(codebook.words, dtype=object)
-    columns = {"node_id": data.node_ids, "split": split_names(split), "label": data.y.numpy()}
-    for t, view in enumerate(codes, start=1):
-        columns[f"view{t}_codes"] = pa.array(list(view.astype(np.int32)), type=pa.list_(pa.int32()))
-        columns[f"view{t}_words"] = pa.array([list(w) for w in words[view]], type=pa.list_(pa.string()))
-    return pa.table(columns)
+    labels, names = data.y.numpy(), split_names(split)
+    writer = None
+    for start in range(0, data.num_nodes, rows_per_group):
+        rows = slice(start, start + rows_per_group)
+        columns = {"node_id": data.node_ids[rows], "split": names[rows], "label": labels[rows]}
+        for t, view in enumerate(codes, start=1):
+            columns[f"view{t}_codes"] = pa.array(list(view[rows].astype(np.int32)), type=pa.list_(pa.int32()))
+            columns[f"view{t}_words"] = pa.array([list(w) for w in words[view[rows]]], type=pa.list_(pa.string()))
+        group = pa.table(columns)
+        writer = writer or pq.ParquetWriter(path, group.schema)
+        writer.write_table(group)
+    writer.close()

@@ -114,8 +114,8 @@ def _write(store: Store, ws: Workspace, model, codes: np.ndarray, nodes: np.ndar
     }
     with store.writing("finetune", ws.key, manifest) as out:
         model.save_pretrained(out / "adapter")
-        pq.write_table(encode_stage.codes_table(ws.data, ws.split, [codes[:, t] for t in range(codes.shape[1])],
-                                                ws.codebook), out / "codes.parquet")
+        encode_stage.write_codes(out / "codes.parquet", ws.data, ws.split, [codes[:, t] for t in range(codes.shape[1])],
+                                 ws.codebook)
         pq.write_table(predictions_table(ws, nodes, scores), out / "predictions.parquet")
         write_json(out / "metrics.json", metrics)
         write_json(out / "prompt.json", {"instruction": ws.template.instruction,
