@@ -150,6 +150,19 @@ class EncodeConfig(DataConfig, CodebookConfig):
         metadata=_help("Dropout on the node features before the first SAGEConv (as the GNN baselines).",
                        check="fraction"),
     )
+    batch_nodes: int = field(
+        default=0,
+        metadata=_help(
+            "Seed nodes per stage-one step, each with its sampled neighbourhood (--num-neighbors). 0: full batch "
+            "up to 200,000 nodes, batches of 1,024 above. A value at or above the node count trains full batch.",
+            check="non-negative", neutral=0),
+    )
+    num_neighbors: str = field(
+        default="15,10,5",
+        metadata=_help("Mini-batch training: neighbours sampled per hop, the seeds' hop first; -1 = all. A list "
+                       "shorter than --num-views repeats its last count.",
+                       neutral="15,10,5"),
+    )
     lr: float = field(default=1e-3, metadata=_help("Stage-one learning rate (AdamW).", check="positive"))
     weight_decay: float = field(default=5e-4, metadata=_help("Stage-one weight decay.", check="non-negative"))
     epochs: int = field(default=300, metadata=_help("Maximum stage-one epochs.", check="at-least-1"))
@@ -176,6 +189,22 @@ class EncodeConfig(DataConfig, CodebookConfig):
         metadata=_help("Weight of the label cross-entropy (training nodes only).", check="non-negative"),
     )
 
+
+
+    def __post_init__(self):
+        super().__post_init__()
+        self.neighbors()
+
+    def neighbors(self) -> list:
+        """``--num-neighbors`` as one count per view: a longer list is cut, a shorter one repeats its last count."""
+        try:
+            counts = [int(c) for c in self.num_neighbors.split(",")]
+        except ValueError:
+            counts = [0]
+        if any(c < -1 or c == 0 for c in counts):
+            raise InputError(f"--num-neighbors takes comma-separated counts, each positive or -1 (all), "
+                             f"got {self.num_neighbors!r}")
+        return (counts + counts[-1:] * self.num_views)[: self.num_views]
 
 
 @dataclass

@@ -20,6 +20,9 @@ from torch_geometric.nn import SAGEConv
 
 from .quantizer import ResidualVQ
 
+# Target nodes per step of :meth:`StageOneModel.inference`: one chunk's messages stay a few hundred MB.
+INFERENCE_CHUNK = 65536
+
 
 class MultiViewSAGE(nn.Module):
     r"""Args:
@@ -58,14 +61,18 @@ class MultiViewSAGE(nn.Module):
     def forward(self, x: Tensor, edge_index: Tensor) -> list:
         views = []
         x = self.input_dropout(x)
-        for conv in self.convs:
-            h = self.act(self.dropout(conv(x, edge_index)))
-            if self.view_norm is not None:
-                h = self.view_norm * F.normalize(h, dim=-1)
-            view = self.quantizer(h)
+        for t in range(len(self.convs)):
+            view, x = self.hop(t, x, edge_index)
             views.append(view)
-            x = h + view.z if self.inter_residual else h
         return views
+
+    def hop(self, t: int, x, edge_index: Tensor) -> tuple:
+        """View t+1 and the next hop's input :math:`\tilde h^{t+1}`; ``x`` may be a (sources, targets) pair."""
+        h = self.act(self.dropout(self.convs[t](x, edge_index)))
+        if self.view_norm is not None:
+            h = self.view_norm * F.normalize(h, dim=-1)
+        view = self.quantizer(h)
+        return view, h + view.z if self.inter_residual else h
 
 
 class StageOneModel(nn.Module):
@@ -90,4 +97,34 @@ class StageOneModel(nn.Module):
     def decode(self, views: list) -> tuple:
         z = torch.cat([v.z for v in views], dim=-1)
         return self.label_head(z), self.feature_decoder(z), views[-1].z
+
+    @torch.no_grad()
+    def inference(self, x: Tensor, edge_index: Tensor, chunk: int = INFERENCE_CHUNK) -> tuple:
+        """Every node's codes ``[N, T, K]``, class logits ``[N, C]`` and mean residual norm per level ``[K + 1]``,
+        hop by hop over whole neighbourhoods, ``chunk`` target nodes at a time.
+
+        Memory is two ``[N, d]`` hop inputs plus one chunk's messages, never the whole graph's,
+        so a graph too large for :meth:`forward` is still encoded exactly. Runs in evaluation mode.
+        """
+        self.eval()
+        n, d = x.size(0), self.encoder.quantizer.words.size(1)
+        order = torch.argsort(edge_index[1], stable=True)
+        sources, targets = edge_index[0, order], edge_index[1, order]
+        rowptr = torch.searchsorted(targets, torch.arange(0, n + chunk, chunk, device=x.device).clamp(max=n))
+        num_views, k = len(self.encoder.convs), self.encoder.quantizer.num_codes
+        codes = torch.empty(n, num_views, k, dtype=torch.long, device=x.device)
+        logits = self.label_head.bias.expand(n, -1).clone()
+        norms = torch.zeros(k + 1, device=x.device)
+        for t in range(num_views):
+            head = self.label_head.weight[:, t * d: (t + 1) * d]  # the head is linear: view by view
+            following = torch.empty(n, d, device=x.device)
+            for i, start in enumerate(range(0, n, chunk)):
+                rows = slice(start, min(start + chunk, n))
+                edges = torch.stack([sources[rowptr[i]: rowptr[i + 1]], targets[rowptr[i]: rowptr[i + 1]] - start])
+                view, following[rows] = self.encoder.hop(t, (x, x[rows]), edges)
+                codes[rows, t] = view.codes
+                logits[rows] += view.z @ head.T
+                norms += view.residual_norms.sum(0)
+            x = following
+        return codes, logits, norms / (n * num_views)
 

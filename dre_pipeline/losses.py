@@ -36,7 +36,9 @@ def adjacency_loss(z: Tensor, edge_index: Tensor, num_nodes: int) -> Tensor:
 
 
 def label_loss(logits: Tensor, y: Tensor, train_mask: Tensor) -> Tensor:
-    """Cross-entropy on training nodes only."""
+    """Cross-entropy on training nodes only (0 for a mini-batch without any)."""
+    if not train_mask.any():
+        return logits.sum() * 0.0
     return F.cross_entropy(logits[train_mask], y[train_mask])
 
 

@@ -36,6 +36,7 @@ def test_help_lists_config_options_with_their_help():
     (["finetune", "--ft-epochs", "0"], "--ft-epochs must be at least 1"),
     (["finetune", "--lr-schedule", "step"], "--lr-schedule must be one of constant, linear, cosine"),
     (["finetune", "--ft-loss", "answer"], "--distill-weight trains on the class names"),
+    (["encode", "--num-neighbors", "15,x"], "--num-neighbors takes comma-separated counts"),
     (["bench", "--seeds", "0"], "--seeds must be at least 1"),
     (["predict", "--node-ids", "x,y"], "--node-ids"),
 ])

@@ -23,9 +23,15 @@ from ..data import GraphData, load_dataset, make_split, split_names
 from ..gnn import MultiViewSAGE, StageOneModel
 from ..quantizer import perplexity
 from ..evaluation import split_accuracy
+from ..sampling import NeighborSampler
 from ..runtime import (EarlyStopping, checkpoint_seconds, log, progress, rng_state, seed_everything, set_rng_state,
                        snapshot)
 from . import codebook as codebook_stage
+
+# Above this many nodes, stage one trains on sampled mini-batches of AUTO_BATCH_NODES seeds
+# (a full-batch step on N nodes holds several [N, d] activations and their gradients; d = 576 for SmolLM2).
+FULL_BATCH_MAX_NODES = 200_000
+AUTO_BATCH_NODES = 1024
 
 
 def load_graph(cfg: EncodeConfig, store: Store, quiet: bool = False, cached_only: bool = False):
@@ -40,6 +46,23 @@ def load_graph(cfg: EncodeConfig, store: Store, quiet: bool = False, cached_only
 
         data = features.with_llm_features(data, features.run(data, cfg.llm_path, store, quiet, cached_only))
     return data, split
+
+
+def mini_batch_size(cfg: EncodeConfig, num_nodes: int) -> int:
+    """Seed nodes per stage-one step, or 0 for full batch (``--batch-nodes``, by default chosen by the graph's size)."""
+    size = cfg.batch_nodes or (AUTO_BATCH_NODES if num_nodes > FULL_BATCH_MAX_NODES else 0)
+    return size if size < num_nodes else 0
+
+
+def training_batches(data: GraphData, sampler, batch_nodes: int):
+    """(nodes, edges, number of seeds) per step. Full batch: the whole graph, every node a seed.
+    Mini-batch: every node once as a seed per epoch, with its sampled neighbourhood; only the
+    seeds' outputs are exact up to sampling, so only seeds' labels count."""
+    if sampler is None:
+        yield torch.arange(data.num_nodes), data.edge_index, data.num_nodes
+        return
+    for seeds in torch.randperm(data.num_nodes, generator=sampler.generator).split(batch_nodes):
+        yield *sampler.sample(seeds), len(seeds)
 
 
 def encode_key(cfg: EncodeConfig, codebook: Artifact, data: GraphData) -> str:
@@ -69,6 +92,10 @@ def run(cfg: EncodeConfig, store: Store, force: bool = False, quiet: bool = Fals
     x, edge_index, y = data.x, data.edge_index, data.y
     split = torch.from_numpy(split_np).long()
     train_mask = split == 0
+    batch_nodes = mini_batch_size(cfg, data.num_nodes)
+    sampler = NeighborSampler(edge_index, data.num_nodes, cfg.neighbors(), cfg.seed) if batch_nodes else None
+    if sampler:
+        log.info("encode: mini-batches of %d nodes, %s neighbours sampled per hop", batch_nodes, cfg.num_neighbors)
 
     history, losses_since_eval = [], []
     # Patience is in epochs; the stopper counts evaluations.
@@ -80,49 +107,48 @@ def run(cfg: EncodeConfig, store: Store, force: bool = False, quiet: bool = Fals
         stopper.load_state_dict(resumed["stopper"])
         history, start_epoch, seconds_before = resumed["history"], resumed["epoch"], resumed["seconds"]
         set_rng_state(resumed["rng"])
+        if sampler:
+            sampler.generator.set_state(resumed["sampler_rng"])
         log.info("encode: resuming an interrupted run after epoch %d", start_epoch)
     started = last_checkpoint = time.time()
     bar = progress(range(start_epoch, cfg.epochs), quiet=quiet, desc="encode epoch")
     for epoch in bar:
         model.train()
-        loss, parts = losses.stage_one_loss(*model(x, edge_index), x, edge_index, y, train_mask, cfg)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        losses_since_eval.append({"loss": loss.item(), **{k: v.item() for k, v in parts.items()}})
+        for nodes, edges, num_seeds in training_batches(data, sampler, batch_nodes):
+            labelled = train_mask[nodes] & (torch.arange(len(nodes)) < num_seeds)
+            loss, parts = losses.stage_one_loss(*model(x[nodes], edges), x[nodes], edges, y[nodes], labelled, cfg)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            losses_since_eval.append({"loss": loss.item(), **{k: v.item() for k, v in parts.items()}})
         if (epoch + 1) % cfg.eval_epochs and epoch + 1 < cfg.epochs:
             continue
 
-        model.eval()
-        with torch.no_grad():
-            views, logits, _, _ = model(x, edge_index)
+        codes, logits, _ = model.inference(x, edge_index)
         acc = split_accuracy(logits.argmax(-1), y, split)
         mean_losses = {k: float(np.mean([step[k] for step in losses_since_eval])) for k in losses_since_eval[0]}
         losses_since_eval = []
         history.append({"epoch": epoch + 1, **mean_losses, "accuracy": acc,
-                        "perplexity": [perplexity(v.codes, len(codebook)) for v in views]})
+                        "perplexity": [perplexity(codes[:, t], len(codebook)) for t in range(codes.size(1))]})
         bar.set_postfix(loss=f"{mean_losses['loss']:.3f}", val=f"{acc['val']:.3f}")
         stopper.update(acc["val"])
         if time.time() - last_checkpoint >= checkpoint_seconds() and not stopper.stop:
             store.save_checkpoint("encode", key, {
                 "model": model.state_dict(), "optimizer": optimizer.state_dict(), "stopper": stopper.state_dict(),
                 "history": history, "epoch": epoch + 1, "seconds": seconds_before + time.time() - started,
-                "rng": rng_state()})
+                "rng": rng_state(), "sampler_rng": sampler.generator.get_state() if sampler else None})
             last_checkpoint = time.time()
         if stopper.stop:
             break
     train_seconds = seconds_before + time.time() - started
 
     model.load_state_dict(stopper.best_state)
-    model.eval()
-    with torch.no_grad():
-        views, logits, _, _ = model(x, edge_index)
+    codes, logits, shrink = model.inference(x, edge_index)  # shrink: residual norm per level, over views and nodes
     acc = split_accuracy(logits.argmax(-1), y, split)
-    codes = [v.codes.numpy() for v in views]
-    shrink = torch.stack([v.residual_norms for v in views]).mean(dim=(0, 1))  # per level, over views and nodes
+    codes = [codes[:, t].numpy() for t in range(codes.size(1))]
     metrics = {
         "label_head_accuracy": acc,
-        "perplexity": [perplexity(v.codes, len(codebook)) for v in views],
+        "perplexity": [perplexity(torch.from_numpy(c), len(codebook)) for c in codes],
         "residual_norm_by_level": shrink.tolist(),
         "best_epoch": max(history, key=lambda h: h["accuracy"]["val"])["epoch"],
         "epochs_run": history[-1]["epoch"],

@@ -1,0 +1,55 @@
+"""Neighbour sampling for mini-batch stage one (GraphSAGE's, Hamilton et al. 2017).
+
+Each hop draws up to ``num_neighbors[l]`` in-neighbours of every node the previous hop
+reached, uniformly without replacement, as PyG's ``NeighborLoader`` does. PyG needs
+``pyg-lib`` or ``torch-sparse`` for it, and neither installs here (no wheel for this torch),
+so this is the same sampling in plain torch, vectorised over the whole frontier.
+"""
+
+import torch
+from torch import Tensor
+
+
+class NeighborSampler:
+    r"""Args:
+        edge_index (Tensor): ``[2, E]``, messages flow from ``edge_index[0]`` to ``edge_index[1]``.
+        num_nodes (int): N.
+        num_neighbors (list): per hop, the seeds' hop first; -1 keeps every neighbour.
+        seed (int): of the sampler's own generator.
+
+    :meth:`sample` returns the subgraph's nodes (the seeds first, in their order) and its
+    edges relabelled to positions in that list.
+    """
+
+    def __init__(self, edge_index: Tensor, num_nodes: int, num_neighbors: list, seed: int = 0):
+        order = torch.argsort(edge_index[1], stable=True)
+        self.sources = edge_index[0, order]
+        self.rowptr = torch.zeros(num_nodes + 1, dtype=torch.long)
+        self.rowptr[1:] = torch.bincount(edge_index[1], minlength=num_nodes).cumsum(0)
+        self.num_neighbors = num_neighbors
+        self.generator = torch.Generator().manual_seed(seed)
+        self.local = torch.full((num_nodes,), -1, dtype=torch.long)  # global id -> position, reset after each sample
+
+    def sample(self, seeds: Tensor) -> tuple:
+        nodes, sources, targets = [seeds], [], []
+        self.local[seeds] = torch.arange(len(seeds))
+        frontier, count = seeds, len(seeds)
+        for k in self.num_neighbors:
+            first, degree = self.rowptr[frontier], self.rowptr[frontier + 1] - self.rowptr[frontier]
+            segment = torch.repeat_interleave(torch.arange(len(frontier)), degree)
+            rank = torch.arange(len(segment)) - torch.repeat_interleave(degree.cumsum(0) - degree, degree)
+            if k >= 0:  # a random order within each node's edges; keep the first k
+                shuffled = torch.argsort(segment + torch.rand(len(segment), generator=self.generator))
+                keep = shuffled[rank < k]
+                segment, rank = segment[keep], rank[keep]
+            source = self.sources[first[segment] + rank]
+            new = torch.unique(source[self.local[source] < 0])
+            self.local[new] = torch.arange(count, count + len(new))
+            count += len(new)
+            nodes.append(new)
+            sources.append(self.local[source])
+            targets.append(self.local[frontier[segment]])
+            frontier = new
+        nodes = torch.cat(nodes)
+        self.local[nodes] = -1
+        return nodes, torch.stack([torch.cat(sources), torch.cat(targets)])
