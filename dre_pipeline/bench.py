@@ -143,6 +143,14 @@ def run(cfg: BenchConfig, store: Store, quiet: bool = False, command: str = "dre
         results = speed.run(stage_one, store.root, repeat_seconds=0.2 if cfg.quick else 3.0, quiet=quiet)
         return write_results(out_dir, "speed", {"command": command, "date": time.strftime("%Y-%m-%d"),
                                                 "settings": settings, "results": results})
+    if cfg.scale:
+        from . import scale
+
+        stage_one = {k: v for k, v in settings.items() if k in EncodeConfig.__dataclass_fields__}
+        results = scale.run(stage_one, store.root, sizes=scale.QUICK_SIZES if cfg.quick else scale.SIZES,
+                            steps=1, quiet=quiet)
+        return write_results(out_dir, "scale", {"command": command, "machine": machine(),
+                                                "date": time.strftime("%Y-%m-%d"), "results": results})
     from .data import load_dataset
 
     has_text = load_dataset(settings["dataset"], settings["data_dir"], store.root / "data").text is not None
@@ -221,8 +229,12 @@ def write_markdown(out_dir: Path) -> None:
     text = ["# Benchmarks", "", "Every number names the command and the CPU that gave it: "
             "machines of one kind differ in CPU features (AVX-512 with native bf16, or only AVX2).", ""]
     for name, payload in files.items():
-        if name not in ("speed", "targets"):
+        if name not in ("speed", "targets", "scale"):
             text += accuracy_markdown(payload, out_dir)
+    if "scale" in files:
+        from .scale import markdown as scale_markdown
+
+        text += scale_markdown(files["scale"], out_dir)
     if "speed" in files:
         text += speed_markdown(files["speed"])
     if "targets" in files:

@@ -349,6 +349,11 @@ class BenchConfig(LLMConfig):
         default=False,
         metadata=_help("Instead of the rows: stage one's code search and encode, before and after, per CPU class."),
     )
+    scale: bool = field(
+        default=False,
+        metadata=_help("Instead of the rows: stage one on generated graphs of 100k, 300k and 1M nodes (training "
+                       "steps, whole-graph encoding, peak memory, the search against a plain matmul)."),
+    )
     out: str = field(default="benchmarks", metadata=_help("Where results/<dataset>.json, RESULTS.md and the chart go."))
 
 

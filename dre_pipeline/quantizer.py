@@ -109,7 +109,7 @@ class ResidualVQ(nn.Module):
         codes = self.search(h.detach())
         words = self.words.index_select(0, codes.flatten()).view(*codes.shape, -1)  # b k d
         partial_sums = words.cumsum(dim=1)  # e_{c_1} + .. + e_{c_k}
-        z_hat = partial_sums[:, -1]
+        z_hat = partial_sums[:, -1].contiguous()  # a copy: autograd keeps [N, d] for the commitment, not [N, K, d]
         residuals = h.detach().unsqueeze(1) - partial_sums  # r_1 .. r_K
         norms = torch.cat([h.detach().norm(dim=-1, keepdim=True), residuals.norm(dim=-1)], dim=1)
         commitment = F.mse_loss(h, z_hat)

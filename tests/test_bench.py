@@ -33,6 +33,20 @@ def test_summary_over_seeds():
     assert line["peak_memory_mb"] == 300
 
 
+def test_quick_scale_bench_measures_training_steps_encoding_and_memory_per_size(tmp_path):
+    out = tmp_path / "benchmarks"
+    results_file = run(BenchConfig(quick=True, scale=True, out=str(out)), Store(tmp_path / "store"), quiet=True)
+    assert results_file.name == "scale.json"
+    results = json.loads(results_file.read_text())["results"]
+    assert [r["nodes"] for r in results] == [2000, 4000]
+    for r in results:
+        assert 8 <= r["edges"] / r["nodes"] <= 10  # about 10 per node, less the duplicates
+        assert r["train"]["seconds_per_step"] > 0 and r["train"]["subgraph_nodes_per_step"] > r["train"]["batch_nodes"]
+        assert r["encode"]["nodes_per_second"] > 0 and r["peak_memory_mb"] > 0
+        assert r["search"]["matmul_gflops"] > 0 and r["search"]["of_matmul"] > 0
+    assert "Stage one at scale" in (out / "RESULTS.md").read_text() and (out / "scale.png").exists()
+
+
 def test_quick_speed_bench_measures_each_cpu_class(tmp_path):
     out = tmp_path / "benchmarks"
     results_file = run(BenchConfig(quick=True, speed=True, out=str(out)), Store(tmp_path / "store"), quiet=True)

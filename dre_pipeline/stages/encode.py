@@ -54,6 +54,17 @@ def mini_batch_size(cfg: EncodeConfig, num_nodes: int) -> int:
     return size if size < num_nodes else 0
 
 
+def train_step(model: StageOneModel, optimizer, data: GraphData, train_mask: torch.Tensor, nodes: torch.Tensor,
+               edges: torch.Tensor, num_seeds: int, cfg: EncodeConfig) -> dict:
+    """One step on the subgraph of ``nodes`` (the first ``num_seeds`` are the batch's seeds); its losses."""
+    x, labelled = data.x[nodes], train_mask[nodes] & (torch.arange(len(nodes)) < num_seeds)
+    loss, parts = losses.stage_one_loss(*model(x, edges), x, edges, data.y[nodes], labelled, cfg)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    return {"loss": loss.item(), **{k: v.item() for k, v in parts.items()}}
+
+
 def training_batches(data: GraphData, sampler, batch_nodes: int):
     """(nodes, edges, number of seeds) per step. Full batch: the whole graph, every node a seed.
     Mini-batch: every node once as a seed per epoch, with its sampled neighbourhood; only the
@@ -115,12 +126,7 @@ def run(cfg: EncodeConfig, store: Store, force: bool = False, quiet: bool = Fals
     for epoch in bar:
         model.train()
         for nodes, edges, num_seeds in training_batches(data, sampler, batch_nodes):
-            labelled = train_mask[nodes] & (torch.arange(len(nodes)) < num_seeds)
-            loss, parts = losses.stage_one_loss(*model(x[nodes], edges), x[nodes], edges, y[nodes], labelled, cfg)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            losses_since_eval.append({"loss": loss.item(), **{k: v.item() for k, v in parts.items()}})
+            losses_since_eval.append(train_step(model, optimizer, data, train_mask, nodes, edges, num_seeds, cfg))
         if (epoch + 1) % cfg.eval_epochs and epoch + 1 < cfg.epochs:
             continue
 

@@ -1,0 +1,158 @@
+"""``dre-pipeline bench --scale``: stage one on generated graphs of 100k, 300k and 1M nodes.
+
+Per size, in a fresh process (so its peak memory is its own): a homophilous graph with about
+10 edges per node, 128-dim features and 10 classes; a few mini-batch training steps as
+``encode`` takes them (seconds per step, and the epoch they add up to); the whole graph's
+encoding hop by hop (:meth:`~dre_pipeline.gnn.StageOneModel.inference`, nodes/s). The code
+search's speed is set beside a plain matrix multiply of level 1's shape, in the same process,
+so the table says how close the hot loop runs to the machine's limit.
+"""
+
+import time
+from concurrent.futures import ProcessPoolExecutor
+from multiprocessing import get_context
+from pathlib import Path
+
+SIZES = (100_000, 300_000, 1_000_000)
+QUICK_SIZES = (2_000, 4_000)
+FEATURES, CLASSES, EDGES_PER_NODE = 128, 10, 10
+SEARCH_ROWS = 8192  # views searched for the FLOP/s comparison
+
+
+def generated_graph(num_nodes: int, seed: int = 0):
+    """``GraphData`` of ``num_nodes``: 90 % of edges inside a class, features = class mean + noise."""
+    import numpy as np
+    import torch
+    from torch_geometric.utils import to_undirected
+
+    from .data import GraphData
+
+    rng = np.random.default_rng(seed)
+    y = rng.integers(CLASSES, size=num_nodes)
+    by_class = [np.flatnonzero(y == c) for c in range(CLASSES)]
+    src = rng.integers(num_nodes, size=num_nodes * EDGES_PER_NODE // 2)
+    same = rng.random(len(src)) < 0.9
+    dst = rng.integers(num_nodes, size=len(src))
+    for c in range(CLASSES):  # a same-class partner for the edges that stay inside their class
+        picked = same & (y[src] == c)
+        dst[picked] = rng.choice(by_class[c], size=int(picked.sum()))
+    x = rng.normal(size=(CLASSES, FEATURES))[y] + rng.normal(scale=3.0, size=(num_nodes, FEATURES))
+    edge_index = to_undirected(torch.from_numpy(np.stack([src, dst])), num_nodes=num_nodes)
+    return GraphData(name=f"generated-{num_nodes}", x=torch.from_numpy(x).float(), edge_index=edge_index,
+                     y=torch.from_numpy(y), class_names=[f"class {c}" for c in range(CLASSES)], text=None,
+                     node_ids=np.arange(num_nodes), public_split=None, fingerprint=f"generated-{num_nodes}-{seed}")
+
+
+def measure_size(num_nodes: int, settings: dict, store_root: str, steps: int, quiet: bool) -> dict:
+    """In a fresh process: training steps, whole-graph encoding, the search against a matmul, peak memory."""
+    import torch
+
+    from .artifacts import Store
+    from .codebook import Codebook
+    from .config import CodebookConfig, EncodeConfig, subset
+    from .data import make_split
+    from .quantizer import ResidualVQ, search_dtype
+    from .runtime import log, peak_memory_mb, setup_logging
+    from .sampling import NeighborSampler
+    from .speed import timed
+    from .stages import codebook as codebook_stage
+    from .stages import encode
+
+    setup_logging(quiet)
+    cfg = EncodeConfig(**settings)
+    codebook = Codebook.load(codebook_stage.run(subset(cfg, CodebookConfig), Store(Path(store_root))).path)
+    started = time.perf_counter()
+    data = generated_graph(num_nodes)
+    train_mask = torch.from_numpy(make_split(data, "random", 0)).long() == 0
+    result = {"nodes": num_nodes, "edges": int(data.edge_index.size(1)), "generate_seconds": time.perf_counter() - started}
+    torch.manual_seed(0)
+    model = encode.build_model(cfg, data, codebook)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    batch_nodes = encode.mini_batch_size(cfg, num_nodes) or encode.AUTO_BATCH_NODES
+    sampler = NeighborSampler(data.edge_index, num_nodes, cfg.neighbors(), seed=0)
+    seconds, sizes = [], []
+    model.train()
+    for step in range(steps):
+        log.info("bench --scale %d nodes: training step %d of %d", num_nodes, step + 1, steps)
+        begun = time.perf_counter()
+        seeds = torch.randperm(num_nodes, generator=sampler.generator)[:batch_nodes]
+        nodes, edges = sampler.sample(seeds)
+        encode.train_step(model, optimizer, data, train_mask, nodes, edges, len(seeds), cfg)
+        seconds.append(time.perf_counter() - begun)
+        sizes.append(len(nodes))
+    per_step = sum(seconds) / steps
+    result["train"] = {"batch_nodes": batch_nodes, "num_neighbors": cfg.num_neighbors, "steps": steps,
+                       "seconds_per_step": per_step, "subgraph_nodes_per_step": sum(sizes) / steps,
+                       "epoch_seconds_estimate": per_step * -(-num_nodes // batch_nodes)}
+    log.info("bench --scale %d nodes: encoding every node", num_nodes)
+    begun = time.perf_counter()
+    model.inference(data.x, data.edge_index)
+    encode_seconds = time.perf_counter() - begun
+    result["encode"] = {"seconds": encode_seconds, "nodes_per_second": num_nodes / encode_seconds}
+
+    (m, d), k = codebook.vectors.shape, cfg.codes_per_view
+    h = torch.randn(SEARCH_ROWS, d, generator=torch.Generator().manual_seed(0))
+    dtype = search_dtype(torch.device("cpu"))
+    vq = ResidualVQ(codebook.vectors, k)
+    unit_t, _ = vq.search_tables(torch.device("cpu"), dtype)
+    matmul = timed(lambda: h.to(dtype) @ unit_t, 1.0)
+    search = timed(lambda: vq.search(h, dtype), 1.0)
+    result["search"] = {"dtype": str(dtype).split(".")[-1], "matmul_gflops": 2 * SEARCH_ROWS * d * m / matmul / 1e9,
+                        "search_gflops_equivalent": 2 * SEARCH_ROWS * d * m * k / search / 1e9}
+    result["search"]["of_matmul"] = result["search"]["search_gflops_equivalent"] / result["search"]["matmul_gflops"]
+    result["peak_memory_mb"] = peak_memory_mb()["cpu"]
+    result["threads"] = torch.get_num_threads()
+    return result
+
+
+def run(settings: dict, store_root: Path, sizes=SIZES, steps: int = 1, quiet: bool = False) -> list:
+    """Every size in its own fresh process, one after the other (they share the cores)."""
+    from .runtime import log
+
+    results = []
+    for num_nodes in sizes:
+        log.info("bench --scale: %d nodes", num_nodes)
+        with ProcessPoolExecutor(1, mp_context=get_context("spawn")) as pool:
+            results.append(pool.submit(measure_size, num_nodes, settings, str(store_root), steps, quiet).result())
+    return results
+
+
+def markdown(payload: dict, out_dir: Path) -> list:
+    """The scale section of RESULTS.md, and its plot."""
+    chart = out_dir / "scale.png"
+    plot(payload["results"], chart)
+    lines = ["## Stage one at scale (generated graphs)", "", f"- command: `{payload['command']}`",
+             f"- machine: {payload['machine']}", f"- date: {payload['date']}",
+             f"- graph: about {EDGES_PER_NODE} edges per node, {FEATURES}-dim features, {CLASSES} classes; "
+             "codebook of the LLM below; training steps as `encode` takes them above "
+             "200,000 nodes (mini-batches of sampled neighbourhoods); the epoch is steps x seconds per step",
+             "- encode: every node's codes, hop by hop over whole neighbourhoods, in chunks of target nodes",
+             "- search: the code search's equivalent GFLOP/s (one product per level) against a plain product of "
+             "level 1's shape, same process, same dtype",
+             "", "| nodes | edges | train s/step | subgraph nodes/step | epoch estimate s | encode s | encode nodes/s | "
+             "search GFLOP/s | matmul GFLOP/s | of matmul | peak MB |",
+             "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in payload["results"]:
+        t, s = r["train"], r["search"]
+        lines.append(f"| {r['nodes']:,} | {r['edges']:,} | {t['seconds_per_step']:.1f} | "
+                     f"{t['subgraph_nodes_per_step']:,.0f} | {t['epoch_seconds_estimate']:,.0f} | "
+                     f"{r['encode']['seconds']:.0f} | {r['encode']['nodes_per_second']:,.0f} | "
+                     f"{s['search_gflops_equivalent']:.1f} | {s['matmul_gflops']:.1f} | {s['of_matmul']:.2f} | "
+                     f"{r['peak_memory_mb']:,.0f} |")
+    return lines + ["", f"![scale]({chart.name})", ""]
+
+
+def plot(results: list, path: Path) -> None:
+    from matplotlib.figure import Figure
+
+    nodes = [r["nodes"] for r in results]
+    figure = Figure(figsize=(9, 3.5))
+    time_axes, memory_axes = figure.subplots(1, 2)
+    time_axes.plot(nodes, [r["encode"]["seconds"] for r in results], "o-", label="encode every node")
+    time_axes.plot(nodes, [r["train"]["seconds_per_step"] for r in results], "s-", label="one training step")
+    time_axes.set(xscale="log", yscale="log", xlabel="nodes", ylabel="seconds")
+    time_axes.legend()
+    memory_axes.plot(nodes, [r["peak_memory_mb"] / 1024 for r in results], "o-")
+    memory_axes.set(xscale="log", xlabel="nodes", ylabel="peak memory (GiB)")
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
