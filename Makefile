@@ -6,7 +6,7 @@ DRE    := $(BIN)/dre-pipeline
 # Real data: ../shared/datasets in CI, or wherever DRE_DATA_DIR points; unset = download.
 export DRE_DATA_DIR ?= $(wildcard $(abspath ../shared/datasets/planetoid))
 
-.PHONY: install test all bench bench-text bench-cpu clean
+.PHONY: install test all bench bench-text bench-cpu bench-scale clean
 
 install: $(VENV)/.installed
 
@@ -38,6 +38,10 @@ bench-text: install
 bench-cpu: install
 	$(DRE) bench --dataset cora --speed
 	$(BIN)/python benchmarks/time_targets.py
+
+# Stage one on generated graphs of 100k, 300k and 1M nodes: a training step, whole-graph encoding, peak memory.
+bench-scale: install
+	$(DRE) bench --scale
 
 clean:
 	rm -rf $(VENV) artifacts/*/
