@@ -90,8 +90,7 @@ def stage_one_model(ws: Workspace) -> nn.Module:
     return model
 
 
-@torch.no_grad()
 def head_distribution(ws: Workspace) -> torch.Tensor:
     """``[N, C]`` the stage-one label head's class probabilities for every node (the pseudo-labels)."""
-    _, logits, _, _ = stage_one_model(ws).eval()(ws.data.x, ws.data.edge_index)
+    _, logits, _ = stage_one_model(ws).inference(ws.data.x, ws.data.edge_index)
     return logits.softmax(-1)
