@@ -147,10 +147,13 @@ def run(cfg: BenchConfig, store: Store, quiet: bool = False, command: str = "dre
         from . import scale
 
         stage_one = {k: v for k, v in settings.items() if k in EncodeConfig.__dataclass_fields__}
-        results = scale.run(stage_one, store.root, sizes=scale.QUICK_SIZES if cfg.quick else scale.SIZES,
-                            steps=1, quiet=quiet)
-        return write_results(out_dir, "scale", {"command": command, "machine": machine(),
-                                                "date": time.strftime("%Y-%m-%d"), "results": results})
+
+        def save(results: list) -> Path:
+            return write_results(out_dir, "scale", {"command": command, "machine": machine(),
+                                                    "date": time.strftime("%Y-%m-%d"), "results": results})
+
+        scale.run(stage_one, store.root, save, sizes=scale.QUICK_SIZES if cfg.quick else scale.SIZES, quiet=quiet)
+        return out_dir / "results" / "scale.json"
     from .data import load_dataset
 
     has_text = load_dataset(settings["dataset"], settings["data_dir"], store.root / "data").text is not None

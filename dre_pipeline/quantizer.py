@@ -107,11 +107,12 @@ class ResidualVQ(nn.Module):
 
     def forward(self, h: Tensor) -> Quantized:
         codes = self.search(h.detach())
-        words = self.words.index_select(0, codes.flatten()).view(*codes.shape, -1)  # b k d
-        partial_sums = words.cumsum(dim=1)  # e_{c_1} + .. + e_{c_k}
-        z_hat = partial_sums[:, -1].contiguous()  # a copy: autograd keeps [N, d] for the commitment, not [N, K, d]
-        residuals = h.detach().unsqueeze(1) - partial_sums  # r_1 .. r_K
-        norms = torch.cat([h.detach().norm(dim=-1, keepdim=True), residuals.norm(dim=-1)], dim=1)
+        # Level by level, so that no [N, K, d] tensor is ever held: z_hat = e_{c_1} + .. + e_{c_K}.
+        z_hat, norms = torch.zeros_like(h.detach()), [h.detach().norm(dim=-1)]
+        for k in range(self.num_codes):
+            z_hat += self.words.index_select(0, codes[:, k])
+            norms.append((h.detach() - z_hat).norm(dim=-1))  # ||r_k||
+        norms = torch.stack(norms, dim=1)
         commitment = F.mse_loss(h, z_hat)
         z = h + (z_hat - h).detach()
         return Quantized(h, z, codes, commitment, norms)

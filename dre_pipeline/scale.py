@@ -13,7 +13,7 @@ from concurrent.futures import ProcessPoolExecutor
 from multiprocessing import get_context
 from pathlib import Path
 
-SIZES = (100_000, 300_000, 1_000_000)
+SIZES = (1_000_000, 100_000, 300_000)  # the largest first: it is the one that matters most
 QUICK_SIZES = (2_000, 4_000)
 FEATURES, CLASSES, EDGES_PER_NODE = 128, 10, 10
 SEARCH_ROWS = 8192  # views searched for the FLOP/s comparison
@@ -105,8 +105,9 @@ def measure_size(num_nodes: int, settings: dict, store_root: str, steps: int, qu
     return result
 
 
-def run(settings: dict, store_root: Path, sizes=SIZES, steps: int = 1, quiet: bool = False) -> list:
-    """Every size in its own fresh process, one after the other (they share the cores)."""
+def run(settings: dict, store_root: Path, save, sizes=SIZES, steps: int = 1, quiet: bool = False) -> list:
+    """Every size in its own fresh process, one after the other (they share the cores); ``save(results)``
+    after each, so a stopped run keeps the sizes it finished."""
     from .runtime import log
 
     results = []
@@ -114,6 +115,8 @@ def run(settings: dict, store_root: Path, sizes=SIZES, steps: int = 1, quiet: bo
         log.info("bench --scale: %d nodes", num_nodes)
         with ProcessPoolExecutor(1, mp_context=get_context("spawn")) as pool:
             results.append(pool.submit(measure_size, num_nodes, settings, str(store_root), steps, quiet).result())
+        results.sort(key=lambda r: r["nodes"])
+        save(results)
     return results
 
 

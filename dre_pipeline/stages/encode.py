@@ -30,8 +30,9 @@ from . import codebook as codebook_stage
 
 # Above this many nodes, stage one trains on sampled mini-batches of AUTO_BATCH_NODES seeds
 # (a full-batch step on N nodes holds several [N, d] activations and their gradients; d = 576 for SmolLM2).
+# 256 seeds with 15,10,5 neighbours reach about 150k nodes on a 1M-node graph of degree 10: a few GB a step.
 FULL_BATCH_MAX_NODES = 200_000
-AUTO_BATCH_NODES = 1024
+AUTO_BATCH_NODES = 256
 
 
 def load_graph(cfg: EncodeConfig, store: Store, quiet: bool = False, cached_only: bool = False):
