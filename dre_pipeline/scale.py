@@ -125,7 +125,8 @@ def markdown(payload: dict, out_dir: Path) -> list:
     chart = out_dir / "scale.png"
     plot(payload["results"], chart)
     lines = ["## Stage one at scale (generated graphs)", "", f"- command: `{payload['command']}`",
-             f"- machine: {payload['machine']}", f"- date: {payload['date']}",
+             f"- machine: {payload['machine']}; {payload['results'][0]['threads']} torch thread(s) per size",
+             f"- date: {payload['date']}",
              f"- graph: about {EDGES_PER_NODE} edges per node, {FEATURES}-dim features, {CLASSES} classes; "
              "codebook of the LLM below; training steps as `encode` takes them above "
              "200,000 nodes (mini-batches of sampled neighbourhoods); the epoch is steps x seconds per step",
