@@ -20,7 +20,7 @@ from multiprocessing import get_context
 from pathlib import Path
 
 from .artifacts import Store, digest
-from .config import BenchConfig, EncodeConfig, FinetuneConfig
+from .config import BenchConfig, EncodeConfig, FinetuneConfig, key_fields
 from .errors import InputError
 from .runtime import log, peak_memory_mb, progress, setup_logging
 
@@ -158,7 +158,7 @@ def run(cfg: BenchConfig, store: Store, quiet: bool = False, command: str = "dre
 
     has_text = load_dataset(settings["dataset"], settings["data_dir"], store.root / "data").text is not None
     jobs = [(row, seed) for row in selected_rows(cfg.rows, has_text) for seed in range(seeds[ROWS[row].main])]
-    defaults = digest(asdict(FinetuneConfig()))
+    defaults = digest(key_fields(FinetuneConfig()))  # a new option at its neutral value changes nothing measured
     results = earlier_results(out_dir / "results" / f"{settings['dataset']}.json", settings, defaults)
     context = get_context("spawn")  # a fresh process per row: its own peak memory, no state carried over
     for row, seed in progress(jobs, quiet=quiet, desc="bench rows"):
