@@ -55,10 +55,11 @@ def mini_batch_size(cfg: EncodeConfig, num_nodes: int) -> int:
     return size if size < num_nodes else 0
 
 
-def train_step(model: StageOneModel, optimizer, data: GraphData, train_mask: torch.Tensor, nodes: torch.Tensor,
+def train_step(model: StageOneModel, optimizer, data: GraphData, train_mask: torch.Tensor, nodes,
                edges: torch.Tensor, num_seeds: int, cfg: EncodeConfig) -> dict:
     """One step on the subgraph of ``nodes`` (the first ``num_seeds`` are the batch's seeds); its losses."""
-    x, labelled = data.x[nodes], train_mask[nodes] & (torch.arange(len(nodes)) < num_seeds)
+    x, labelled = data.x[nodes], train_mask[nodes].clone()
+    labelled[num_seeds:] = False
     loss, parts = losses.stage_one_loss(*model(x, edges), x, edges, data.y[nodes], labelled, cfg)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
@@ -70,8 +71,8 @@ def training_batches(data: GraphData, sampler, batch_nodes: int):
     """(nodes, edges, number of seeds) per step. Full batch: the whole graph, every node a seed.
     Mini-batch: every node once as a seed per epoch, with its sampled neighbourhood; only the
     seeds' outputs are exact up to sampling, so only seeds' labels count."""
-    if sampler is None:
-        yield torch.arange(data.num_nodes), data.edge_index, data.num_nodes
+    if sampler is None:  # a slice: the whole graph's tensors as views, not copies
+        yield slice(None), data.edge_index, data.num_nodes
         return
     for seeds in torch.randperm(data.num_nodes, generator=sampler.generator).split(batch_nodes):
         yield *sampler.sample(seeds), len(seeds)
@@ -152,10 +153,9 @@ def run(cfg: EncodeConfig, store: Store, force: bool = False, quiet: bool = Fals
     model.load_state_dict(stopper.best_state)
     codes, logits, shrink = model.inference(x, edge_index)  # shrink: residual norm per level, over views and nodes
     acc = split_accuracy(logits.argmax(-1), y, split)
-    codes = [codes[:, t].numpy() for t in range(codes.size(1))]
     metrics = {
         "label_head_accuracy": acc,
-        "perplexity": [perplexity(torch.from_numpy(c), len(codebook)) for c in codes],
+        "perplexity": [perplexity(codes[:, t], len(codebook)) for t in range(codes.size(1))],
         "residual_norm_by_level": shrink.tolist(),
         "best_epoch": max(history, key=lambda h: h["accuracy"]["val"])["epoch"],
         "epochs_run": history[-1]["epoch"],
@@ -168,7 +168,8 @@ def run(cfg: EncodeConfig, store: Store, force: bool = False, quiet: bool = Fals
         "num_nodes": data.num_nodes, "class_names": data.class_names, "seconds": round(time.time() - started, 2),
     }
     with store.writing("encode", key, manifest) as out:
-        write_codes(out / "codes.parquet", data, split_np, codes, codebook)
+        write_codes(out / "codes.parquet", data, split_np, [codes[:, t].numpy() for t in range(codes.size(1))],
+                    codebook)
         write_json(out / "metrics.json", metrics)
         torch.save({"state_dict": model.state_dict()}, out / "gnn.pt")
     log.info("encode: label head accuracy train %.4f val %.4f test %.4f; perplexity per view %s; %.1fs → %s",
