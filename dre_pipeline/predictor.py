@@ -180,6 +180,10 @@ class GraphWordPredictor:
         logprob, count = self.answer_logprobs(suffixes, answers, words)
         return -logprob.sum() / count
 
+    def tokens_run(self, suffixes: list) -> int:
+        """Tokens a training step over ``suffixes`` runs through the model: the prefix once per batch."""
+        return len(self.template.prefix_ids) + sum(map(len, suffixes))
+
     def _firsts(self) -> Tensor:
         return torch.tensor([a[0] for a in self.template.answer_ids], device=self.device)
 
@@ -208,3 +212,30 @@ class GraphWordPredictor:
             words = (row_index, position.repeat_interleave(len(answers)), vectors.repeat_interleave(len(answers), 0))
         logprob, _ = self.answer_logprobs(repeated, [a for _ in suffixes for a in answers], words)
         return logprob.view(len(suffixes), len(answers))
+
+
+class FullPromptPredictor(GraphWordPredictor):
+    """The plain PEFT + transformers way, kept for comparison (``--no-token-economy``).
+
+    Every prompt, shared prefix included, runs in full through every layer at every step:
+    right-padded rows with an attention mask, one ``model.model(...)`` call, nothing cached.
+    Scores and losses are those of :class:`GraphWordPredictor` (the same math); only the
+    cost differs, which is what the bench's economy table measures.
+    """
+
+    def hidden_states(self, rows: list, words: Optional[tuple] = None) -> Tensor:
+        start = len(self.template.prefix_ids)
+        full = [self.template.prefix_ids + list(row) for row in rows]
+        ids = self._pad(full)
+        lengths = torch.tensor([len(row) for row in full], device=self.device)
+        mask = (torch.arange(ids.size(1), device=self.device)[None] < lengths[:, None]).long()
+        hidden = self.embed(ids)
+        if words is not None:
+            row_index, position, vectors = words
+            hidden = hidden.index_put((row_index.to(self.device), position.to(self.device) + start),
+                                      vectors.to(hidden.dtype))
+        out = self.decoder(inputs_embeds=hidden, attention_mask=mask, use_cache=False).last_hidden_state
+        return out[:, start:]
+
+    def tokens_run(self, suffixes: list) -> int:
+        return len(suffixes) * len(self.template.prefix_ids) + sum(map(len, suffixes))

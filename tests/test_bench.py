@@ -107,3 +107,20 @@ def test_the_papers_numbers_stand_beside_their_own_dataset_only(tmp_path):
         return next(line for line in accuracy_markdown(payload, tmp_path) if line.startswith("| Dr.E |"))
 
     assert "| 91.33 |" in row_line("cora") and "| 91.33 |" not in row_line("cora-ml")
+
+
+def test_quick_economy_bench_puts_the_plain_forward_and_quantized_weights_beside_dre(tmp_path):
+    from dre_pipeline.bench import ECONOMY_ROWS
+
+    out = tmp_path / "benchmarks"
+    results_file = run(BenchConfig(quick=True, economy=True, out=str(out)), Store(tmp_path / "store"), quiet=True)
+    assert results_file.name == "economy.json"
+    by = {r["row"]: r for r in json.loads(results_file.read_text())["results"]}
+    assert list(by) == list(ECONOMY_ROWS)
+    for row in ("dre", "plain", "8bit"):
+        assert by[row]["trained_prompts_per_second"] > 0 and by[row]["peak_memory_mb"] > 0
+    # the same scores and loss: the plain forward reaches what Dr.E reaches, up to numerics
+    assert abs(by["plain"]["val_accuracy"] - by["dre"]["val_accuracy"]) <= 0.05
+    assert "multiples of 64" in by["4bit"]["refused"]  # the tiny Llama's widths: bitsandbytes' CPU 4-bit cannot
+    markdown = (out / "RESULTS.md").read_text()
+    assert "Token economy and 8-/4-bit weights" in markdown and "| 1.00x |" in markdown and "refused:" in markdown

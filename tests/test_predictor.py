@@ -136,3 +136,30 @@ def test_class_loss_takes_soft_targets_and_row_weights(tiny_llm):
     # a one-hot row is its label
     hard = predictor.loss(suffixes[:1], [1], kind="class")
     assert torch.allclose(hard, predictor.loss(suffixes[:1], targets[:1], kind="class"), atol=1e-6)
+
+
+@pytest.mark.parametrize("names", [NAMES, ["Neural Networks", "Neural Nets"]])
+def test_full_prompt_predictor_gives_the_same_scores_and_gradients(tiny_llm, names):
+    """--no-token-economy (the plain PEFT + transformers forward) differs in cost only."""
+    from dre_pipeline.predictor import FullPromptPredictor
+
+    tok, model, _ = setup(tiny_llm)
+    template = build_template(tok, names, num_views=2, use_text=False)
+    suffixes = [node_suffix(template, [[1000, 1001], [1002, 1003]])[0],
+                node_suffix(template, [[2000, 2001], [2002, 2003]], text_ids=[500, 501, 502])[0]]
+    _, positions = node_suffix(template, [[1000, 1001], [1002, 1003]])
+    vectors = 10 * torch.randn(2, 32, generator=torch.Generator().manual_seed(0))
+    words = (torch.tensor([0, 0]), torch.tensor(positions[0]), vectors)
+    results = []
+    for kind in (GraphWordPredictor, FullPromptPredictor):
+        predictor = kind(model, template, tok.pad_token_id or 0, trained_layers=1)
+        model.zero_grad(set_to_none=True)
+        predictor.loss(suffixes, [1, 0], kind="class").backward()
+        grads = [p.grad.clone() for p in model.model.layers[-1].parameters()]
+        results.append((predictor.class_scores(suffixes), predictor.class_scores(suffixes, words), grads,
+                        predictor.tokens_run(suffixes)))
+    (economy, economy_words, economy_grads, economy_tokens), (plain, plain_words, plain_grads, plain_tokens) = results
+    assert torch.allclose(economy, plain, atol=1e-5)
+    assert torch.allclose(economy_words, plain_words, atol=1e-5)
+    assert all(torch.allclose(a, b, atol=1e-5) for a, b in zip(economy_grads, plain_grads))
+    assert plain_tokens - economy_tokens == len(template.prefix_ids)  # the prefix once per row, not per batch

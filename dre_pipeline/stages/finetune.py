@@ -19,12 +19,11 @@ from ..artifacts import Artifact, Store, write_json
 from ..config import FinetuneConfig, key_fields
 from ..data import split_names
 from ..llm import attach_lora, load_model, quantization_config, resolve_device, resolve_llm
-from ..predictor import GraphWordPredictor
 from ..runtime import log, peak_memory_mb, seed_everything
 from . import encode as encode_stage
 from .node_tokens import GraphInTheLoop, StoredWords, graph_in_the_loop, sampled_codes
 from .training import evaluate, train
-from .workspace import Workspace, codes_from_table, head_distribution, prepare
+from .workspace import Workspace, codes_from_table, head_distribution, predictor_for, prepare
 
 
 def run(cfg: FinetuneConfig, store: Store, force: bool = False, quiet: bool = False,
@@ -52,7 +51,7 @@ def run(cfg: FinetuneConfig, store: Store, force: bool = False, quiet: bool = Fa
         model = PeftModel.from_pretrained(model, base.path / "adapter", is_trainable=True)
     else:
         model = attach_lora(model, cfg, cfg.quantization != "none")
-    predictor = GraphWordPredictor(model, ws.template, ws.tokenizer.pad_token_id, cfg.lora_layers)
+    predictor = predictor_for(ws, model)
     codes = codes_from_table(pq.read_table(ws.encode.path / "codes.parquet"), cfg.num_views)
 
     if base:  # the joint pass: GNN and LLM end to end

@@ -10,11 +10,10 @@ from ..config import FinetuneConfig
 from ..data import split_names
 from ..errors import InputError
 from ..llm import load_model, resolve_device, resolve_llm
-from ..predictor import GraphWordPredictor
 from ..prompts import render
 from .node_tokens import StoredWords, graph_in_the_loop
 from .training import score
-from .workspace import codes_from_table, prepare
+from .workspace import codes_from_table, predictor_for, prepare
 
 
 def run(cfg: FinetuneConfig, store: Store, node_ids: list, device: str = "auto", quiet: bool = False) -> list:
@@ -36,7 +35,7 @@ def run(cfg: FinetuneConfig, store: Store, node_ids: list, device: str = "auto",
 
     model = PeftModel.from_pretrained(load_model(resolve_llm(cfg.llm_path, store), device, cfg.quantization),
                                       found.path / "adapter")
-    predictor = GraphWordPredictor(model, ws.template, ws.tokenizer.pad_token_id, ws.cfg.lora_layers)
+    predictor = predictor_for(ws, model)
     if cfg.node_tokens == "soft":
         gnn_state = torch.load(found.path / "graph_in_the_loop.pt", weights_only=True)
         node_tokens = graph_in_the_loop(ws, predictor, soft=True, gnn_state=gnn_state)

@@ -84,7 +84,7 @@ def train(predictor: GraphWordPredictor, node_tokens: nn.Module, ws: Workspace, 
     stopper = EarlyStopping(cfg.ft_patience, lambda: (
         snapshot({k: v for k, v in model.named_parameters() if v.requires_grad}), snapshot(node_tokens.state_dict())))
     generator = np.random.default_rng(seed)
-    history, step, trained_tokens, gnn_grad_norms = [], 0, 0, []
+    history, step, trained_tokens, trained_prompts, gnn_grad_norms = [], 0, 0, 0, []
 
     def checkpoint(epoch: int, losses: list, seconds: float) -> None:
         _, _, reports = evaluate(predictor, node_tokens, ws, quiet, parts=("val",))
@@ -103,7 +103,8 @@ def train(predictor: GraphWordPredictor, node_tokens: nn.Module, ws: Workspace, 
         optimizer.load_state_dict(resumed["optimizer"])
         scheduler.load_state_dict(resumed["scheduler"])
         stopper.load_state_dict(resumed["stopper"])
-        history, step, trained_tokens, gnn_grad_norms = (resumed[k] for k in ("history", "step", "tokens", "gnn_norms"))
+        history, step, trained_tokens, trained_prompts, gnn_grad_norms = (
+            resumed[k] for k in ("history", "step", "tokens", "prompts", "gnn_norms"))
         start_accuracy, start_epoch, seconds_before = resumed["start_accuracy"], resumed["epoch"], resumed["seconds"]
         generator.bit_generator.state = json.loads(resumed["batches_rng"])
         if node_tokens.generator is not None:
@@ -130,7 +131,7 @@ def train(predictor: GraphWordPredictor, node_tokens: nn.Module, ws: Workspace, 
                 share = len(mine) / len(batch)  # summed over the processes, the shares make the batch mean
                 (loss * share).backward()
                 batch_loss = loss.item() * share
-                batch_tokens = len(ws.template.prefix_ids) + sum(map(len, suffixes))
+                batch_tokens = predictor.tokens_run(suffixes)
             distributed.sum_gradients(trained_params)
             if gnn_params:
                 gnn_grad_norms.append(float(torch.norm(torch.stack(
@@ -142,6 +143,7 @@ def train(predictor: GraphWordPredictor, node_tokens: nn.Module, ws: Workspace, 
             batch_loss, batch_tokens = distributed.total([batch_loss, batch_tokens])
             losses.append(batch_loss)
             trained_tokens += batch_tokens
+            trained_prompts += len(batch)
             step += 1
             if cfg.eval_every and step % cfg.eval_every == 0:
                 checkpoint(epoch, losses, time.time() - epoch_start)
@@ -158,7 +160,7 @@ def train(predictor: GraphWordPredictor, node_tokens: nn.Module, ws: Workspace, 
                 "trainable": {k: v for k, v in model.state_dict().items() if k in trainable},
                 "node_tokens": node_tokens.state_dict(), "optimizer": optimizer.state_dict(),
                 "scheduler": scheduler.state_dict(), "stopper": stopper.state_dict(), "history": history,
-                "step": step, "tokens": trained_tokens, "gnn_norms": gnn_grad_norms, "epoch": epoch + 1,
+                "step": step, "tokens": trained_tokens, "prompts": trained_prompts, "gnn_norms": gnn_grad_norms, "epoch": epoch + 1,
                 "start_accuracy": start_accuracy, "seconds": seconds_before + time.time() - started,
                 "batches_rng": json.dumps(generator.bit_generator.state), "rng": rng_state(),
                 "node_tokens_rng": json.dumps(node_tokens.generator.bit_generator.state)
@@ -169,7 +171,8 @@ def train(predictor: GraphWordPredictor, node_tokens: nn.Module, ws: Workspace, 
     model.load_state_dict(lora, strict=False)
     node_tokens.load_state_dict(tokens_state)
     metrics = {"history": history, "train_seconds": round(train_seconds, 2), "steps": step,
-               "trained_tokens_per_second": round(trained_tokens / max(train_seconds, 1e-9), 1)}
+               "trained_tokens_per_second": round(trained_tokens / max(train_seconds, 1e-9), 1),
+               "trained_prompts_per_second": round(trained_prompts / max(train_seconds, 1e-9), 2)}
     if keep_start:
         metrics["val_accuracy_at_start"] = start_accuracy
         metrics["kept_start"] = not any(h["val_accuracy"] > start_accuracy for h in history)

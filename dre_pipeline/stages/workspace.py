@@ -16,6 +16,7 @@ from ..config import EncodeConfig, FinetuneConfig, key_fields, subset
 from ..data import GraphData
 from ..errors import InputError
 from ..llm import load_tokenizer, resolve_llm
+from ..predictor import FullPromptPredictor, GraphWordPredictor
 from ..prompts import PromptTemplate, build_template, node_suffix
 from . import encode as encode_stage
 
@@ -81,6 +82,12 @@ def suffixes_for(ws: Workspace, node_codes: np.ndarray, nodes) -> tuple:
 def codes_from_table(table: pa.Table, num_views: int) -> np.ndarray:
     return np.stack([np.stack(table[f"view{t}_codes"].to_numpy(zero_copy_only=False))
                      for t in range(1, num_views + 1)], axis=1)
+
+
+def predictor_for(ws: Workspace, model) -> GraphWordPredictor:
+    """The LLM as a class-name scorer, with the token economy or (``--no-token-economy``) without it."""
+    kind = GraphWordPredictor if ws.cfg.token_economy else FullPromptPredictor
+    return kind(model, ws.template, ws.tokenizer.pad_token_id, ws.cfg.lora_layers)
 
 
 def stage_one_model(ws: Workspace) -> nn.Module:
