@@ -114,7 +114,6 @@ def run_row(row: str, settings: dict, store_root: str, quiet: bool) -> dict:
                         "finetune": artifact.manifest["seconds"]},
             "trained_tokens_per_second": phase["trained_tokens_per_second"],
             "trained_prompts_per_second": phase.get("trained_prompts_per_second"),
-            "train_seconds": phase["train_seconds"],
             "inference_nodes_per_second": metrics["final"]["inference_nodes_per_second"],
             "cached": artifact.cached,
             "peak_memory_mb": recorded["cpu"] if recorded else peak_memory_mb()["cpu"],
@@ -296,9 +295,7 @@ def accuracy_markdown(payload: dict, out_dir: Path) -> list:
     return [
         f"## Accuracy: {payload['settings']['dataset']}",
         "",
-        *[f"- command: `{c}`" for c in dict.fromkeys(r.get("command", payload["command"]) for r in payload["results"])],
-        f"- machine: {payload['machine']}",
-        f"- date: {payload['date']}",
+        *provenance(payload),
         *([f"- wall time: {payload['wall_seconds']} s"] if "wall_seconds" in payload else []),
         f"- LLM: {payload['settings']['llm_path'] or 'embedded SmolLM2-135M-Instruct'}; "
         f"fine-tuning epochs per LLM row: {payload['settings']['ft_epochs']} (where its label says no other), "
@@ -315,6 +312,12 @@ def accuracy_markdown(payload: dict, out_dir: Path) -> list:
         "process that trained the row (a cached row reports the one its training run recorded).",
         "",
     ]
+
+
+def provenance(payload: dict) -> list:
+    """Which commands gave a table's rows, on which machine, when."""
+    commands = dict.fromkeys(r.get("command", payload["command"]) for r in payload["results"])
+    return [*[f"- command: `{c}`" for c in commands], f"- machine: {payload['machine']}", f"- date: {payload['date']}"]
 
 
 def economy_markdown(payload: dict) -> list:
@@ -339,9 +342,7 @@ def economy_markdown(payload: dict) -> list:
     return [
         f"## Token economy and 8-/4-bit weights: {payload['settings']['dataset']}",
         "",
-        *[f"- command: `{c}`" for c in dict.fromkeys(r.get("command", payload["command"]) for r in payload["results"])],
-        f"- machine: {payload['machine']}",
-        f"- date: {payload['date']}",
+        *provenance(payload),
         f"- LLM: {payload['settings']['llm_path'] or 'embedded SmolLM2-135M-Instruct'}; seed 0; "
         f"{payload['settings']['ft_epochs']} fine-tuning epochs each, best validation epoch kept; every row in a "
         "process of its own, one after the other",
