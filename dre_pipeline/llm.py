@@ -162,11 +162,12 @@ def load_embeddings(llm: ResolvedLLM) -> torch.Tensor:
     return model.get_input_embeddings().weight.detach().clone()
 
 
-def build_tiny_llama(folder: Path, seed: int = 0) -> Path:
+def build_tiny_llama(folder: Path, seed: int = 0, width: int = 32) -> Path:
     """A randomly initialised 2-layer Llama with the embedded model's tokenizer.
 
     For runs that check plumbing, not numbers (``bench --quick``, the tests): it loads in
-    milliseconds and has the same vocabulary and chat template as SmolLM2.
+    milliseconds and has the same vocabulary and chat template as SmolLM2. ``width`` is its
+    hidden size (the MLP's is twice that); 64 lets bitsandbytes' CPU 4-bit kernels take it.
     """
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
@@ -175,7 +176,7 @@ def build_tiny_llama(folder: Path, seed: int = 0) -> Path:
     gguf = embedded_gguf()
     tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
     torch.manual_seed(seed)
-    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=width, intermediate_size=2 * width, num_hidden_layers=2,
                          num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=True,
                          bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id)
     LlamaForCausalLM(config).save_pretrained(folder)

@@ -346,6 +346,27 @@ def test_8bit_fine_tuning_runs_on_cpu_and_predict_reloads_it(run):
     assert row["prediction"] == next(r["prediction_name"] for r in saved if r["node_id"] == 3)
 
 
+def test_4bit_fine_tuning_on_cpu_keeps_the_model_it_checkpoints(tmp_path, monkeypatch):
+    """A checkpoint after every epoch, then restore-best: the scores finetune wrote are the ones the saved adapter
+    gives on a freshly loaded model (a checkpoint through model.state_dict() changed bitsandbytes' CPU 4-bit
+    weights in place, and the model trained on after it was no longer the one predict loads)."""
+    from dre_pipeline.llm import build_tiny_llama
+
+    monkeypatch.setenv("DRE_CHECKPOINT_SECONDS", "0")
+    llm = build_tiny_llama(tmp_path / "tiny-64", width=64)
+    store = Store(tmp_path / "store")
+    cfg = FinetuneConfig(llm_path=str(llm), **{**SETTINGS, "joint": False, "ft_epochs": 3}, quantization="4bit")
+    artifact = finetune.run(cfg, store, quiet=True, device="cpu")
+    history = json.loads((artifact.path / "metrics.json").read_text())["finetune"]["history"]
+    assert artifact.manifest["val_accuracy"] == max(h["val_accuracy"] for h in history)  # the best evaluation's model
+    saved = {r["node_id"]: r["scores"] for r in pq.read_table(artifact.path / "predictions.parquet").to_pylist()}
+    nodes = sorted(saved)[:8]
+    answers = predict.run(cfg, store, nodes, device="cpu", quiet=True)
+    names = artifact.manifest["class_names"]
+    again = torch.tensor([[row["scores"][name] for name in names] for row in answers])
+    assert torch.allclose(again, torch.tensor([saved[n] for n in nodes]), atol=1e-3)
+
+
 def test_finetune_on_two_processes_matches_one(tiny_llm, tmp_path):
     """torchrun, 2 CPU processes on gloo, each half of every batch: the same losses and scores as one process."""
     import os

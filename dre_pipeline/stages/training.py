@@ -81,8 +81,12 @@ def train(predictor: GraphWordPredictor, node_tokens: nn.Module, ws: Workspace, 
     targets, weights = training_targets(ws, pseudo_labels)
     train_nodes = np.flatnonzero(weights > 0)
     scheduler = lr_scheduler(optimizer, cfg, epochs * math.ceil(len(train_nodes) / cfg.batch_size))
-    stopper = EarlyStopping(cfg.ft_patience, lambda: (
-        snapshot({k: v for k, v in model.named_parameters() if v.requires_grad}), snapshot(node_tokens.state_dict())))
+    def trained_state() -> dict:
+        # Not model.state_dict(): on CPU, bitsandbytes' 4-bit layers come out of it changed in place (measured: class
+        # scores moved by 10 nats), so a checkpoint taken that way broke the model it was taken from.
+        return {name: p for name, p in model.named_parameters() if p.requires_grad}
+
+    stopper = EarlyStopping(cfg.ft_patience, lambda: (snapshot(trained_state()), snapshot(node_tokens.state_dict())))
     generator = np.random.default_rng(seed)
     history, step, trained_tokens, trained_prompts, gnn_grad_norms = [], 0, 0, 0, []
 
@@ -95,7 +99,6 @@ def train(predictor: GraphWordPredictor, node_tokens: nn.Module, ws: Workspace, 
         log.info("%s: epoch %d step %d loss %.4f val accuracy %.4f", phase, epoch + 1, step,
                  history[-1]["train_loss"], history[-1]["val_accuracy"])
 
-    trainable = [name for name, p in model.named_parameters() if p.requires_grad]
     start_accuracy, start_epoch, seconds_before = None, 0, 0.0
     if resumed := store and store.load_checkpoint("finetune", ws.key):
         model.load_state_dict(resumed["trainable"], strict=False)
@@ -157,7 +160,7 @@ def train(predictor: GraphWordPredictor, node_tokens: nn.Module, ws: Workspace, 
             break
         if store and distributed.is_main() and time.time() - last_checkpoint >= checkpoint_seconds():
             store.save_checkpoint("finetune", ws.key, {
-                "trainable": {k: v for k, v in model.state_dict().items() if k in trainable},
+                "trainable": trained_state(),
                 "node_tokens": node_tokens.state_dict(), "optimizer": optimizer.state_dict(),
                 "scheduler": scheduler.state_dict(), "stopper": stopper.state_dict(), "history": history,
                 "step": step, "tokens": trained_tokens, "prompts": trained_prompts, "gnn_norms": gnn_grad_norms, "epoch": epoch + 1,
