@@ -41,7 +41,8 @@ class TwoLayerGNN(nn.Module):
 
 def train_gnn(kind: str, data: GraphData, split: np.ndarray, seed: int, epochs: int = 300,
               patience: int = 50) -> dict:
-    """Train one baseline; return its validation and test reports, wall time and throughput."""
+    """Train one baseline; return its validation and test reports, wall time, throughput and the model
+    (in eval mode, at its best validation epoch)."""
     seed_everything(seed)
     model = TwoLayerGNN(kind, data.x.size(1), 256, data.num_classes)
     optimizer = torch.optim.Adam(model.parameters(), lr=0.01, weight_decay=5e-4)
@@ -71,4 +72,4 @@ def train_gnn(kind: str, data: GraphData, split: np.ndarray, seed: int, epochs: 
     reports = {part: classification_report(pred[split == i], data.y.numpy()[split == i], data.num_classes)
                for i, part in ((1, "val"), (2, "test"))}
     return {**reports, "train_seconds": train_seconds,
-            "inference_nodes_per_second": data.num_nodes / max(infer_seconds, 1e-9)}
+            "inference_nodes_per_second": data.num_nodes / max(infer_seconds, 1e-9), "model": model}
