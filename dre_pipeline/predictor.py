@@ -218,7 +218,7 @@ class FullPromptPredictor(GraphWordPredictor):
     """The plain PEFT + transformers way, kept for comparison (``--no-token-economy``).
 
     Every prompt, shared prefix included, runs in full through every layer at every step:
-    right-padded rows with an attention mask, one ``model.model(...)`` call, nothing cached.
+    right-padded rows with an attention mask, one call of the decoder stack, nothing cached.
     Scores and losses are those of :class:`GraphWordPredictor` (the same math); only the
     cost differs, which is what the bench's economy table measures.
     """

@@ -81,6 +81,7 @@ def train(predictor: GraphWordPredictor, node_tokens: nn.Module, ws: Workspace, 
     targets, weights = training_targets(ws, pseudo_labels)
     train_nodes = np.flatnonzero(weights > 0)
     scheduler = lr_scheduler(optimizer, cfg, epochs * math.ceil(len(train_nodes) / cfg.batch_size))
+
     def trained_state() -> dict:
         # Not model.state_dict(): on CPU, bitsandbytes' 4-bit layers come out of it changed in place (measured: class
         # scores moved by 10 nats), so a checkpoint taken that way broke the model it was taken from.
@@ -163,7 +164,8 @@ def train(predictor: GraphWordPredictor, node_tokens: nn.Module, ws: Workspace, 
                 "trainable": trained_state(),
                 "node_tokens": node_tokens.state_dict(), "optimizer": optimizer.state_dict(),
                 "scheduler": scheduler.state_dict(), "stopper": stopper.state_dict(), "history": history,
-                "step": step, "tokens": trained_tokens, "prompts": trained_prompts, "gnn_norms": gnn_grad_norms, "epoch": epoch + 1,
+                "step": step, "tokens": trained_tokens, "prompts": trained_prompts, "gnn_norms": gnn_grad_norms,
+                "epoch": epoch + 1,
                 "start_accuracy": start_accuracy, "seconds": seconds_before + time.time() - started,
                 "batches_rng": json.dumps(generator.bit_generator.state), "rng": rng_state(),
                 "node_tokens_rng": json.dumps(node_tokens.generator.bit_generator.state)
