@@ -1,11 +1,16 @@
-"""The embedded SmolLM2-135M on real Cora: codebook and encode, as `make all` runs them."""
+"""The embedded SmolLM2-135M on real data: Cora's codebook and encode, as `make all` runs them; Cora-ML end to end."""
 
 import json
 import time
+from pathlib import Path
 
+import numpy as np
 import pyarrow.parquet as pq
 import pytest
+import scipy.sparse as sp
+from typer.testing import CliRunner
 
+from dre_pipeline.cli import app
 from dre_pipeline.config import EncodeConfig
 from dre_pipeline.llm import resolve_llm
 from dre_pipeline.stages import codebook, encode
@@ -38,3 +43,55 @@ def test_codebook_and_encode_on_cora(smollm2_store, datasets_root):
 
     again = encode.run(cfg, smollm2_store, quiet=True)
     assert again.cached and again.path == artifact.path
+
+
+def cora_ml_subgraph(source: Path, target: Path, per_class: int = 30) -> Path:
+    """Real Cora-ML papers, a breadth-first neighbourhood around one paper per class, as a sparse npz.
+
+    The words, links, labels and class names are the shared file's; only the node count is cut, so
+    the whole chain runs in CI time. The other key spelling (``adj_data``, ...) is tested in test_data.
+    """
+    archive = np.load(source, allow_pickle=True)
+    matrix = lambda prefix: sp.csr_matrix(tuple(archive[f"{prefix}_matrix.{p}"] for p in ("data", "indices",
+                                                                                        "indptr")),
+                                          shape=tuple(archive[f"{prefix}_matrix.shape"]))
+    adjacency, labels = matrix("adj"), archive["labels"]
+    undirected = (adjacency + adjacency.T).tocsr()
+    chosen: list[int] = []
+    for label in range(labels.max() + 1):
+        queue, taken = [int(np.flatnonzero(labels == label)[0])], 0
+        while queue and taken < per_class:
+            node = queue.pop(0)
+            if node not in chosen:
+                chosen.append(node)
+                taken += 1
+                queue.extend(undirected.indices[undirected.indptr[node]:undirected.indptr[node + 1]].tolist())
+    keep = np.array(sorted(chosen))
+    arrays = {"labels": labels[keep], "node_names": archive["node_names"][keep],
+              "attr_names": archive["attr_names"], "class_names": archive["class_names"]}
+    for prefix, sub in (("adj", adjacency[keep][:, keep]), ("attr", matrix("attr")[keep])):
+        sub = sub.tocsr()
+        arrays.update({f"{prefix}_matrix.data": sub.data, f"{prefix}_matrix.indices": sub.indices,
+                       f"{prefix}_matrix.indptr": sub.indptr, f"{prefix}_matrix.shape": np.array(sub.shape)})
+    np.savez(target, **arrays)
+    return target
+
+
+def test_finetune_on_real_cora_ml_text_through_the_cli(smollm2_store, datasets_root, tmp_path):
+    """`dre-pipeline finetune --dataset x.npz` with the embedded SmolLM2: the paper's words in the prompt."""
+    graph = cora_ml_subgraph(datasets_root / "npz" / "cora_ml.npz", tmp_path / "cora_ml_part.npz")
+    result = CliRunner().invoke(app, ["finetune", "--dataset", str(graph), "--epochs", "3", "--patience", "3",
+                                      "--ft-epochs", "1", "--store", str(smollm2_store.root), "--quiet"])
+    assert result.exit_code == 0, result.output
+
+    artifact = next(path.parent for path in (smollm2_store.root / "finetune").glob("*/manifest.json")
+                    if json.loads(path.read_text())["dataset"] == "cora_ml_part")
+    predictions = pq.read_table(artifact / "predictions.parquet").to_pydict()
+    names = ["Case-Based", "Theory", "Genetic Algorithms", "Probabilistic Methods", "Neural Networks",
+             "Rule Learning", "Reinforcement Learning"]
+    assert set(predictions["split"]) == {"val", "test"} and len(predictions["split"]) == 84  # 40 % of 7 * 30
+    assert set(predictions["prediction_name"]) <= set(names)
+    prompt = json.loads((artifact / "prompt.json").read_text())
+    assert "then by its own text" in prompt["instruction"] and all(n in prompt["instruction"] for n in names)
+    final = json.loads((artifact / "metrics.json").read_text())["final"]
+    assert final["test"]["accuracy"] > 1 / 7  # one epoch on 126 training papers reads past chance
