@@ -30,7 +30,7 @@ all: install
 bench: install
 	$(DRE) bench --dataset cora
 
-# What text adds, on the text-attributed Cora-ML: the main rows, 3 seeds (about 3 h on 2 cores, so run on its own).
+# What text adds, on the text-attributed Cora-ML: the main rows, 3 seeds (about 2 h 35 min on 2 cores, so run on its own).
 bench-text: install
 	$(DRE) bench --dataset cora-ml --rows mlp,gcn,sage,mlp-llm,gcn-llm,sage-llm,dre,text,dre-words
 
