@@ -3,10 +3,18 @@
 import os
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from dre_pipeline.artifacts import Store
 from dre_pipeline.llm import build_tiny_llama, embedded_gguf, resolve_llm
+
+
+def csr_arrays(prefix: str, matrix, spelling: str = "{}_matrix.{}") -> dict:
+    """A scipy CSR matrix as the sparse-npz layout's arrays, in either key spelling."""
+    matrix = matrix.tocsr()
+    return {spelling.format(prefix, part): np.array(matrix.shape) if part == "shape" else getattr(matrix, part)
+            for part in ("data", "indices", "indptr", "shape")}
 
 
 @pytest.fixture(scope="session")

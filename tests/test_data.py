@@ -21,6 +21,8 @@ from dre_pipeline.data import (
 )
 from dre_pipeline.errors import InputError
 
+from conftest import csr_arrays
+
 CORA_COUNTS = {
     "Theory": 351,
     "Reinforcement Learning": 217,
@@ -267,9 +269,7 @@ def write_npz(path: Path, spelling: str, names: bool = True) -> Path:
     attributes = csr_matrix(np.array([[0, 1, 1], [1, 0, 0], [1, 1, 0], [0, 0, 1]], np.float32))
     arrays = {"labels": np.array([0, 1, 1, 0])}
     for prefix, matrix in (("adj", adjacency), ("attr", attributes)):
-        for part in ("data", "indices", "indptr", "shape"):
-            value = np.array(matrix.shape) if part == "shape" else getattr(matrix, part)
-            arrays[spelling.format(prefix, part)] = value
+        arrays.update(csr_arrays(prefix, matrix, spelling))
     if names:
         arrays.update(node_names=np.array(["101\n", "7\n", "55\n", "3\n"]),
                       attr_names=np.array(["graph", "language", "model"]),

@@ -7,13 +7,15 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
-import scipy.sparse as sp
 from typer.testing import CliRunner
 
 from dre_pipeline.cli import app
 from dre_pipeline.config import EncodeConfig
+from dre_pipeline.data import _npz_csr
 from dre_pipeline.llm import resolve_llm
 from dre_pipeline.stages import codebook, encode
+
+from conftest import csr_arrays
 
 pytestmark = pytest.mark.integration
 
@@ -52,10 +54,7 @@ def cora_ml_subgraph(source: Path, target: Path, per_class: int = 30) -> Path:
     the whole chain runs in CI time. The other key spelling (``adj_data``, ...) is tested in test_data.
     """
     archive = np.load(source, allow_pickle=True)
-    matrix = lambda prefix: sp.csr_matrix(tuple(archive[f"{prefix}_matrix.{p}"] for p in ("data", "indices",
-                                                                                        "indptr")),
-                                          shape=tuple(archive[f"{prefix}_matrix.shape"]))
-    adjacency, labels = matrix("adj"), archive["labels"]
+    adjacency, labels = _npz_csr(archive, "adj", source), archive["labels"]
     undirected = (adjacency + adjacency.T).tocsr()
     chosen: list[int] = []
     for label in range(labels.max() + 1):
@@ -69,10 +68,8 @@ def cora_ml_subgraph(source: Path, target: Path, per_class: int = 30) -> Path:
     keep = np.array(sorted(chosen))
     arrays = {"labels": labels[keep], "node_names": archive["node_names"][keep],
               "attr_names": archive["attr_names"], "class_names": archive["class_names"]}
-    for prefix, sub in (("adj", adjacency[keep][:, keep]), ("attr", matrix("attr")[keep])):
-        sub = sub.tocsr()
-        arrays.update({f"{prefix}_matrix.data": sub.data, f"{prefix}_matrix.indices": sub.indices,
-                       f"{prefix}_matrix.indptr": sub.indptr, f"{prefix}_matrix.shape": np.array(sub.shape)})
+    for prefix, matrix in (("adj", adjacency[keep][:, keep]), ("attr", _npz_csr(archive, "attr", source)[keep])):
+        arrays.update(csr_arrays(prefix, matrix))
     np.savez(target, **arrays)
     return target
 
