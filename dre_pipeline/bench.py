@@ -29,7 +29,7 @@ class Row:
     label: str
     kind: str  # gnn: a baseline trained here; llm: through the normal stages
     overrides: dict = field(default_factory=dict)  # FinetuneConfig fields
-    main: bool = True  # all --seeds; else --ablation-seeds
+    main: bool = True  # in make bench, all --seeds; else behind --extra, --ablation-seeds
     needs_text: bool = False  # runs on graphs with text only
 
 
@@ -41,9 +41,12 @@ ROWS = {
     "mlp-llm": Row("MLP on LLM text features", "gnn", {"features": "llm"}, needs_text=True),
     "gcn-llm": Row("GCN on LLM text features", "gnn", {"features": "llm"}, needs_text=True),
     "sage-llm": Row("GraphSAGE on LLM text features", "gnn", {"features": "llm"}, needs_text=True),
-    "text": Row("LLM fine-tuned on the node's text alone (no graph)", "llm", {"node_tokens": "none"}, needs_text=True),
+    # Fine-tuning on ~54 tokens of text per prompt costs about 2x a Dr.E row: once, behind --extra.
+    "text": Row("LLM fine-tuned on the node's text alone (no graph)", "llm", {"node_tokens": "none"}, main=False,
+                needs_text=True),
     # The GNN runs inside every step, so no frozen-layer cache: an epoch costs ~4x a Dr.E epoch; one is its budget.
-    "soft": Row("LLM + GNN soft prompt, no VQ (LLaGA-style), 1 epoch", "llm", {"node_tokens": "soft", "ft_epochs": 1}),
+    "soft": Row("LLM + GNN soft prompt, no VQ (LLaGA-style), 1 epoch", "llm", {"node_tokens": "soft", "ft_epochs": 1},
+                main=False),
     "one-view": Row("Dr.E, one view (1-hop only)", "llm", {"num_views": 1}, main=False),
     "single-code": Row("Dr.E, one code per view (no intra-layer residual)", "llm", {"codes_per_view": 1}, main=False),
     "no-inter": Row("Dr.E without inter-layer residual", "llm", {"inter_residual": False}, main=False),
@@ -64,17 +67,18 @@ ECONOMY_ROWS = {
 ALL_ROWS = {**ROWS, **ECONOMY_ROWS}
 PAPER = {"cora": {"gcn": 87.78, "sage": 88.24, "dre": 91.33}}  # per dataset; Llama-2-7B for Dr.E (AAAI 2025)
 QUICK = {"dataset": "synthetic", "epochs": 15, "patience": 15}
+BENCH_GRAPHS = ("cora", "cora-ml")  # what make bench runs
 
 
-def selected_rows(rows: str, has_text: bool) -> list:
-    """``--rows``, or every row the graph can run (the text rows need a graph with text)."""
+def selected_rows(rows: str, has_text: bool, extra: bool = False) -> list:
+    """``--rows``, or the main rows the graph can run (``extra``: the others; the text rows need a graph with text)."""
     chosen = [r.strip() for r in rows.split(",") if r.strip()]
     unknown = [r for r in chosen if r not in ROWS]
     if unknown:
         raise InputError(f"--rows: unknown {unknown}; choose from {', '.join(ROWS)}")
     if not has_text and (textual := [r for r in chosen if ROWS[r].needs_text]):
         raise InputError(f"--rows: {', '.join(textual)} need a graph with text")
-    return chosen or [r for r, spec in ROWS.items() if has_text or not spec.needs_text]
+    return chosen or [r for r, spec in ROWS.items() if (has_text or not spec.needs_text) and spec.main != extra]
 
 
 def run_row(row: str, settings: dict, store_root: str, quiet: bool) -> dict:
@@ -171,9 +175,11 @@ def run(cfg: BenchConfig, store: Store, quiet: bool = False, command: str = "dre
     else:
         has_text = load_dataset(settings["dataset"], settings["data_dir"], store.root / "data").text is not None
         name = settings["dataset"]
-        jobs = [(row, seed) for row in selected_rows(cfg.rows, has_text) for seed in range(seeds[ROWS[row].main])]
+        jobs = [(row, seed) for row in selected_rows(cfg.rows, has_text, cfg.extra)
+                for seed in range(seeds[ROWS[row].main])]
     defaults = digest(key_fields(FinetuneConfig()))  # a new option at its neutral value changes nothing measured
-    results = earlier_results(out_dir / "results" / f"{name}.json", settings, defaults)
+    results_file = out_dir / "results" / f"{name}.json"
+    results = earlier_results(results_file, settings, defaults)
     context = get_context("spawn")  # a fresh process per row: its own peak memory, no state carried over
     for row, seed in progress(jobs, quiet=quiet, desc="bench rows"):
         log.info("bench: %s, seed %d", row, seed)
@@ -191,8 +197,12 @@ def run(cfg: BenchConfig, store: Store, quiet: bool = False, command: str = "dre
         else:
             log.info("bench: %s seed %d test accuracy %.4f (%.0fs)", row, seed, result["test_accuracy"],
                      result["wall_seconds"])
-        result["command"] = command  # a table built over several runs says which run gave which row
-        results = [r for r in results if (r["row"], r["seed"]) != (row, seed)] + [result]
+        # a table built over several runs says which run, on which machine, gave which row
+        result.update(command=command, machine=machine())
+        earlier = next((r for r in results if (r["row"], r["seed"]) == (row, seed)), None)
+        if result.get("cached") and earlier:
+            continue  # a cache hit measured nothing new: the run that computed it keeps its times
+        results = [r for r in results if r is not earlier] + [result]
         results.sort(key=lambda r: (list(ALL_ROWS).index(r["row"]), r["seed"]))
         results_file = write_results(out_dir, name, {
             "command": command, "machine": machine(), "date": time.strftime("%Y-%m-%d"), "config": asdict(cfg),
@@ -255,6 +265,7 @@ def write_markdown(out_dir: Path) -> None:
     files = {f.stem: json.loads(f.read_text()) for f in sorted((out_dir / "results").glob("*.json"))}
     text = ["# Benchmarks", "", "Every number names the command and the CPU that gave it: "
             "machines of one kind differ in CPU features (AVX-512 with native bf16, or only AVX2).", ""]
+    text += bench_time_markdown(files)
     for name, payload in files.items():
         if name not in ("speed", "targets", "scale", "economy"):
             text += accuracy_markdown(payload, out_dir)
@@ -296,7 +307,7 @@ def accuracy_markdown(payload: dict, out_dir: Path) -> list:
         f"## Accuracy: {payload['settings']['dataset']}",
         "",
         *provenance(payload),
-        *([f"- wall time: {payload['wall_seconds']} s"] if "wall_seconds" in payload else []),
+        *wall_time_markdown(payload["results"]),
         f"- LLM: {payload['settings']['llm_path'] or 'embedded SmolLM2-135M-Instruct'}; "
         f"fine-tuning epochs per LLM row: {payload['settings']['ft_epochs']} (where its label says no other), "
         "best validation epoch kept",
@@ -314,10 +325,40 @@ def accuracy_markdown(payload: dict, out_dir: Path) -> list:
     ]
 
 
+def wall_time_markdown(results: list) -> list:
+    """The rows' wall time, split into what ``make bench`` runs (the main rows) and what ``--extra`` runs."""
+    main = sum(r["wall_seconds"] for r in results if ALL_ROWS[r["row"]].main)
+    extra = sum(r["wall_seconds"] for r in results if not ALL_ROWS[r["row"]].main)
+    hits = sum(bool(r.get("cached")) for r in results)
+    return [f"- wall time: main rows (make bench) {main:.0f} s, rows behind --extra {extra:.0f} s"
+            + (f"; {hits} row(s) were cache hits of an earlier store, their time not counted" if hits else "")]
+
+
+def bench_time_markdown(files: dict) -> list:
+    """``make bench``: the main rows of every graph it runs, together."""
+    graphs = {name: payload for name, payload in files.items() if name in BENCH_GRAPHS}
+    if not graphs:
+        return []
+    seconds = {name: sum(r["wall_seconds"] for r in payload["results"] if ALL_ROWS[r["row"]].main)
+               for name, payload in graphs.items()}
+    parts = ", ".join(f"{name} {value:.0f} s ({graphs[name]['machine'].split(' (')[0]})"
+                      for name, value in seconds.items())
+    return ["## make bench", "", f"The main rows of {' and '.join(graphs)}, summed from their tables below: "
+            f"**{sum(seconds.values()):.0f} s** ({sum(seconds.values()) / 3600:.2f} h): {parts}. "
+            "The rows behind `--extra` (`make bench-extra`) ran once each; their time is in each table.", ""]
+
+
 def provenance(payload: dict) -> list:
     """Which commands gave a table's rows, on which machine, when."""
     commands = dict.fromkeys(r.get("command", payload["command"]) for r in payload["results"])
-    return [*[f"- command: `{c}`" for c in commands], f"- machine: {payload['machine']}", f"- date: {payload['date']}"]
+    machines = {}
+    for r in payload["results"]:
+        machines.setdefault(r.get("machine", payload["machine"]), []).append(r["row"])
+    if len(machines) == 1:
+        where = [f"- machine: {next(iter(machines))}"]
+    else:
+        where = [f"- machine: {name}: {', '.join(dict.fromkeys(rows))}" for name, rows in machines.items()]
+    return [*[f"- command: `{c}`" for c in commands], *where, f"- date: {payload['date']}"]
 
 
 def economy_markdown(payload: dict) -> list:

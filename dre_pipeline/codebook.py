@@ -9,6 +9,9 @@ Two word lists from maintained packages sharpen that: ``whole_words`` keeps a to
 where wordfreq has seen it as an English word (BPE word-starts such as "affili" or
 "individ" are prefixes, rarely words), and ``drop_function_words`` removes scikit-learn's
 English stop words ("the", "and", "for"), which otherwise fill the residual levels.
+On a text-attributed graph, ``allowed`` narrows the codebook to the words of the graph's
+own text (``text_vocabulary``): the codes then read as the corpus's words ("bayesian",
+"crossover", "reinforcement") rather than any English word that happens to separate the classes.
 """
 
 import re
@@ -24,6 +27,7 @@ from .artifacts import read_matrix, write_matrix
 
 WORD_START_MARKERS = ("Ġ", "▁")  # byte-level BPE (GPT-2, SmolLM2) and SentencePiece (Llama)
 LETTERS = re.compile(r"^[A-Za-z]+$")
+WORDS = re.compile(r"[a-z]+")
 # wordfreq's Zipf scale is log10 of occurrences per billion words: 2.5 is about once in
 # three million. It keeps rare topic words ("bayesian" 2.95, "probabilistic" 2.86) and
 # drops BPE prefixes ("individ" 1.63, "barri" 1.91, "affili" 0).
@@ -44,11 +48,18 @@ def function_words() -> frozenset:
     return ENGLISH_STOP_WORDS
 
 
+def text_vocabulary(texts: list) -> frozenset:
+    """The lower-case words (runs of letters) that occur anywhere in ``texts``."""
+    return frozenset(word for text in texts for word in WORDS.findall(text.lower()))
+
+
 def refine_vocabulary(tokenizer, min_chars: int, word_start_only: bool, max_codes: int, refine: bool = True,
-                      whole_words: bool = False, drop_function_words: bool = False) -> list:
+                      whole_words: bool = False, drop_function_words: bool = False,
+                      allowed: frozenset = None) -> list:
     """Return ``[(token_id, word), ...]`` of kept tokens, most frequent (lowest merge rank) first.
 
     ``refine=False`` is the paper's ablation: the first ``max_codes`` rows, whatever they are.
+    ``allowed``: lower-case words a kept token must read as (None: any).
     """
     special = set(tokenizer.all_special_ids)
     vocab = sorted(tokenizer.get_vocab().items(), key=lambda item: item[1])
@@ -66,6 +77,8 @@ def refine_vocabulary(tokenizer, min_chars: int, word_start_only: bool, max_code
         if len(word) < min_chars or not LETTERS.match(word) or word.lower() in seen:
             continue
         if word.lower() in excluded or (whole_words and not is_whole_word(word.lower())):
+            continue
+        if allowed is not None and word.lower() not in allowed:
             continue
         seen.add(word.lower())
         kept.append((token_id, word))

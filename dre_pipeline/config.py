@@ -138,6 +138,11 @@ class EncodeConfig(DataConfig, CodebookConfig):
         default=4,
         metadata=_help("K: codes per view (intra-layer residual levels).", check="at-least-1"),
     )
+    text_codebook: bool = field(
+        default=False,
+        metadata=_help("Where the graph has text, keep only codebook words that occur in it, so the codes read as "
+                       "the graph's own vocabulary; no effect on a graph without text.", neutral=False),
+    )
     inter_residual: bool = field(
         default=True, metadata=_help("Add the quantized view back before the next hop (Eq. 7).")
     )
@@ -336,13 +341,22 @@ class BenchConfig(LLMConfig):
         default=3,
         metadata=_help("Seeds (random 60/20/20 splits) for the main rows.", check="at-least-1"),
     )
-    ablation_seeds: int = field(default=1, metadata=_help("Seeds for the ablation rows.", check="at-least-1"))
+    ablation_seeds: int = field(
+        default=1,
+        metadata=_help("Seeds for the rows behind --extra (ablations, joint pass, soft prompt, text only).",
+                       check="at-least-1"),
+    )
+    extra: bool = field(
+        default=False,
+        metadata=_help("Run the rows that do not fit make bench's time budget, once each (--ablation-seeds), "
+                       "instead of the main rows."),
+    )
     rows: str = field(
         default="",
         metadata=_help(
             "Comma-separated subset of: mlp, gcn, sage, mlp-llm, gcn-llm, sage-llm, text, soft, one-view, single-code, "
-            "no-inter, no-refine, no-pseudo, dre-words, dre, joint (default: all that the graph can run; the -llm, text and "
-            "dre-words rows need a graph with text)."
+            "no-inter, no-refine, no-pseudo, dre-words, dre, joint (default: the main rows the graph can run, or with "
+            "--extra the others; the -llm, text and dre-words rows need a graph with text)."
         ),
     )
     ft_epochs: int = field(

@@ -17,10 +17,9 @@ from pathlib import Path
 from typing import Optional
 
 from .artifacts import Artifact, Store, damaged_files, file_digest
-from .config import CodebookConfig, FinetuneConfig, subset
+from .config import FinetuneConfig
 from .errors import InputError
 from .llm import embedded_gguf, resolve_llm
-from .stages import codebook as codebook_stage
 from .stages import encode as encode_stage
 from .stages import features as features_stage
 from .stages import workspace
@@ -105,7 +104,7 @@ def current_keys(cfg: FinetuneConfig, store: Store) -> Current:
             text_features = features_stage.run(data, cfg.llm_path, store, cached_only=True)
             keys["features"] = text_features.key
             data = features_stage.with_llm_features(data, text_features)
-        codebook = codebook_stage.run(subset(cfg, CodebookConfig), store, cached_only=True)
+        codebook = encode_stage.codebook_for(cfg, data, store, cached_only=True)
         keys["codebook"] = codebook.key
         keys["encode"] = encode_stage.encode_key(cfg, codebook, data)
         keys["finetune"] = workspace.prepare(cfg, store, quiet=True, cached_only=True).key

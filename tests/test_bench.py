@@ -7,21 +7,39 @@ from dre_pipeline.bench import ROWS, run, summarise
 from dre_pipeline.config import BenchConfig
 
 
-def test_quick_bench_writes_every_row(tmp_path):
-    out = tmp_path / "benchmarks"
-    results_file = run(BenchConfig(quick=True, out=str(out)), Store(tmp_path / "store"), quiet=True)
+def test_quick_bench_writes_the_main_rows_then_the_extra_ones(tmp_path):
+    out, store = tmp_path / "benchmarks", Store(tmp_path / "store")
+    main = json.loads(run(BenchConfig(quick=True, out=str(out)), store, quiet=True).read_text())
+    assert [r["row"] for r in main["results"]] == [row for row, spec in ROWS.items() if spec.main]
+    assert {"mlp", "gcn", "sage", "dre", "dre-words"} <= {r["row"] for r in main["results"]}
+    results_file = run(BenchConfig(quick=True, extra=True, out=str(out)), store, quiet=True)
     payload = json.loads(results_file.read_text())
-    assert [r["row"] for r in payload["results"]] == list(ROWS)
+    assert [r["row"] for r in payload["results"]] == list(ROWS)  # the extra rows join the main ones
     for result in payload["results"]:
         assert 0 <= result["test_accuracy"] <= 1 and result["peak_memory_mb"] > 0
         assert result["inference_nodes_per_second"] > 0
     markdown = (out / "RESULTS.md").read_text()
     assert all(spec.label in markdown for spec in ROWS.values())
     assert "machine:" in markdown and "command:" in markdown
+    assert "- wall time: main rows (make bench)" in markdown and "rows behind --extra" in markdown
     per_seed = next(line for line in markdown.splitlines() if line.startswith("| 0 |"))  # seed 0: SAGE, head, LLM
     assert per_seed.count(" / ") == 3
     chart = out / "synthetic_accuracy.png"
     assert chart.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_make_bench_time_sums_the_main_rows_of_both_graphs_and_leaves_extra_rows_out():
+    from dre_pipeline.bench import bench_time_markdown
+
+    def table(machine, rows):
+        return {"machine": machine, "results": [{"row": row, "wall_seconds": s} for row, s in rows]}
+
+    files = {"cora": table("Intel Xeon (capability AVX512), 2 cores", [("dre", 1000.0), ("no-pseudo", 700.0)]),
+             "cora-ml": table("Intel Xeon (capability AVX512), 2 cores", [("gcn", 30.0), ("text", 900.0)]),
+             "synthetic": table("m", [("dre", 5.0)])}
+    line = bench_time_markdown(files)[2]
+    assert "**1030 s**" in line and "cora 1000 s (Intel Xeon)" in line and "cora-ml 30 s" in line
+    assert bench_time_markdown({"synthetic": files["synthetic"]}) == []
 
 
 def test_summary_over_seeds():
@@ -68,8 +86,8 @@ def test_a_joint_pass_that_kept_the_plain_model_has_no_number_of_its_own(tmp_pat
     from dre_pipeline.bench import accuracy_markdown
 
     results = [{"row": row, "label": label, "seed": 0, "test_accuracy": 0.8, "test_macro_f1": 0.8,
-                "seconds": {"finetune": 1.0}, "peak_memory_mb": 1, "inference_nodes_per_second": 1.0, "stage_one_test_accuracy": 0.8,
-                "kept_plain_model": row == "joint"} for row, label in (("dre", "Dr.E (full)"), ("joint", "Dr.E + joint"))]
+                "seconds": {"finetune": 1.0}, "wall_seconds": 1.0, "peak_memory_mb": 1,
+                "inference_nodes_per_second": 1.0, "stage_one_test_accuracy": 0.8, "kept_plain_model": row == "joint"} for row, label in (("dre", "Dr.E (full)"), ("joint", "Dr.E + joint"))]
     payload = {"results": results, "settings": {"dataset": "toy", "llm_path": None, "ft_epochs": 1},
                "command": "c", "machine": "m", "date": "d"}
     joint_line = next(line for line in accuracy_markdown(payload, tmp_path) if line.startswith("| Dr.E + joint"))
@@ -98,8 +116,8 @@ def test_the_papers_numbers_stand_beside_their_own_dataset_only(tmp_path):
     from dre_pipeline.bench import accuracy_markdown
 
     results = [{"row": "dre", "label": "Dr.E", "seed": 0, "test_accuracy": 0.8, "test_macro_f1": 0.8,
-                "seconds": {"finetune": 1.0}, "peak_memory_mb": 1, "inference_nodes_per_second": 1.0,
-                "stage_one_test_accuracy": 0.8}]
+                "seconds": {"finetune": 1.0}, "wall_seconds": 1.0, "peak_memory_mb": 1,
+                "inference_nodes_per_second": 1.0, "stage_one_test_accuracy": 0.8}]
 
     def row_line(dataset):
         payload = {"results": results, "settings": {"dataset": dataset, "llm_path": None, "ft_epochs": 1},

@@ -2,7 +2,7 @@
 
 import re
 
-from dre_pipeline.codebook import refine_vocabulary
+from dre_pipeline.codebook import refine_vocabulary, text_vocabulary
 
 
 def test_refinement_keeps_only_words(smollm2_tokenizer):
@@ -48,3 +48,12 @@ def test_word_lists_drop_fragments_and_function_words(smollm2_tokenizer):
     # filters only remove: the order (frequency) of what stays is the plain one
     assert [t for t in plain if t in set(whole)] == whole
     assert [t for t in whole if t in set(content)] == content
+
+
+def test_an_allowed_vocabulary_keeps_only_its_words_in_frequency_order(smollm2_tokenizer):
+    vocabulary = text_vocabulary(["Bayesian networks: 2 NETWORKS, learning", "xyzzyq genetic"])
+    assert vocabulary == {"bayesian", "networks", "learning", "xyzzyq", "genetic"}
+    every = refine_vocabulary(smollm2_tokenizer, 3, True, max_codes=0)
+    narrowed = refine_vocabulary(smollm2_tokenizer, 3, True, max_codes=0, allowed=vocabulary)
+    assert {w.lower() for _, w in narrowed} == {"bayesian", "networks", "learning", "genetic"}  # no token for xyzzyq
+    assert narrowed == [t for t in every if t[1].lower() in vocabulary]

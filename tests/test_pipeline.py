@@ -256,6 +256,25 @@ def test_llm_text_features_are_computed_once_and_feed_stage_one(run):
     assert encode.run(llm_cfg, store, quiet=True).manifest["fingerprint"] == with_features.fingerprint
 
 
+def test_text_codebook_narrows_the_codes_to_the_graphs_own_words(run):
+    from dre_pipeline.codebook import Codebook, text_vocabulary
+
+    cfg, store, artifact = run
+    narrowed_cfg = replace(subset(cfg, EncodeConfig), text_codebook=True, epochs=2, patience=2)
+    data, _ = encode.load_graph(narrowed_cfg, store)
+    vocabulary = text_vocabulary(data.text)
+    narrowed = encode.run(narrowed_cfg, store, quiet=True)
+    book = Codebook.load(store.find("codebook", narrowed.manifest["codebook"]).path)
+    full_key = store.find("encode", artifact.manifest["encode"]).manifest["codebook"]
+    full = Codebook.load(store.find("codebook", full_key).path)
+    assert 0 < len(book) < len(full) and {w.lower() for w in book.words} <= vocabulary
+    table = pq.read_table(narrowed.path / "codes.parquet")
+    assert {w.lower() for t in range(1, cfg.num_views + 1) for row in table[f"view{t}_words"].to_pylist()
+            for w in row} <= vocabulary
+    # a graph without text keeps the whole codebook: the option has nothing to narrow to
+    assert encode.codebook_for(narrowed_cfg, replace(data, text=None), store).key == full_key
+
+
 def test_text_only_prompts_hold_no_graph_words(run):
     cfg, store, artifact = run
     ws = workspace.prepare(replace(cfg, joint=False, node_tokens="none"), store, quiet=True)

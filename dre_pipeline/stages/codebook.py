@@ -2,23 +2,26 @@
 
 import time
 
-from ..artifacts import Artifact, Store, artifact_key
+from ..artifacts import Artifact, Store, artifact_key, digest
 from ..codebook import Codebook, refine_vocabulary
 from ..config import CodebookConfig, key_fields
 from ..llm import load_embeddings, load_tokenizer, resolve_llm
 from ..runtime import log
 
 
-def run(cfg: CodebookConfig, store: Store, force: bool = False, cached_only: bool = False) -> Artifact:
+def run(cfg: CodebookConfig, store: Store, force: bool = False, cached_only: bool = False,
+        vocabulary: frozenset = None) -> Artifact:
+    """``vocabulary``: keep only these words (a graph's own text vocabulary); None keeps any word."""
     llm = resolve_llm(cfg.llm_path, store)
     settings = key_fields(cfg, exclude=("llm_path",))
-    key = artifact_key({"llm": llm.identity, "settings": settings})
+    narrowed = {"vocabulary": digest(sorted(vocabulary))} if vocabulary is not None else {}
+    key = artifact_key({"llm": llm.identity, "settings": settings, **narrowed})
     if found := store.lookup("codebook", key, force, cached_only):
         return found
     started = time.time()
     tokenizer = load_tokenizer(llm)
     kept = refine_vocabulary(tokenizer, cfg.min_chars, cfg.word_start_only, cfg.max_codes, cfg.refine,
-                             cfg.whole_words, cfg.drop_function_words)
+                             cfg.whole_words, cfg.drop_function_words, vocabulary)
     embeddings = load_embeddings(llm)
     token_ids = [token_id for token_id, _ in kept]
     codebook = Codebook(embeddings[token_ids].contiguous(), token_ids, [word for _, word in kept])
@@ -27,6 +30,7 @@ def run(cfg: CodebookConfig, store: Store, force: bool = False, cached_only: boo
         "settings": settings,
         "kept": len(kept),
         "total": embeddings.shape[0],
+        "vocabulary_words": len(vocabulary) if vocabulary is not None else None,
         "dim": embeddings.shape[1],
         "seconds": round(time.time() - started, 2),
     }

@@ -17,7 +17,7 @@ import torch
 
 from .. import losses
 from ..artifacts import Artifact, Store, artifact_key, write_json
-from ..codebook import Codebook
+from ..codebook import Codebook, text_vocabulary
 from ..config import CodebookConfig, EncodeConfig, key_fields, subset
 from ..data import GraphData, load_dataset, make_split, split_names
 from ..gnn import MultiViewSAGE, StageOneModel
@@ -78,6 +78,12 @@ def training_batches(data: GraphData, sampler, batch_nodes: int):
         yield *sampler.sample(seeds), len(seeds)
 
 
+def codebook_for(cfg: EncodeConfig, data: GraphData, store: Store, cached_only: bool = False) -> Artifact:
+    """The codebook stage for this graph: narrowed to the graph's own words under ``--text-codebook``."""
+    vocabulary = text_vocabulary(data.text) if cfg.text_codebook and data.text is not None else None
+    return codebook_stage.run(subset(cfg, CodebookConfig), store, cached_only=cached_only, vocabulary=vocabulary)
+
+
 def encode_key(cfg: EncodeConfig, codebook: Artifact, data: GraphData) -> str:
     settings = key_fields(subset(cfg, EncodeConfig), exclude=("data_dir", *CodebookConfig.__dataclass_fields__))
     return artifact_key({"settings": settings, "codebook": codebook.key, "data": data.fingerprint})
@@ -92,7 +98,7 @@ def build_model(cfg: EncodeConfig, data: GraphData, codebook: Codebook) -> Stage
 def run(cfg: EncodeConfig, store: Store, force: bool = False, quiet: bool = False,
         cached_only: bool = False) -> Artifact:
     data, split_np = load_graph(cfg, store, quiet, cached_only)  # a graph that cannot load stops before any work
-    codebook_artifact = codebook_stage.run(subset(cfg, CodebookConfig), store, cached_only=cached_only)
+    codebook_artifact = codebook_for(cfg, data, store, cached_only)
     key = encode_key(cfg, codebook_artifact, data)
     if found := store.lookup("encode", key, force, cached_only):
         return found
