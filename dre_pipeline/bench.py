@@ -335,16 +335,19 @@ def wall_time_markdown(results: list) -> list:
 
 
 def bench_time_markdown(files: dict) -> list:
-    """``make bench``: the main rows of every graph it runs, together."""
-    graphs = {name: payload for name, payload in files.items() if name in BENCH_GRAPHS}
+    """``make bench``: the main rows of every graph it runs, together, with the machines they ran on."""
+    graphs = [name for name in BENCH_GRAPHS if name in files]
     if not graphs:
         return []
-    seconds = {name: sum(r["wall_seconds"] for r in payload["results"] if ALL_ROWS[r["row"]].main)
-               for name, payload in graphs.items()}
-    parts = ", ".join(f"{name} {value:.0f} s ({graphs[name]['machine'].split(' (')[0]})"
-                      for name, value in seconds.items())
+    parts, total = [], 0.0
+    for name in graphs:
+        main = [r for r in files[name]["results"] if ALL_ROWS[r["row"]].main]
+        machines = dict.fromkeys(r.get("machine", files[name]["machine"]).split(" (")[0] for r in main)
+        seconds = sum(r["wall_seconds"] for r in main)
+        parts.append(f"{name} {seconds:.0f} s ({', '.join(machines)})")
+        total += seconds
     return ["## make bench", "", f"The main rows of {' and '.join(graphs)}, summed from their tables below: "
-            f"**{sum(seconds.values()):.0f} s** ({sum(seconds.values()) / 3600:.2f} h): {parts}. "
+            f"**{total:.0f} s** ({total / 3600:.2f} h): {'; '.join(parts)}. "
             "The rows behind `--extra` (`make bench-extra`) ran once each; their time is in each table.", ""]
 
 

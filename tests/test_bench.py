@@ -37,8 +37,9 @@ def test_make_bench_time_sums_the_main_rows_of_both_graphs_and_leaves_extra_rows
     files = {"cora": table("Intel Xeon (capability AVX512), 2 cores", [("dre", 1000.0), ("no-pseudo", 700.0)]),
              "cora-ml": table("Intel Xeon (capability AVX512), 2 cores", [("gcn", 30.0), ("text", 900.0)]),
              "synthetic": table("m", [("dre", 5.0)])}
+    files["cora"]["results"][0]["machine"] = "AMD EPYC (capability AVX512), 2 cores"  # the row's own machine
     line = bench_time_markdown(files)[2]
-    assert "**1030 s**" in line and "cora 1000 s (Intel Xeon)" in line and "cora-ml 30 s" in line
+    assert "**1030 s**" in line and "cora 1000 s (AMD EPYC); cora-ml 30 s (Intel Xeon)" in line
     assert bench_time_markdown({"synthetic": files["synthetic"]}) == []
 
 
