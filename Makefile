@@ -27,7 +27,7 @@ all: install
 	$(DRE) finetune --dataset cora --ft-epochs 2
 
 # The accuracy tables of Cora and Cora-ML: their main rows, 3 seeds (RESULTS.md's "make bench" line gives the
-# measured time, about 2 h 20 min on 2 cores; the artifact cache carries a rerun forward).
+# measured time: 2 h 18 min on 2 cores; the artifact cache carries a rerun forward).
 bench: install
 	$(DRE) bench --dataset cora
 	$(DRE) bench --dataset cora-ml
