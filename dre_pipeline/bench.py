@@ -181,6 +181,7 @@ def run(cfg: BenchConfig, store: Store, quiet: bool = False, command: str = "dre
     results_file = out_dir / "results" / f"{name}.json"
     results = earlier_results(results_file, settings, defaults)
     context = get_context("spawn")  # a fresh process per row: its own peak memory, no state carried over
+    here = machine()
     for row, seed in progress(jobs, quiet=quiet, desc="bench rows"):
         log.info("bench: %s, seed %d", row, seed)
         with ProcessPoolExecutor(1, mp_context=context) as pool:
@@ -198,14 +199,14 @@ def run(cfg: BenchConfig, store: Store, quiet: bool = False, command: str = "dre
             log.info("bench: %s seed %d test accuracy %.4f (%.0fs)", row, seed, result["test_accuracy"],
                      result["wall_seconds"])
         # a table built over several runs says which run, on which machine, gave which row
-        result.update(command=command, machine=machine())
+        result.update(command=command, machine=here)
         earlier = next((r for r in results if (r["row"], r["seed"]) == (row, seed)), None)
         if result.get("cached") and earlier:
             continue  # a cache hit measured nothing new: the run that computed it keeps its times
         results = [r for r in results if r is not earlier] + [result]
         results.sort(key=lambda r: (list(ALL_ROWS).index(r["row"]), r["seed"]))
         results_file = write_results(out_dir, name, {
-            "command": command, "machine": machine(), "date": time.strftime("%Y-%m-%d"), "config": asdict(cfg),
+            "command": command, "machine": here, "date": time.strftime("%Y-%m-%d"), "config": asdict(cfg),
             "settings": settings, "defaults": defaults, "results": results,
             "wall_seconds": round(sum(r["wall_seconds"] for r in results))})
     return results_file
@@ -325,10 +326,14 @@ def accuracy_markdown(payload: dict, out_dir: Path) -> list:
     ]
 
 
+def wall_seconds(results: list, main: bool) -> float:
+    """The summed wall time of the main rows (``make bench``), or of the rows behind ``--extra``."""
+    return sum(r["wall_seconds"] for r in results if ALL_ROWS[r["row"]].main == main)
+
+
 def wall_time_markdown(results: list) -> list:
     """The rows' wall time, split into what ``make bench`` runs (the main rows) and what ``--extra`` runs."""
-    main = sum(r["wall_seconds"] for r in results if ALL_ROWS[r["row"]].main)
-    extra = sum(r["wall_seconds"] for r in results if not ALL_ROWS[r["row"]].main)
+    main, extra = wall_seconds(results, main=True), wall_seconds(results, main=False)
     hits = sum(bool(r.get("cached")) for r in results)
     return [f"- wall time: main rows (make bench) {main:.0f} s, rows behind --extra {extra:.0f} s"
             + (f"; {hits} row(s) were cache hits of an earlier store, their time not counted" if hits else "")]
@@ -341,9 +346,10 @@ def bench_time_markdown(files: dict) -> list:
         return []
     parts, total = [], 0.0
     for name in graphs:
-        main = [r for r in files[name]["results"] if ALL_ROWS[r["row"]].main]
-        machines = dict.fromkeys(r.get("machine", files[name]["machine"]).split(" (")[0] for r in main)
-        seconds = sum(r["wall_seconds"] for r in main)
+        results = files[name]["results"]
+        machines = dict.fromkeys(r.get("machine", files[name]["machine"]).split(" (")[0] for r in results
+                                 if ALL_ROWS[r["row"]].main)
+        seconds = wall_seconds(results, main=True)
         parts.append(f"{name} {seconds:.0f} s ({', '.join(machines)})")
         total += seconds
     return ["## make bench", "", f"The main rows of {' and '.join(graphs)}, summed from their tables below: "

@@ -76,9 +76,9 @@ def refine_vocabulary(tokenizer, min_chars: int, word_start_only: bool, max_code
             continue
         if len(word) < min_chars or not LETTERS.match(word) or word.lower() in seen:
             continue
-        if word.lower() in excluded or (whole_words and not is_whole_word(word.lower())):
-            continue
         if allowed is not None and word.lower() not in allowed:
+            continue  # before the word-list look-up, which is the slow check
+        if word.lower() in excluded or (whole_words and not is_whole_word(word.lower())):
             continue
         seen.add(word.lower())
         kept.append((token_id, word))
