@@ -1,4 +1,7 @@
-"""Do a node's code words read as its topic? The whole codebook against ``--text-codebook``.
+"""Do a node's code words read as its topic? The codebook options and the keyword loss, side by side.
+
+Each entry of ``CODEBOOKS`` is a stage-one setting: the whole codebook or ``--text-codebook``,
+each with or without ``--keyword-weight`` (:mod:`dre_pipeline.grounding`).
 
 Issue 12 asks for words a person reads as topic words. Measured here on a text-attributed
 graph, per seed, over the test nodes' code words (every hop, every level):
@@ -12,7 +15,8 @@ graph, per seed, over the test nodes' code words (every hop, every level):
 The head's validation / test accuracy is printed beside, as in VALIDATION.md: an option
 that reads better but separates the classes worse would not be a default.
 
-    python benchmarks/topic_words.py [--dataset cora-ml] [--store artifacts]
+    python benchmarks/topic_words.py [--dataset cora-ml] [--store artifacts] [--seeds 3]
+        [--codebooks "whole;graph text, keywords"]
 """
 
 import argparse
@@ -29,7 +33,13 @@ from dre_pipeline.stages import encode
 
 LIFT = 2.0
 MIN_CLASS_PAPERS = 5  # a word in fewer training papers of a class is not called its topic
-CODEBOOKS = {"whole": {}, "graph text": {"text_codebook": True}}
+CODEBOOKS = {
+    "whole": {},
+    "graph text": {"text_codebook": True},
+    "whole, keywords": {"keyword_weight": 1.0},
+    "graph text, keywords": {"text_codebook": True, "keyword_weight": 1.0},
+    "graph text, keywords 0.1": {"text_codebook": True, "keyword_weight": 0.1},
+}
 
 
 def topic_words(texts: list, labels: np.ndarray, train: np.ndarray) -> dict:
@@ -51,11 +61,13 @@ def main() -> None:
     parser.add_argument("--dataset", default="cora-ml")
     parser.add_argument("--store", default="artifacts")
     parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--codebooks", default=";".join(CODEBOOKS), help="names of CODEBOOKS, separated by semicolons")
     args = parser.parse_args()
     store = Store(Path(args.store))
     print("| codebook | seed | head val / test % | in text % | topical % | distinct words |")
     print("|---|---:|---|---:|---:|---:|")
-    for name, options in CODEBOOKS.items():
+    for name in args.codebooks.split(";"):
+        options = CODEBOOKS[name]
         for seed in range(args.seeds):
             cfg = EncodeConfig(dataset=args.dataset, seed=seed, **options)
             data, _ = encode.load_graph(cfg, store)

@@ -143,6 +143,17 @@ class EncodeConfig(DataConfig, CodebookConfig):
         metadata=_help("Where the graph has text, keep only codebook words that occur in it, so the codes read as "
                        "the graph's own vocabulary; no effect on a graph without text.", neutral=False),
     )
+    keyword_weight: float = field(
+        default=0.0,
+        metadata=_help("Weight of the keyword loss: on a graph with text, each view is pulled towards the sum of its "
+                       "hop's K most telling words, so that its codes read as them (0: off; no effect without text).",
+                       check="non-negative", neutral=0.0),
+    )
+    keyword_epochs: int = field(
+        default=200,
+        metadata=_help("Epochs that fit the views to their keywords alone before stage one's training, where "
+                       "--keyword-weight is on.", check="non-negative", neutral=200),
+    )
     inter_residual: bool = field(
         default=True, metadata=_help("Add the quantized view back before the next hop (Eq. 7).")
     )

@@ -1,6 +1,7 @@
 """Stage-one training objectives (Dr.E section 3.4).
 
-L = w_f · L_feat + w_a · L_adj (Eq. 10) + w_y · L_label + β · L_commit.
+L = w_f · L_feat + w_a · L_adj (Eq. 10) + w_y · L_label + β · L_commit
+  (+ w_k · L_keyword on a graph with text, :mod:`~dre_pipeline.grounding`; not in the paper).
 Validation and test labels never enter any of them: ``train_mask`` selects the label loss.
 """
 
@@ -8,6 +9,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 from torch_geometric.utils import negative_sampling
+
+from .grounding import grounding_loss
 
 
 def feature_loss(x_rec: Tensor, x: Tensor) -> Tensor:
@@ -43,8 +46,11 @@ def label_loss(logits: Tensor, y: Tensor, train_mask: Tensor) -> Tensor:
 
 
 def stage_one_loss(views: list, logits: Tensor, x_rec: Tensor, z: Tensor, x: Tensor, edge_index: Tensor,
-                   y: Tensor, train_mask: Tensor, cfg) -> tuple:
-    """The weighted sum L above and its parts; ``cfg`` carries the weights (an EncodeConfig)."""
+                   y: Tensor, train_mask: Tensor, cfg, keyword_targets: list = None) -> tuple:
+    """The weighted sum L above and its parts; ``cfg`` carries the weights (an EncodeConfig).
+
+    ``keyword_targets``: the step's seeds' keyword targets, one ``[n, d]`` per view, for L_keyword.
+    """
     parts = {
         "feature": feature_loss(x_rec, x),
         "adjacency": adjacency_loss(z, edge_index, x.size(0)),
@@ -53,4 +59,7 @@ def stage_one_loss(views: list, logits: Tensor, x_rec: Tensor, z: Tensor, x: Ten
     }
     loss = (cfg.feature_weight * parts["feature"] + cfg.adjacency_weight * parts["adjacency"]
             + cfg.label_weight * parts["label"] + cfg.beta * parts["commitment"])
+    if keyword_targets is not None:
+        parts["keyword"] = grounding_loss(views, keyword_targets)
+        loss = loss + cfg.keyword_weight * parts["keyword"]
     return loss, parts

@@ -275,6 +275,26 @@ def test_text_codebook_narrows_the_codes_to_the_graphs_own_words(run):
     assert encode.codebook_for(narrowed_cfg, replace(data, text=None), store).key == full_key
 
 
+def test_keyword_loss_makes_the_codes_the_words_of_their_hops(run):
+    from dre_pipeline.codebook import WORDS
+
+    cfg, store, artifact = run
+    plain_cfg = replace(subset(cfg, EncodeConfig), text_codebook=True, epochs=2, patience=2)
+    data, _ = encode.load_graph(plain_cfg, store)
+    own_words = [set(WORDS.findall(text.lower())) for text in data.text]
+
+    def share_in_own_text(enc) -> float:  # of the first view's words (1 hop: the node's text weighs most)
+        rows = pq.read_table(enc.path / "codes.parquet")["view1_words"].to_pylist()
+        return np.mean([word.lower() in own_words[i] for i, row in enumerate(rows) for word in row])
+
+    keyword_cfg = replace(plain_cfg, keyword_weight=1.0, keyword_epochs=30)
+    grounded = encode.run(keyword_cfg, store, quiet=True)
+    assert grounded.key != encode.run(plain_cfg, store, quiet=True).key
+    assert share_in_own_text(grounded) > 2 * share_in_own_text(encode.run(plain_cfg, store, quiet=True))
+    metrics = json.loads((grounded.path / "metrics.json").read_text())
+    assert all("keyword" in step for step in metrics["history"])
+
+
 def test_text_only_prompts_hold_no_graph_words(run):
     cfg, store, artifact = run
     ws = workspace.prepare(replace(cfg, joint=False, node_tokens="none"), store, quiet=True)
