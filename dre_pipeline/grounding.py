@@ -65,7 +65,7 @@ def _row_normalized(matrix: sparse.csr_matrix) -> sparse.csr_matrix:
     return sparse.csr_matrix(sparse.diags(np.divide(1, totals, out=np.zeros_like(totals), where=totals > 0)) @ matrix)
 
 
-def grounding_loss(views: list, targets: list) -> Tensor:
+def keyword_loss(views: list, targets: list) -> Tensor:
     """:math:`L_{keyword}` above; ``targets`` are the step's seeds' rows of each view's target, in seed order."""
     total = []
     for view, target in zip(views, targets):
@@ -73,3 +73,9 @@ def grounding_loss(views: list, targets: list) -> Tensor:
         cosine = F.cosine_similarity(view.h[: target.size(0)][reachable], target[reachable], dim=-1)
         total.append((1 - cosine).mean())
     return torch.stack(total).mean()
+
+
+def seed_rows(targets: list, nodes, num_seeds: int) -> list:
+    """Each view's target rows of a step's seeds: the first ``num_seeds`` of ``nodes`` (a slice: the whole graph)."""
+    seeds = nodes if isinstance(nodes, slice) else nodes[:num_seeds]
+    return [target[seeds] for target in targets]

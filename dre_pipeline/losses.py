@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch_geometric.utils import negative_sampling
 
-from .grounding import grounding_loss
+from .grounding import keyword_loss
 
 
 def feature_loss(x_rec: Tensor, x: Tensor) -> Tensor:
@@ -60,6 +60,6 @@ def stage_one_loss(views: list, logits: Tensor, x_rec: Tensor, z: Tensor, x: Ten
     loss = (cfg.feature_weight * parts["feature"] + cfg.adjacency_weight * parts["adjacency"]
             + cfg.label_weight * parts["label"] + cfg.beta * parts["commitment"])
     if keyword_targets is not None:
-        parts["keyword"] = grounding_loss(views, keyword_targets)
+        parts["keyword"] = keyword_loss(views, keyword_targets)
         loss = loss + cfg.keyword_weight * parts["keyword"]
     return loss, parts

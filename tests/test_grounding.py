@@ -2,7 +2,7 @@
 
 import torch
 
-from dre_pipeline.grounding import grounding_loss, hop_keyword_targets
+from dre_pipeline.grounding import hop_keyword_targets, keyword_loss
 from dre_pipeline.quantizer import ResidualVQ
 
 WORDS = ["bayesian", "genetic", "neural", "learning", "nets"]
@@ -34,7 +34,7 @@ def test_a_node_without_codebook_words_has_no_target_and_no_loss():
     assert torch.equal(target[0], torch.zeros(8)) and torch.allclose(target[1], words[2] + words[4])
     quantizer = ResidualVQ(words, num_codes=2)
     h = torch.stack([torch.randn(8), 2 * target[1]]).requires_grad_()
-    loss = grounding_loss([quantizer(h)], [target])
+    loss = keyword_loss([quantizer(h)], [target])
     assert loss.abs() < 1e-6  # node 1 points at its target (cosine: the length is free); node 0 does not count
     loss.backward()
     assert h.grad[0].abs().sum() == 0
@@ -45,9 +45,9 @@ def test_loss_falls_as_the_view_turns_towards_its_keywords_and_reaches_the_gnn()
     words = torch.randn(len(WORDS), 16)
     (target,) = hop_keyword_targets(TEXTS, WORDS, words, EDGES, 4, 1, keywords=2)
     quantizer = ResidualVQ(words, num_codes=2)
-    assert grounding_loss([quantizer(target)], [target]) < grounding_loss([quantizer(-target)], [target])
+    assert keyword_loss([quantizer(target)], [target]) < keyword_loss([quantizer(-target)], [target])
     h = torch.randn(4, 16, requires_grad=True)
-    grounding_loss([quantizer(h)], [target]).backward()
+    keyword_loss([quantizer(h)], [target]).backward()
     assert h.grad.abs().sum() > 0  # through the view before quantization, not the frozen codebook
 
 

@@ -288,9 +288,9 @@ def test_keyword_loss_makes_the_codes_the_words_of_their_hops(run):
         return np.mean([word.lower() in own_words[i] for i, row in enumerate(rows) for word in row])
 
     keyword_cfg = replace(plain_cfg, keyword_weight=1.0, keyword_epochs=30)
-    grounded = encode.run(keyword_cfg, store, quiet=True)
-    assert grounded.key != encode.run(plain_cfg, store, quiet=True).key
-    assert share_in_own_text(grounded) > 2 * share_in_own_text(encode.run(plain_cfg, store, quiet=True))
+    grounded, plain = encode.run(keyword_cfg, store, quiet=True), encode.run(plain_cfg, store, quiet=True)
+    assert grounded.key != plain.key
+    assert share_in_own_text(grounded) > 2 * share_in_own_text(plain)
     metrics = json.loads((grounded.path / "metrics.json").read_text())
     assert all("keyword" in step for step in metrics["history"])
 

@@ -23,7 +23,7 @@ from ..codebook import Codebook, text_vocabulary
 from ..config import CodebookConfig, EncodeConfig, key_fields, subset
 from ..data import GraphData, load_dataset, make_split, split_names
 from ..gnn import MultiViewSAGE, StageOneModel
-from ..grounding import grounding_loss, hop_keyword_targets
+from ..grounding import hop_keyword_targets, keyword_loss, seed_rows
 from ..quantizer import perplexity
 from ..evaluation import split_accuracy
 from ..sampling import NeighborSampler
@@ -69,8 +69,7 @@ def train_step(model: StageOneModel, optimizer, data: GraphData, train_mask: tor
     """
     x, labelled = data.x[nodes], train_mask[nodes].clone()
     labelled[num_seeds:] = False
-    seeds = nodes if isinstance(nodes, slice) else nodes[:num_seeds]
-    keywords = [target[seeds] for target in keyword_targets] if keyword_targets is not None else None
+    keywords = seed_rows(keyword_targets, nodes, num_seeds) if keyword_targets is not None else None
     loss, parts = losses.stage_one_loss(*model(x, edges), x, edges, data.y[nodes], labelled, cfg, keywords)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
@@ -98,8 +97,7 @@ def fit_keywords(model: StageOneModel, data: GraphData, sampler, batch_nodes: in
     model.train()
     for _ in progress(range(epochs), quiet=quiet, desc="keyword epoch"):
         for nodes, edges, num_seeds in training_batches(data, sampler, batch_nodes):
-            seeds = nodes if isinstance(nodes, slice) else nodes[:num_seeds]
-            loss = grounding_loss(model.encoder(data.x[nodes], edges), [target[seeds] for target in targets])
+            loss = keyword_loss(model.encoder(data.x[nodes], edges), seed_rows(targets, nodes, num_seeds))
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
