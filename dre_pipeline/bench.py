@@ -38,9 +38,10 @@ ROWS = {
     "mlp": Row("MLP (no graph)", "gnn"),
     "gcn": Row("GCN", "gnn"),
     "sage": Row("GraphSAGE", "gnn"),
-    "mlp-llm": Row("MLP on LLM text features", "gnn", {"features": "llm"}, needs_text=True),
-    "gcn-llm": Row("GCN on LLM text features", "gnn", {"features": "llm"}, needs_text=True),
-    "sage-llm": Row("GraphSAGE on LLM text features", "gnn", {"features": "llm"}, needs_text=True),
+    **{f"{model}-{kind}": Row(f"{label} on {name}", "gnn", {"features": kind}, needs_text=True)
+       for kind, name in (("bow", "a bag of words of the text"), ("sbert", "sentence embeddings of the text (MiniLM)"),
+                          ("llm", "LLM text features"))
+       for model, label in (("mlp", "MLP"), ("gcn", "GCN"), ("sage", "GraphSAGE"))},
     # Fine-tuning on ~54 tokens of text per prompt costs about 2x a Dr.E row: once, behind --extra.
     "text": Row("LLM fine-tuned on the node's text alone (no graph)", "llm", {"node_tokens": "none"}, main=False,
                 needs_text=True),
@@ -92,7 +93,7 @@ def run_row(row: str, settings: dict, store_root: str, quiet: bool) -> dict:
         from .baselines import train_gnn
         from .stages.encode import load_graph
 
-        model = row.removesuffix("-llm")  # the -llm rows: the same model on the LLM's text features
+        model = row.split("-")[0]  # the -bow, -sbert and -llm rows: the same model on those text features
         result = train_gnn(model, *load_graph(cfg, store, quiet), cfg.seed)
         out = {"val_accuracy": result["val"]["accuracy"],
                "test_accuracy": result["test"]["accuracy"], "test_macro_f1": result["test"]["macro_f1"],

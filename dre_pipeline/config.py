@@ -97,8 +97,8 @@ class DataConfig:
     dataset: str = field(
         default="cora",
         metadata=_help(
-            "cora | citeseer | pubmed | cora-ml | ogbn-arxiv | synthetic | a sparse-npz file (gnn-benchmark layout) "
-            "| a folder with nodes.parquet and edges.parquet."
+            "cora | citeseer | pubmed | cora-ml | cora-text | ogbn-arxiv | synthetic | a folder with nodes.csv and "
+            "edges.csv (or nodes.parquet and edges.parquet) | a sparse-npz file (gnn-benchmark layout)."
         ),
     )
     data_dir: Optional[str] = field(
@@ -112,11 +112,13 @@ class DataConfig:
         metadata=_help("random (60/20/20 per seed, the paper's) | public.", choices=("random", "public")),
     )
     features: str = field(
-        default="raw",
+        default="auto",
         metadata=_help(
-            "raw: the dataset's own node features | llm: each node's text embedded by the LLM (mean of its last "
-            "hidden states; computed once and cached), for graphs with text.",
-            choices=("raw", "llm"), neutral="raw",
+            "auto: the graph's own feature vectors, and for a graph with text alone sbert (chosen on validation) | "
+            "raw: the graph's own | bow: a binary bag of its text's 1,433 most frequent words (Planetoid's recipe) | "
+            "sbert: all-MiniLM-L6-v2 sentence embeddings of its text | llm: its text embedded by the LLM (mean of "
+            "its last hidden states). Text features are computed once and cached.",
+            choices=("auto", "raw", "bow", "sbert", "llm"), neutral="auto",
         ),
     )
     seed: int = field(
@@ -365,7 +367,7 @@ class BenchConfig(LLMConfig):
     rows: str = field(
         default="",
         metadata=_help(
-            "Comma-separated subset of: mlp, gcn, sage, mlp-llm, gcn-llm, sage-llm, text, soft, one-view, single-code, "
+            "Comma-separated subset of: mlp, gcn, sage, {mlp,gcn,sage}-{bow,sbert,llm}, text, soft, one-view, single-code, "
             "no-inter, no-refine, no-pseudo, dre-words, dre, joint (default: the main rows the graph can run, or with "
             "--extra the others; the -llm, text and dre-words rows need a graph with text)."
         ),

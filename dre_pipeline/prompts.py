@@ -66,6 +66,13 @@ def build_template(tokenizer, class_names: list, num_views: int, use_text: bool)
     )
 
 
+def node_text(title: str, rest: str) -> str:
+    """A node's text as the prompt carries it, in its own word order: its title first, each part named, where
+    the graph gives titles; the text as it is otherwise. The leading space makes the first word a word token,
+    as it is after "text:" in running prose."""
+    return f" Title: {title}. Abstract: {rest}" if title else f" {rest}"
+
+
 def node_suffix(template: PromptTemplate, view_token_ids: list, text_ids: list = ()) -> tuple:
     """The node-specific tokens after the shared prefix, and where its code words sit.
 

@@ -18,6 +18,7 @@ from typing import Optional
 
 from .artifacts import Artifact, Store, damaged_files, file_digest
 from .config import FinetuneConfig
+from .data import load_dataset
 from .errors import InputError
 from .llm import embedded_gguf, resolve_llm
 from .stages import encode as encode_stage
@@ -72,7 +73,7 @@ def headline(artifact: Artifact) -> str:
     if artifact.stage == "llm":
         return f"de-quantized {m.get('name', '')}"
     if artifact.stage == "features":
-        return f"{m['dataset']}: text of {m['shape'][0]} nodes embedded by {m['llm']['name']} ({m['shape'][1]} dims)"
+        return f"{m['dataset']}: text of {m['shape'][0]} nodes as {m.get('kind', 'llm')} features ({m['shape'][1]} dims)"
     if artifact.stage == "codebook":
         return f"{m['kept']}/{m['total']} tokens kept"
     if artifact.stage == "encode":
@@ -95,15 +96,15 @@ def current_keys(cfg: FinetuneConfig, store: Store) -> Current:
         if _dequantization_pending(cfg, store):
             return Current({}, False, "the LLM is not de-quantized in this store yet (any stage command does it once)")
         keys = {"llm": resolve_llm(cfg.llm_path, store).identity}
-        data, _ = encode_stage.load_graph(replace(cfg, features="raw"), store)
+        data = load_dataset(cfg.dataset, cfg.data_dir, store.root / "data", seed=cfg.seed)
+        features_stage.resolve_kind(cfg.features, data)
     except InputError as error:
         return Current({}, False, str(error))
     # From here an InputError can only be a cached-only miss: an upstream artifact is not built.
     try:
-        if cfg.features == "llm":
-            text_features = features_stage.run(data, cfg.llm_path, store, cached_only=True)
+        data, text_features = features_stage.load(cfg.features, data, cfg.llm_path, store, cached_only=True)
+        if text_features is not None:
             keys["features"] = text_features.key
-            data = features_stage.with_llm_features(data, text_features)
         codebook = encode_stage.codebook_for(cfg, data, store, cached_only=True)
         keys["codebook"] = codebook.key
         keys["encode"] = encode_stage.encode_key(cfg, codebook, data)

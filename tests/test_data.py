@@ -57,7 +57,7 @@ def cora(cora_load: tuple[GraphData, dict, dict]) -> GraphData:
 
 def test_constants() -> None:
     assert SPLIT_NAMES == ("train", "val", "test")
-    assert DATASETS == ("cora", "citeseer", "pubmed", "cora-ml", "ogbn-arxiv", "synthetic")
+    assert DATASETS == ("cora", "citeseer", "pubmed", "cora-ml", "cora-text", "ogbn-arxiv", "synthetic")
 
 
 def test_cora_shapes(cora: GraphData) -> None:
@@ -350,7 +350,7 @@ def test_bad_graphs_are_refused_and_isolated_nodes_are_fine(tmp_path: Path) -> N
 
     twice = write_folder(tmp_path / "twice", {"node_id": [0, 0], "label": [0, 1], "features": [[1.0], [2.0]]},
                          {"src": [0], "dst": [0]})
-    with pytest.raises(InputError, match="node_id values must be unique"):
+    with pytest.raises(InputError, match="row 2: node_id 0 repeats row 1"):
         load_dataset(str(twice), None, cache)
 
     isolated = folder("isolated", [[float(i)] for i in range(6)], [0, 1, 0, 1, 0, 1], [0, 1], [1, 2])

@@ -12,6 +12,7 @@ import torch
 
 from dre_pipeline.artifacts import Store
 from dre_pipeline.config import EncodeConfig, FinetuneConfig, subset
+from dre_pipeline.errors import InputError
 from dre_pipeline.stages import encode, finetune, node_tokens, predict, training, workspace
 
 SETTINGS = dict(dataset="synthetic", epochs=30, patience=30, ft_epochs=2, batch_size=8, joint=True, lora_layers=1)
@@ -81,7 +82,6 @@ def test_joint_pass_moves_the_gnn_or_keeps_the_plain_model(run):
 
 
 def test_predict_refuses_node_ids_the_graph_does_not_have(run):
-    from dre_pipeline.errors import InputError
 
     cfg, store, artifact = run
     with pytest.raises(InputError, match="unknown node ids \\[123456\\]"):
@@ -243,8 +243,8 @@ def test_llm_text_features_are_computed_once_and_feed_stage_one(run):
 
     cfg, store, artifact = run
     data, _ = encode.load_graph(cfg, store)
-    first = features.run(data, cfg.llm_path, store, quiet=True)
-    again = features.run(data, cfg.llm_path, store, quiet=True)
+    first = features.run("llm", data, cfg.llm_path, store, quiet=True)
+    again = features.run("llm", data, cfg.llm_path, store, quiet=True)
     assert not first.cached and again.cached and again.path == first.path
     llm_cfg = replace(subset(cfg, EncodeConfig), features="llm", epochs=2, patience=2)
     with_features, _ = encode.load_graph(llm_cfg, store)
@@ -254,6 +254,42 @@ def test_llm_text_features_are_computed_once_and_feed_stage_one(run):
     assert with_features.x.mean(0).abs().max() < 1e-4 and torch.allclose(with_features.x.std(0), torch.ones(hidden))
     assert with_features.fingerprint != data.fingerprint
     assert encode.run(llm_cfg, store, quiet=True).manifest["fingerprint"] == with_features.fingerprint
+
+
+@pytest.mark.parametrize("kind, width", [("bow", None), ("sbert", 384)])
+def test_text_features_are_cached_under_their_own_keys(run, kind, width):
+    from dre_pipeline.stages import features
+
+    cfg, store, _ = run
+    data, _ = encode.load_graph(cfg, store)
+    first = features.run(kind, data, cfg.llm_path, store, quiet=True)
+    again = features.run(kind, data, cfg.llm_path, store, quiet=True)
+    assert not first.cached and again.cached and again.path == first.path
+    assert first.key != features.run("llm", data, cfg.llm_path, store, quiet=True).key
+    with_features, _ = encode.load_graph(replace(subset(cfg, EncodeConfig), features=kind), store)
+    x = with_features.x
+    if kind == "bow":  # 0/1 over the graph's words, stop words out
+        assert set(x.unique().tolist()) <= {0.0, 1.0} and x.sum(1).min() > 0
+    else:  # sentence embeddings, unit length; texts of one topic lie closer than texts of two
+        assert x.shape == (data.num_nodes, width) and torch.allclose(x.norm(dim=1), torch.ones(data.num_nodes))
+        same = data.y[:, None] == data.y[None, :]
+        similarity = x @ x.T
+        assert similarity[same].mean() > similarity[~same].mean() + 0.1
+    assert with_features.fingerprint not in (data.fingerprint, first.key)
+
+
+def test_auto_features_keep_a_graphs_own_and_embed_a_graph_of_text_alone(tmp_path):
+    from dre_pipeline.data import load_dataset
+    from dre_pipeline.stages import features
+
+    data = load_dataset("synthetic", None, tmp_path)
+    assert features.resolve_kind("auto", data) == "raw"
+    text_only = replace(data, x=data.x[:, :0])
+    assert features.resolve_kind("auto", text_only) == features.TEXT_DEFAULT
+    with pytest.raises(InputError, match="no feature vectors, only text"):
+        features.resolve_kind("raw", text_only)
+    with pytest.raises(InputError, match="has none: use --features raw"):
+        features.resolve_kind("sbert", replace(data, text=None))
 
 
 def test_text_codebook_narrows_the_codes_to_the_graphs_own_words(run):
@@ -309,7 +345,6 @@ def test_text_only_prompts_hold_no_graph_words(run):
 def test_codes_built_on_another_llms_vocabulary_are_refused(run, tmp_path):
     import shutil
 
-    from dre_pipeline.errors import InputError
 
     cfg, store, artifact = run
     copy = Store(tmp_path / "store")
@@ -363,7 +398,6 @@ def test_isolated_nodes_get_codes_like_any_other(run, tmp_path):
 def test_predict_never_reads_a_damaged_adapter(run, tmp_path):
     import shutil
 
-    from dre_pipeline.errors import InputError
 
     cfg, store, artifact = run
     copy = Store(tmp_path / "store")

@@ -44,14 +44,13 @@ KEYWORD_LR = 1e-2
 def load_graph(cfg: EncodeConfig, store: Store, quiet: bool = False, cached_only: bool = False):
     """The dataset (with the node features ``--features`` names) and its split: (data, split [N] int8).
 
-    ``cached_only``: LLM features must already be in the store (``status`` computes nothing).
+    ``cached_only``: text features must already be in the store (``status`` computes nothing).
     """
+    from . import features
+
     data = load_dataset(cfg.dataset, cfg.data_dir, store.root / "data", seed=cfg.seed)
     split = make_split(data, cfg.split, cfg.seed)
-    if cfg.features == "llm":
-        from . import features
-
-        data = features.with_llm_features(data, features.run(data, cfg.llm_path, store, quiet, cached_only))
+    data, _ = features.load(cfg.features, data, cfg.llm_path, store, quiet, cached_only)
     return data, split
 
 

