@@ -160,10 +160,8 @@ def _node_ids(node_ids: Optional[str], node_file: Optional[Path]) -> list:
         if not node_file.is_file():
             raise InputError(f"--node-file {node_file}: no such file")
         text += "," + node_file.read_text().replace("\n", ",")
-    try:
-        ids = [int(t) for t in text.replace(" ", ",").split(",") if t.strip()]
-    except ValueError:
-        raise InputError("--node-ids: expected integers separated by commas") from None
+    # integers where they read as integers; names (paper ids) stay names
+    ids = [int(t) if t.lstrip("-").isdigit() else t for t in (t.strip() for t in text.split(",")) if t]
     if not ids:
         raise InputError("give --node-ids 1,2,3 or --node-file FILE (one id per line)")
     return ids
@@ -175,7 +173,7 @@ def _check_format(format: str) -> None:
 
 
 @stage_command("predict", FinetuneConfig, extra=(
-    _option("node_ids", Optional[str], None, "Comma-separated node ids."),
+    _option("node_ids", Optional[str], None, "Comma-separated node ids (integers or names, as the graph's table has them)."),
     _option("node_file", Optional[Path], None, "A file of node ids, one per line."),
     _option("format", str, "text", "text | json."),
     DEVICE,
@@ -195,23 +193,23 @@ def predict(cfg: FinetuneConfig, store: Store, quiet: bool, node_ids: Optional[s
         return
     for row in rows:
         mark = "✓" if row["correct"] else "✗"
-        typer.echo(f"{row['node_id']:>6} {row['split']:<6} label={row['label']:<24} "
+        typer.echo(f"{row['node_id']!s:>6} {row['split']:<6} label={row['label']:<24} "
                    f"prediction={row['prediction']:<24} {mark} score={row['scores'][row['prediction']]:.3f}")
 
 
 @stage_command("explain", FinetuneConfig, extra=(
-    inspect.Parameter("node_id", inspect.Parameter.KEYWORD_ONLY, annotation=int,
-                      default=typer.Argument(..., help="The node to explain.")),
+    inspect.Parameter("node_id", inspect.Parameter.KEYWORD_ONLY, annotation=str,
+                      default=typer.Argument(..., help="The node to explain (its id: an integer or a name).")),
     _option("format", str, "text", "text | json."),
     DEVICE,
 ), computes=False)
-def explain(cfg: FinetuneConfig, store: Store, quiet: bool, node_id: int, format: str, device: str):
+def explain(cfg: FinetuneConfig, store: Store, quiet: bool, node_id: str, format: str, device: str):
     """One node: its words per hop, its text, the prompt, the prediction with per-class scores, the true label."""
     from .report import explanation_text
     from .stages import predict as stage
 
     _check_format(format)
-    row = stage.run(cfg, store, [node_id], device=device, quiet=quiet)[0]
+    row = stage.run(cfg, store, _node_ids(node_id, None), device=device, quiet=quiet)[0]
     typer.echo(json.dumps(row, indent=2) if format == "json" else explanation_text(row))
 
 

@@ -22,8 +22,9 @@ def test_quick_bench_writes_the_main_rows_then_the_extra_ones(tmp_path):
     assert all(spec.label in markdown for spec in ROWS.values())
     assert "machine:" in markdown and "command:" in markdown
     assert "- wall time: main rows (make bench)" in markdown and "rows behind --extra" in markdown
-    per_seed = next(line for line in markdown.splitlines() if line.startswith("| 0 |"))  # seed 0: SAGE, head, LLM
-    assert per_seed.count(" / ") == 3
+    # seed 0: SAGE, head, both LLM rows, and each LLM row's margin over the head
+    per_seed = next(line for line in markdown.splitlines() if line.startswith("| 0 |"))
+    assert per_seed.count(" / ") == 6 and "Dr.E, graph words only − head, val / test" in markdown
     chart = out / "synthetic_accuracy.png"
     assert chart.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 

@@ -38,7 +38,7 @@ def test_help_lists_config_options_with_their_help():
     (["finetune", "--ft-loss", "answer"], "--distill-weight trains on the class names"),
     (["encode", "--num-neighbors", "15,x"], "--num-neighbors takes comma-separated counts"),
     (["bench", "--seeds", "0"], "--seeds must be at least 1"),
-    (["predict", "--node-ids", "x,y"], "--node-ids"),
+    (["predict", "--node-ids", " , "], "give --node-ids"),
 ])
 def test_bad_input_is_one_line_and_exit_2(tmp_path, tiny_llm, args, message):
     result = invoke(*args, "--llm-path", str(tiny_llm), store=tmp_path) if "--llm-path" not in args \

@@ -115,3 +115,21 @@ def test_cora_text_from_the_shared_copy(datasets_root: Path, tmp_path: Path) -> 
     assert abstract.startswith("It is a well-known fact")
     assert sum(bool(t) for t in data.titles) > 0.99 * data.num_nodes
     assert (make_split(data, "random", 0) == 0).sum() == round(0.6 * 2708)
+
+
+def test_the_prompt_carries_the_title_first_and_keeps_to_the_text_budget(tmp_path: Path, smollm2_tokenizer) -> None:
+    from dre_pipeline.stages.workspace import text_token_ids
+
+    folder = write_tables(tmp_path / "papers", PAPERS, [("p-a", "p-b"), ("p-b", "p-c")])
+    data = load_dataset(str(folder), None, tmp_path / "cache")
+    whole = [smollm2_tokenizer.decode(ids) for ids in text_token_ids(smollm2_tokenizer, data, 10_000)]
+    assert whole[1] == " Title: Deep nets. Abstract: Layers, and more layers."
+    assert whole[0].startswith(' Title: Learning with "noise", revisited. Abstract: We study, at length')
+    cut = text_token_ids(smollm2_tokenizer, data, 6)
+    assert all(len(ids) <= 6 for ids in cut)
+    full = text_token_ids(smollm2_tokenizer, data, 10_000)
+    assert all(short == long[:6] for short, long in zip(cut, full))  # the budget cuts the end, never the title
+    untitled = load_dataset(str(write_tables(tmp_path / "plain", [(0, "a", "some words"), (1, "b", "other words")],
+                                             [(0, 1)])), None, tmp_path / "cache")
+    assert untitled.titles is None
+    assert smollm2_tokenizer.decode(text_token_ids(smollm2_tokenizer, untitled, 100)[0]) == " some words"

@@ -7,7 +7,7 @@ import torch
 from .. import distributed
 from ..artifacts import Store
 from ..config import FinetuneConfig
-from ..data import split_names
+from ..data import split_names, title_and_rest
 from ..errors import InputError
 from ..llm import load_model, resolve_device, resolve_llm
 from ..prompts import render
@@ -27,11 +27,12 @@ def run(cfg: FinetuneConfig, store: Store, node_ids: list, device: str = "auto",
     quiet = quiet or not distributed.is_main()
     ws = prepare(cfg, store, quiet, cached_only=True)
     found = store.lookup("finetune", ws.key, force=False, cached_only=True)  # missing or damaged: refused
-    position = {int(node): i for i, node in enumerate(ws.data.node_ids)}
-    unknown = [n for n in node_ids if n not in position]
+    position = {str(node): i for i, node in enumerate(ws.data.node_ids.tolist())}  # ids as the command line spells them
+    unknown = [n for n in node_ids if str(n) not in position]
     if unknown:
-        raise InputError(f"unknown node ids {unknown[:5]}: {ws.data.name} has ids {ws.data.node_ids.min()}..{ws.data.node_ids.max()}")
-    nodes = np.array([position[n] for n in node_ids], dtype=np.int64)
+        known = ws.data.node_ids.tolist()
+        raise InputError(f"unknown node ids {unknown[:5]}: {ws.data.name} has ids such as {', '.join(map(str, known[:3]))}")
+    nodes = np.array([position[str(n)] for n in node_ids], dtype=np.int64)
 
     model = PeftModel.from_pretrained(load_model(resolve_llm(cfg.llm_path, store), device, cfg.quantization),
                                       found.path / "adapter")
@@ -47,9 +48,9 @@ def run(cfg: FinetuneConfig, store: Store, node_ids: list, device: str = "auto",
     node_tokens.eval()
     with torch.no_grad():
         suffixes, _ = node_tokens.tokens(nodes)
-    names, parts = ws.data.class_names, split_names(ws.split[nodes])
+    names, parts, ids = ws.data.class_names, split_names(ws.split[nodes]), ws.data.node_ids.tolist()
     return [{
-        "node_id": int(ws.data.node_ids[i]),
+        "node_id": ids[i],
         "split": part,
         "label": names[int(ws.data.y[i])],
         "prediction": names[int(row.argmax())],
@@ -57,5 +58,6 @@ def run(cfg: FinetuneConfig, store: Store, node_ids: list, device: str = "auto",
         "scores": {name: round(float(s), 4) for name, s in zip(names, row)},
         "words": [[ws.codebook.words[c] for c in view] for view in codes[i]],
         "text": ws.data.text[i] if ws.data.text is not None else None,
+        "title": title_and_rest(ws.data, i)[0] if ws.data.text is not None else None,
         "prompt": render(ws.tokenizer, ws.template, suffix),
     } for i, part, row, suffix in zip(nodes, parts, scores, suffixes)]

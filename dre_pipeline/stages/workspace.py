@@ -52,14 +52,20 @@ def prepare(cfg: FinetuneConfig, store: Store, quiet: bool = False, cached_only:
         raise InputError(f"--node-tokens none prompts with the node's text alone, and {data.name!r} has no text")
     graph_views = 0 if cfg.node_tokens == "none" else cfg.num_views
     template = build_template(tokenizer, data.class_names, graph_views, use_text)
-    text_ids = ([tokenizer(node_text(*title_and_rest(data, i)), add_special_tokens=False).input_ids[: cfg.max_text_tokens]
-                 for i in range(data.num_nodes)] if use_text else [[] for _ in range(data.num_nodes)])
+    text_ids = text_token_ids(tokenizer, data, cfg.max_text_tokens) if use_text else [[] for _ in range(data.num_nodes)]
     # The text settings enter the key through the prompts they make, so a graph without text
     # gets the same key whatever they say.
     own = key_fields(cfg, exclude=(*EncodeConfig.__dataclass_fields__, "use_text", "max_text_tokens"))
     key = artifact_key({"settings": own, "encode": encode.key, "llm": llm.identity,
                         "prompts": prompt_digest(template, text_ids)})
     return Workspace(cfg, encode, data, split, codebook, tokenizer, template, text_ids, key)
+
+
+def text_token_ids(tokenizer, data: GraphData, budget: int) -> list:
+    """Per node, the first ``budget`` tokens of its text as the prompt carries it (:func:`~dre_pipeline.prompts.node_text`:
+    in its own word order, the title first and named where the graph gives titles)."""
+    return [tokenizer(node_text(*title_and_rest(data, i)), add_special_tokens=False).input_ids[:budget]
+            for i in range(data.num_nodes)]
 
 
 def prompt_digest(template: PromptTemplate, text_ids: list) -> str:
