@@ -426,8 +426,9 @@ def per_seed_markdown(results: list) -> list:
         return f"{100 * val:.2f} / {100 * test:.2f}" if val is not None else "–"
 
     def margin(found: dict) -> str:
-        return " / ".join(f"{round(100 * (found[f'{part}_accuracy'] - found[f'stage_one_{part}_accuracy']), 2) + 0.0:+.2f}"
-                          for part in ("val", "test")) if found else "–"
+        cells = [(found.get(f"{part}_accuracy"), found.get(f"stage_one_{part}_accuracy")) for part in ("val", "test")]
+        return " / ".join(f"{round(100 * (llm - head), 2) + 0.0:+.2f}" if None not in (llm, head) else "–"
+                          for llm, head in cells)
 
     labels = [ROWS[row].label.split(" (")[0] for row in llm_rows]
     table = ["Per seed, validation / test accuracy %. The stage-one head reads the same words as the LLM "
