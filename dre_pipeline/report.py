@@ -53,16 +53,15 @@ def explanation_text(row: dict) -> str:
     lines.append("words per view:")
     lines += [f"  {t}-hop: {' '.join(words)}" for t, words in enumerate(row["words"], start=1)]
     if row["title"]:
-        lines += [f"title: {row['title']}", f"abstract: {shorten(row['text'], row['title'])}"]
+        lines += [f"title: {row['title']}", f"abstract: {shorten(row['abstract'])}"]
     elif row["text"] is not None:
         lines.append(f"text: {shorten(row['text'])}")
     return "\n".join(lines + ["prompt:", row["prompt"]])
 
 
-def shorten(text: str, title: str = "", chars: int = 300) -> str:
-    """The text after its title, cut at a word boundary near ``chars`` characters."""
-    rest = text[text.find(title) + len(title):].lstrip(' ,.:"\'\n') if title and title in text else text
-    rest = " ".join(rest.split())
+def shorten(text: str, chars: int = 300) -> str:
+    """``text`` on one line, cut at a word boundary near ``chars`` characters."""
+    rest = " ".join(text.split())
     return rest if len(rest) <= chars else rest[:chars].rsplit(" ", 1)[0] + " …"
 
 
@@ -190,7 +189,7 @@ def _explained_table(rows: list, num_views: int) -> str:
         cells = [row["node_id"], row["split"], row["label"],
                  f"{row['prediction']} {'✓' if row['correct'] else '✗'}",
                  f"{class_shares(row['scores'])[row['prediction']]:.1%}"] + [" ".join(w) for w in row["words"]]
-        cells += [f"{row['title']}: {shorten(row['text'], row['title'])}" if row["title"] else
+        cells += [f"{row['title']}: {shorten(row['abstract'])}" if row["title"] else
                   shorten(row["text"] or "")] * with_text
         body.append("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in cells)
                     + f"<td><details><summary>show</summary><pre>{html.escape(row['prompt'])}</pre></details></td></tr>")

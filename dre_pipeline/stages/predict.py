@@ -58,6 +58,6 @@ def run(cfg: FinetuneConfig, store: Store, node_ids: list, device: str = "auto",
         "scores": {name: round(float(s), 4) for name, s in zip(names, row)},
         "words": [[ws.codebook.words[c] for c in view] for view in codes[i]],
         "text": ws.data.text[i] if ws.data.text is not None else None,
-        "title": title_and_rest(ws.data, i)[0] if ws.data.text is not None else None,
+        **dict(zip(("title", "abstract"), title_and_rest(ws.data, i) if ws.data.text is not None else (None, None))),
         "prompt": render(ws.tokenizer, ws.template, suffix),
     } for i, part, row, suffix in zip(nodes, parts, scores, suffixes)]
