@@ -27,8 +27,8 @@ all: install
 	$(DRE) encode --dataset cora
 	$(DRE) finetune --dataset cora --ft-epochs 2
 
-# The accuracy tables of Cora, Cora-ML and Cora-text: their main rows, 3 seeds (RESULTS.md's "make bench" line gives the
-# measured time: 2 h 18 min on 2 cores; the artifact cache carries a rerun forward).
+# The accuracy tables of Cora, Cora-ML and Cora-text: their main rows, 3 seeds (RESULTS.md's "make bench" line sums the
+# measured times: 4.4 h on 2 cores so far, over the 4 h budget; the artifact cache carries a rerun forward).
 bench: install
 	$(DRE) bench --dataset cora
 	$(DRE) bench --dataset cora-ml

@@ -4,7 +4,10 @@ For each seed whose bench rows are in the store: the validation accuracy of the 
 label head, of the LLM fine-tuned on the text alone (bench row ``text``) and of Dr.E with
 words and text (row ``dre``); how often each is right where the other is wrong; and the
 accuracy of an oracle that picks, per node, whichever of the two is right: the headroom a
-reader of the text has over the head. Nothing is trained here: the artifacts must exist.
+reader of the text has over the head. Then what a real combiner gets of that headroom: the
+log-linear pool ``(1 - w) log p_LLM + w log p_head``, with ``w`` chosen on one half of the
+validation nodes and scored on the other (both ways), so the estimate never sees the nodes it
+was chosen on. Nothing is trained here: the artifacts must exist.
 
     python benchmarks/complementarity.py --dataset cora-text --store /work/store_text [--seeds 1]
 """
@@ -24,8 +27,12 @@ from dre_pipeline.stages.workspace import head_distribution, prepare
 BENCH_EPOCHS = 2  # bench's --ft-epochs, which names the rows' artifacts
 
 
+POOL_WEIGHTS = np.round(np.linspace(0, 1, 21), 2)
+
+
 def predictions(cfg: FinetuneConfig, store: Store):
-    """(workspace, each node's predicted class) of the fine-tuned LLM under ``cfg``, or None if not in the store."""
+    """(workspace, each node's class log-probabilities [N, C]) of the fine-tuned LLM under ``cfg``, or None
+    if not in the store (rows of nodes it did not score are NaN)."""
     try:
         ws = prepare(cfg, store, quiet=True, cached_only=True)
     except InputError:
@@ -35,9 +42,27 @@ def predictions(cfg: FinetuneConfig, store: Store):
         return None
     table = pq.read_table(found.path / "predictions.parquet")
     position = {node: i for i, node in enumerate(ws.data.node_ids.tolist())}
-    predicted = np.full(ws.data.num_nodes, -1)
-    predicted[[position[n] for n in table["node_id"].to_pylist()]] = table["prediction"].to_numpy()
-    return ws, predicted
+    scores = np.stack(table["scores"].to_numpy(zero_copy_only=False))
+    log_probs = np.full((ws.data.num_nodes, scores.shape[1]), np.nan)
+    log_probs[[position[n] for n in table["node_id"].to_pylist()]] = scores - np.logaddexp.reduce(scores, 1, keepdims=True)
+    return ws, log_probs
+
+
+def pooled_accuracy(head: np.ndarray, llm: np.ndarray, y: np.ndarray, seed: int = 0) -> tuple:
+    """(cross-fitted accuracy of the log-linear pool, the weight the whole set picks), on one set of nodes.
+
+    Each half picks the smallest head weight reaching its best accuracy (the LLM's own answer unless the head
+    helps), and is scored with the weight the other half picked.
+    """
+    def right(rows, w):
+        return ((1 - w) * llm[rows] + w * head[rows]).argmax(1) == y[rows]
+
+    def pick(rows):
+        return POOL_WEIGHTS[np.argmax([right(rows, w).mean() for w in POOL_WEIGHTS])]
+
+    halves = np.array_split(np.random.default_rng(seed).permutation(len(y)), 2)
+    correct = sum(right(scored, pick(chosen)).sum() for chosen, scored in (halves, halves[::-1]))
+    return correct / len(y), pick(np.arange(len(y)))
 
 
 def main() -> None:
@@ -48,8 +73,9 @@ def main() -> None:
     args = parser.parse_args()
     store = Store(Path(args.store))
     print("| seed | head | text-only LLM | Dr.E (words + text) | text right, head wrong | head right, text wrong "
-          "| oracle (head or text) | Dr.E right, head wrong | head right, Dr.E wrong | oracle (head or Dr.E) |")
-    print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+          "| oracle (head or text) | pool (head, text), cross-fitted (w) | Dr.E right, head wrong | head right, Dr.E wrong "
+          "| oracle (head or Dr.E) | pool (head, Dr.E), cross-fitted (w) |")
+    print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for seed in range(args.seeds):
         base = {"dataset": args.dataset, "seed": seed, "ft_epochs": BENCH_EPOCHS}
         text = predictions(FinetuneConfig(**base, **ROWS["text"].overrides), store)
@@ -59,16 +85,21 @@ def main() -> None:
         ws = (text or dre)[0]
         val = ws.split == 1
         y = ws.data.y.numpy()[val]
-        head = head_distribution(ws).argmax(1).numpy()[val] == y
+        head_log_probs = head_distribution(ws).clamp_min(1e-12).log().numpy()[val]
+        head = head_log_probs.argmax(1) == y
         cells = [f"{100 * head.mean():.2f}"]
         pairs = []
         for found in (text, dre):
-            right = found[1][val] == y if found else None
+            right = found[1][val].argmax(1) == y if found else None
             cells.append(f"{100 * right.mean():.2f}" if found else "–")
-            pairs.append(right)
-        for right in pairs:
-            cells += ([f"{100 * (right & ~head).mean():.2f}", f"{100 * (head & ~right).mean():.2f}",
-                       f"{100 * (head | right).mean():.2f}"] if right is not None else ["–"] * 3)
+            pairs.append((right, found))
+        for right, found in pairs:
+            if right is None:
+                cells += ["–"] * 4
+                continue
+            pooled, weight = pooled_accuracy(head_log_probs, found[1][val], y, seed)
+            cells += [f"{100 * (right & ~head).mean():.2f}", f"{100 * (head & ~right).mean():.2f}",
+                      f"{100 * (head | right).mean():.2f}", f"{100 * pooled:.2f} ({weight:.2f})"]
         print(f"| {seed} | " + " | ".join(cells) + " |")
 
 

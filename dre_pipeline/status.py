@@ -8,15 +8,19 @@ needs upstream is not in the store, no artifact of that stage (or below) can be 
 the current settings would use, so all of them count as stale. When the settings
 themselves cannot be resolved (a bad dataset, a GGUF not yet de-quantized here), the
 verdict is unknown and ``clean --stale-only`` refuses to guess.
+
+``clean`` removes only what no live process uses: it takes each key's use lock exclusively
+(see :mod:`.artifacts`) for as long as it removes what is under it, and keeps, and reports,
+whatever a live run holds.
 """
 
 import os
-import shutil
+import re
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Optional
 
-from .artifacts import Artifact, Store, damaged_files, file_digest
+from .artifacts import Artifact, Store, damaged_files, file_digest, remove_path
 from .config import FinetuneConfig
 from .data import load_dataset
 from .errors import InputError
@@ -26,7 +30,9 @@ from .stages import features as features_stage
 from .stages import workspace
 
 STAGES = ("llm", "features", "codebook", "encode", "finetune")  # upstream first: a key depends on those before it
-LEFTOVER_PREFIXES = (".tmp-", ".old-", ".ckpt-")  # what interrupted writes and training runs leave behind
+# What interrupted writes and training runs leave behind: .tmp-<key>-<pid>, .old-<key>-<pid> (Store.writing),
+# .ckpt-<key>.pt and .ckpt-<key>.pt.<pid>.tmp (Store.save_checkpoint).
+LEFTOVER = re.compile(r"\.(?:tmp|old)-(?P<folder_key>.+)-\d+|\.ckpt-(?P<checkpoint_key>.+?)\.pt(?:\.\d+\.tmp)?")
 
 
 @dataclass
@@ -46,7 +52,10 @@ class Entry:
 
     @property
     def headline(self) -> str:
-        return headline(self.artifact)
+        try:
+            return headline(self.artifact)
+        except (KeyError, TypeError, IndexError, ValueError):  # an unreadable or hand-edited manifest
+            return "(the manifest lacks its headline)"
 
 
 @dataclass
@@ -57,8 +66,30 @@ class Inventory:
     others: list  # (path, size) of non-stage folders: processed datasets, reports
 
 
-def folder_size(path: Path) -> int:
-    return sum((Path(root) / name).stat().st_size for root, _, names in os.walk(path) for name in names)
+@dataclass
+class Removal:
+    """What ``clean`` did with one artifact or leftover."""
+
+    path: Path
+    size: int  # bytes
+    in_use: bool = False  # a live run holds its key: kept
+    error: Optional[str] = None  # why removing it failed: kept as well
+
+
+def disk_size(path: Path) -> int:
+    """Bytes of a file, or of the files in a folder; a symbolic link counts none (its target is not the store's)."""
+    if path.is_symlink():
+        return 0
+    if not path.is_dir():
+        return _file_size(path)
+    return sum(_file_size(Path(root) / name) for root, _, names in os.walk(path) for name in names)
+
+
+def _file_size(path: Path) -> int:
+    try:
+        return path.lstat().st_size
+    except FileNotFoundError:  # a live run renamed or removed it while this counted
+        return 0
 
 
 def human_size(size: int) -> str:
@@ -87,7 +118,10 @@ def _dequantization_pending(cfg: FinetuneConfig, store: Store) -> bool:
     # resolve_llm would convert a GGUF not yet in the store (minutes, gigabytes for a large
     # model); a GGUF's identity is its file digest, so checking costs one read of the file.
     path = Path(cfg.llm_path).expanduser() if cfg.llm_path else embedded_gguf()
-    return path.is_file() and path.suffix == ".gguf" and store.find("llm", file_digest(path)) is None
+    if not (path.is_file() and path.suffix == ".gguf"):
+        return False
+    found = store.find("llm", file_digest(path))
+    return found is None or found.manifest_problem is not None
 
 
 def current_keys(cfg: FinetuneConfig, store: Store) -> Current:
@@ -121,7 +155,8 @@ def differing_settings(artifact: Artifact, cfg: FinetuneConfig) -> dict:
 
 
 def _writer_alive(folder: Path) -> bool:
-    # Store.writing names its folder .tmp-<key>-<pid>: a live pid may still be writing it.
+    # Store.writing names its folder .tmp-<key>-<pid>: a live pid may still be writing it (a run
+    # started before this version took the use lock is protected by its pid alone).
     pid = folder.name.rsplit("-", 1)[-1]
     if not pid.isdigit():
         return False
@@ -142,14 +177,25 @@ def inventory(cfg: Optional[FinetuneConfig], store: Store) -> Inventory:
         for artifact in store.list(stage):
             stale = (artifact.key != current.keys.get(stage)) if current.known else None
             differs = differing_settings(artifact, cfg) if cfg is not None else {}
-            entries.append(Entry(artifact, folder_size(artifact.path), stale, differs, damaged_files(artifact)))
+            entries.append(Entry(artifact, disk_size(artifact.path), stale, differs, damaged_files(artifact)))
         folder = store.root / stage
         if folder.is_dir():
-            leftovers += [(p, folder_size(p)) for p in sorted(folder.iterdir())
-                          if p.name.startswith(LEFTOVER_PREFIXES) and not _writer_alive(p)]
-    others = ([(p, folder_size(p)) for p in sorted(store.root.iterdir()) if p.is_dir() and p.name not in STAGES]
+            leftovers += [(p, disk_size(p)) for p in sorted(folder.iterdir()) if _left_over(store, p)]
+    others = ([(p, disk_size(p)) for p in sorted(store.root.iterdir()) if p.is_dir() and p.name not in STAGES]
               if store.root.is_dir() else [])
     return Inventory(current, entries, leftovers, others)
+
+
+def leftover_key(path: Path) -> Optional[str]:
+    """The key whose interrupted write or training run left ``path``, or None for anything else."""
+    match = LEFTOVER.fullmatch(path.name)
+    return match and (match["folder_key"] or match["checkpoint_key"])
+
+
+def _left_over(store: Store, path: Path) -> bool:
+    """Whether ``path`` is what an interrupted write or training run left, and no live process owns it."""
+    key = leftover_key(path)
+    return key is not None and not _writer_alive(path) and not store.in_use(path.parent.name, key)
 
 
 def status_text(inv: Inventory, root: Path) -> str:
@@ -178,16 +224,31 @@ def status_text(inv: Inventory, root: Path) -> str:
 
 
 def clean(cfg: FinetuneConfig, store: Store, stage: Optional[str], stale_only: bool, dry_run: bool) -> list:
-    """Remove artifact folders (of one stage, only stale ones if asked) and leftovers; return (path, size)."""
+    """Remove artifact folders (of one stage, only stale ones if asked) and leftovers that no live run uses.
+
+    One :class:`Removal` per candidate, removed or kept; a failure to remove one is reported and the rest go on.
+    """
     if stage is not None and stage not in STAGES:
         raise InputError(f"--stage must be one of {', '.join(STAGES)}, got {stage!r}")
     inv = inventory(cfg if stale_only else None, store)
     if stale_only and not inv.current.known:
         raise InputError(f"--stale-only: cannot tell which artifacts are stale: {inv.current.note}")
-    chosen = [(e.artifact.path, e.size) for e in inv.entries
+    chosen = [(e.artifact.stage, e.artifact.key, e.artifact.path, e.size) for e in inv.entries
               if (stage is None or e.artifact.stage == stage) and (not stale_only or e.stale)]
-    chosen += [(p, s) for p, s in inv.leftovers if stage is None or p.parent.name == stage]
-    if not dry_run:
-        for path, _ in chosen:
-            shutil.rmtree(path)
-    return chosen
+    chosen += [(p.parent.name, leftover_key(p), p, s) for p, s in inv.leftovers
+               if stage is None or p.parent.name == stage]
+    store.close()  # this clean reads none of what it looked up to tell stale from current
+    return [_remove_unused(store, *candidate, dry_run) for candidate in chosen]
+
+
+def _remove_unused(store: Store, stage: str, key: str, path: Path, size: int, dry_run: bool) -> Removal:
+    if dry_run:
+        return Removal(path, size, in_use=store.in_use(stage, key))
+    with store.unused(stage, key) as free:  # held until the removal is done: no run can start to use it
+        if not free:
+            return Removal(path, size, in_use=True)
+        try:
+            remove_path(path)
+        except OSError as error:
+            return Removal(path, size, error=error.strerror or str(error))
+    return Removal(path, size)

@@ -1,8 +1,16 @@
-"""The artifact store: atomic writes, cache hits, --force."""
+"""The artifact store: atomic writes, cache hits, --force, damage, a full disk, locks."""
+
+import errno
+import os
+import re
+import signal
+from contextlib import contextmanager
 
 import pytest
+from typer.testing import CliRunner
 
-from dre_pipeline.artifacts import Store, digest
+from dre_pipeline.artifacts import Artifact, Store, damaged_files, digest
+from dre_pipeline.cli import app
 from dre_pipeline.errors import InputError
 
 
@@ -28,7 +36,7 @@ def test_a_failed_write_leaves_nothing(tmp_path):
             (out / "half.txt").write_text("half")
             raise RuntimeError("killed")
     assert store.find("stage", "k1") is None
-    assert list((tmp_path / "stage").iterdir()) == []
+    assert [p.name for p in (tmp_path / "stage").iterdir()] == [".use-k1"]  # the key's lock, nothing written
 
 
 def test_force_replaces_only_when_complete(tmp_path):
@@ -55,8 +63,6 @@ def test_cached_only_miss_is_a_user_error(tmp_path):
     (lambda path: path.unlink(), "is missing"),
 ])
 def test_a_damaged_artifact_is_detected_and_never_used(tmp_path, caplog, harm, problem):
-    from dre_pipeline.artifacts import damaged_files
-
     from dre_pipeline.status import inventory, status_text
 
     store = Store(tmp_path)
@@ -110,3 +116,122 @@ def test_an_option_at_its_neutral_value_leaves_cache_keys_as_they_were():
     assert "features" not in key_fields(EncodeConfig())
     assert key_fields(CodebookConfig())["whole_words"] is True
     assert key_fields(EncodeConfig(features="llm"))["features"] == "llm"
+
+
+def _codebook_artifact(store: Store) -> Artifact:
+    with store.writing("codebook", "k1", {"kept": 1, "total": 2}) as out:
+        (out / "codes.bin").write_bytes(b"0123456789")
+    return store.find("codebook", "k1")
+
+
+@pytest.mark.parametrize("manifest", [
+    b"{ not json",
+    b"\xff\xfe not utf-8",
+    b"[1, 2]",  # JSON, but not an object
+    b'{"kept": 1, "total": 2}',  # no files
+    b'{"files": {"codes.bin": 10}}',  # files without their sizes and checksums
+])
+def test_a_manifest_that_cannot_be_read_makes_the_artifact_damaged(tmp_path, caplog, tiny_llm, manifest):
+
+    store = Store(tmp_path)
+    _codebook_artifact(store).file("manifest.json").write_bytes(manifest)
+    found = Store(tmp_path).find("codebook", "k1")
+    assert found.manifest == {} and damaged_files(found)[0].startswith("manifest.json ")
+    assert Store(tmp_path).lookup("codebook", "k1", force=False) is None and "damaged" in caplog.text  # rebuilt
+    with pytest.raises(InputError, match="run `dre-pipeline codebook` first"):
+        Store(tmp_path).lookup("codebook", "k1", force=False, cached_only=True)
+    status = CliRunner().invoke(app, ["status", "--llm-path", str(tiny_llm), "--dataset", "synthetic",
+                                      "--store", str(tmp_path), "--quiet"])
+    assert status.exit_code == 0 and "Traceback" not in status.output
+    row = next(line for line in status.output.splitlines() if line.startswith("codebook"))
+    assert " damaged " in row and "damaged: manifest.json" in status.output
+    assert damaged_files(_codebook_artifact(store)) == []  # a rebuild writes over it
+
+
+@pytest.mark.parametrize("added", ["extra.txt", "sub/manifest.json"])
+def test_a_file_not_in_the_manifest_makes_the_artifact_damaged(tmp_path, added):
+    from dre_pipeline.status import inventory, status_text
+
+    artifact = _codebook_artifact(Store(tmp_path))
+    (artifact.path / added).parent.mkdir(exist_ok=True)
+    (artifact.path / added).write_text("slipped in")
+    assert damaged_files(artifact) == [f"{added} is not in the manifest"]
+    assert Store(tmp_path).lookup("codebook", "k1", force=False) is None
+    text = status_text(inventory(None, Store(tmp_path)), tmp_path)
+    assert f"damaged: {added} is not in the manifest" in text
+
+
+def _no_space(*args, **kwargs):
+    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+
+@pytest.mark.parametrize("full_at", ["the stage's own file", "the manifest"])
+def test_a_full_disk_leaves_the_store_as_it_was(tmp_path, monkeypatch, full_at):
+    from dre_pipeline import artifacts
+    store = Store(tmp_path)
+    old = _codebook_artifact(store)
+    if full_at == "the manifest":
+        monkeypatch.setattr(artifacts, "write_json", _no_space)
+    expected = f"no space left on device: cannot write the codebook artifact under {tmp_path}; the store is as it was"
+    with pytest.raises(InputError, match=re.escape(expected)):
+        with store.writing("codebook", "k1", {"kept": 2, "total": 2}) as out:  # as --force does
+            (out / "codes.bin").write_bytes(b"9876543210")
+            if full_at == "the stage's own file":
+                _no_space()
+    again = Store(tmp_path).find("codebook", "k1")
+    assert again.manifest == old.manifest and damaged_files(again) == []
+    assert sorted(p.name for p in (tmp_path / "codebook").iterdir()) == [".use-k1", "k1"]  # no temporary folder
+
+
+def test_a_full_disk_stops_a_stage_command_with_one_line(tmp_path, monkeypatch, tiny_llm):
+    from dre_pipeline.codebook import Codebook
+
+    monkeypatch.setattr(Codebook, "save", _no_space)
+    result = CliRunner().invoke(app, ["codebook", "--llm-path", str(tiny_llm), "--store", str(tmp_path), "--quiet"])
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    assert result.stderr.strip().splitlines() == [
+        f"error: no space left on device: cannot write the codebook artifact under {tmp_path}; the store is as it was"]
+    assert Store(tmp_path).list("codebook") == [] and not list((tmp_path / "codebook").glob(".tmp-*"))
+
+
+def test_a_checkpoint_that_cannot_be_written_stops_with_one_line_and_keeps_the_previous(tmp_path, monkeypatch):
+    import torch
+
+    store = Store(tmp_path)
+    store.save_checkpoint("encode", "k1", {"epoch": 1})
+    monkeypatch.setattr(torch, "save", _no_space)
+    with pytest.raises(InputError, match="no space left on device: cannot write the encode checkpoint under"):
+        store.save_checkpoint("encode", "k1", {"epoch": 2})
+    assert store.load_checkpoint("encode", "k1") == {"epoch": 1}
+    assert [p.name for p in (tmp_path / "encode").iterdir()] == [".ckpt-k1.pt"]  # no half-written one beside it
+
+
+@contextmanager
+def _deadline(seconds: int):
+    """Fail, rather than hang, if the block waits on a lock that is never released."""
+    def expired(signum, frame):
+        raise TimeoutError(f"still waiting after {seconds} s: a deadlock")
+
+    previous = signal.signal(signal.SIGALRM, expired)
+    signal.alarm(seconds)
+    try:
+        yield
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+@pytest.mark.parametrize("why", ["damaged", "--force"])
+def test_a_run_using_an_artifact_can_rebuild_it_while_another_run_uses_it(tmp_path, why):
+    _codebook_artifact(Store(tmp_path))
+    other, run = Store(tmp_path), Store(tmp_path)  # two processes' views of one store: their flocks conflict alike
+    assert other.lookup("codebook", "k1", force=False) is not None  # a live run uses it
+    if why == "damaged":
+        (tmp_path / "codebook" / "k1" / "codes.bin").write_bytes(b"broken")
+    assert run.find("codebook", "k1") is not None  # and this run holds it too, then rebuilds it
+    with _deadline(20):
+        assert run.lookup("codebook", "k1", force=why == "--force") is None
+        with run.writing("codebook", "k1", {"kept": 2, "total": 2}) as out:
+            (out / "codes.bin").write_bytes(b"rebuilt")
+    rebuilt = Store(tmp_path).find("codebook", "k1")
+    assert rebuilt.manifest["kept"] == 2 and damaged_files(rebuilt) == []

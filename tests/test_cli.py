@@ -50,6 +50,31 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path, tiny_llm, args, message):
     assert not any((tmp_path / "codebook").glob("[!.]*"))  # refused before any work
 
 
+@pytest.mark.parametrize("args, env, message", [
+    (["encode", "--seed", "4294967296"], {}, "--seed must lie in 0..2147483647, got 4294967296"),
+    (["encode", "--min-chars", "1000"], {}, "token refinement keeps none of"),
+    (["finetune", "--lora-targets", "nonexistent"], {}, "has no module named nonexistent; its linear layers are"),
+    (["finetune", "--lora-targets", " , "], {}, "has no module named (none given)"),
+    (["finetune", "--node-tokens", "none", "--no-use-text"], {}, "--node-tokens none prompts with the node's text alone"),
+    (["encode"], {"DRE_CHECKPOINT_SECONDS": "soon"}, "$DRE_CHECKPOINT_SECONDS must be a number"),
+    (["encode"], {"DRE_CHECKPOINT_SECONDS": "-5"}, "$DRE_CHECKPOINT_SECONDS must be a number"),
+    (["finetune"], {"WORLD_SIZE": "two"}, "$WORLD_SIZE must be a whole number"),
+    (["finetune", "--device", "meta"], {}, "--device must be auto, cpu or cuda[:N], got 'meta'"),
+    (["finetune", "--device", "cuda:x"], {}, "--device must be auto, cpu or cuda[:N]"),
+    (["finetune", "--device", "cuda:99"], {}, "--device cuda:99: "),
+    (["report", "--device", "tpu"], {}, "--device must be auto, cpu or cuda[:N], got 'tpu'"),
+])
+def test_options_that_would_fail_after_the_work_are_refused_before_it(tmp_path, tiny_llm, args, env, message):
+    """Each of these once passed the checks, built a codebook or trained stage one, then failed."""
+    result = runner.invoke(app, [*args, "--dataset", "synthetic", "--epochs", "2", "--llm-path", str(tiny_llm),
+                                 "--store", str(tmp_path), "--quiet"], env=env)
+    assert result.exit_code == 2, result.output
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error:") and message in lines[0], result.output
+    for stage in ("codebook", "encode", "finetune"):
+        assert not any((tmp_path / stage).glob("[!.]*")), f"{stage} was written before the refusal"
+
+
 def test_4bit_on_a_cpu_the_kernels_cannot_serve_stops_clearly(tmp_path, tiny_llm):
     result = invoke("finetune", "--dataset", "synthetic", "--llm-path", str(tiny_llm), "--quantization", "4bit",
                     "--device", "cpu", store=tmp_path)
@@ -89,3 +114,22 @@ def test_preset_paper_fills_what_the_command_line_left_at_its_default(tmp_path, 
     assert invoke("status", store=tmp_path).exit_code == 0 and seen[1].quantization == "none"  # no preset
     result = invoke("status", "--preset", "fast", store=tmp_path)
     assert result.exit_code == 2 and "--preset must be one of none, paper" in result.output
+
+
+def test_a_full_disk_mid_run_is_one_line_and_keeps_what_was_finished(tmp_path, tiny_llm, monkeypatch):
+    """ENOSPC while a checkpoint is saved: one line, exit 2; the codebook finished before it stays intact."""
+    import errno
+
+    from dre_pipeline.artifacts import Store, damaged_files
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "encode" / ".ckpt.pt"))
+
+    monkeypatch.setattr(Store, "save_checkpoint", full)
+    result = runner.invoke(app, ["encode", "--dataset", "synthetic", "--epochs", "3", "--llm-path", str(tiny_llm),
+                                 "--store", str(tmp_path), "--quiet"], env={"DRE_CHECKPOINT_SECONDS": "0"})
+    assert result.exit_code == 2, result.output
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: no space left on device writing"), result.output
+    (codebook,) = Store(tmp_path).list("codebook")
+    assert damaged_files(codebook) == [] and not any((tmp_path / "encode").glob("[!.]*"))

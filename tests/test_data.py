@@ -4,6 +4,7 @@ graph, and the parquet folder format.  All offline; Cora is processed once per m
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -261,8 +262,11 @@ def test_folder_errors(tmp_path: Path) -> None:
 # --------------------------------------------------------------------------- sparse npz
 
 
-def write_npz(path: Path, spelling: str, names: bool = True) -> Path:
-    """Four nodes: a directed chain 0→1→2 with a self-loop on 3, 0/1 words over a 3-word vocabulary."""
+def write_npz(path: Path, spelling: str, names: bool = True, **changes) -> Path:
+    """Four nodes: a directed chain 0→1→2 with a self-loop on 3, 0/1 words over a 3-word vocabulary.
+
+    ``changes`` replace arrays by key (``None`` leaves the key out): the files a broken exporter writes.
+    """
     from scipy.sparse import csr_matrix
 
     adjacency = csr_matrix((np.ones(3, np.float32), ([0, 1, 3], [1, 2, 3])), shape=(4, 4))
@@ -274,7 +278,8 @@ def write_npz(path: Path, spelling: str, names: bool = True) -> Path:
         arrays.update(node_names=np.array(["101\n", "7\n", "55\n", "3\n"]),
                       attr_names=np.array(["graph", "language", "model"]),
                       class_names=np.array(["AI/ML/Neural_Networks", "AI/ML/Case-Based"]))
-    np.savez(path, **arrays)
+    arrays.update(changes)
+    np.savez(path, **{key: values for key, values in arrays.items() if values is not None})
     return path
 
 
@@ -310,6 +315,69 @@ def test_npz_errors(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)  # no ../shared/datasets beside it either
     with pytest.raises(InputError, match="cora_ml.npz not found"):
         load_dataset("cora-ml", tmp_path, tmp_path)
+
+
+@pytest.mark.parametrize("changes, message", [
+    ({"labels": np.array([0, np.nan, 1, 0])}, r"'labels' must hold one whole number per node, found float64"),
+    ({"labels": np.array(["ML", "AI", "AI", "ML"])}, r"'labels' must hold one whole number per node, found <U2"),
+    ({"labels": np.array([0, 1, 1, 0], dtype=object)}, r"cannot read its 'labels' array \(Object arrays"),
+    ({"labels": np.array([0, 1, 10**6, 0]), "class_names": None}, r"integer labels must number the classes 0..C-1"),
+    ({"adj_matrix.shape": np.array([5, 5])}, r"adj CSR arrays disagree with adj_matrix.shape \(5, 5\) "
+                                             r"\(index pointer size 5 should be 6\)"),
+    ({"attr_matrix.shape": np.array([3, 3])}, r"attr CSR arrays disagree with attr_matrix.shape \(3, 3\)"),
+    ({"adj_matrix.indices": np.array([1, 2, 7])}, r"indices must be < 4"),
+    ({"adj_matrix.indices": np.array([1, -2, 3])}, r"indices must be >= 0"),
+    ({"adj_matrix.indptr": np.array([0, 2, 1, 2, 3])}, r"indptr must be a non-decreasing sequence"),
+    ({"adj_matrix.indices": np.array([1.5, 2, 3])}, r"adj_matrix.indices must hold whole numbers, found float64"),
+    ({"adj_matrix.shape": np.array([4, 5])}, r"the adjacency matrix is 4 x 5, not square"),
+    ({"attr_names": np.array(["graph", "language"])}, r"2 attr_names for 3 attribute columns"),
+    ({"node_names": np.array(["1", "2"])}, r"2 node_names for 4 nodes"),
+    ({"attr_matrix.shape": np.array([4, 2**42]), "attr_names": None}, r"do not fit in memory as a dense matrix"),
+])
+def test_npz_arrays_that_disagree_stop_with_one_line(tmp_path: Path, changes: dict, message: str) -> None:
+    path = write_npz(tmp_path / "bad.npz", "{}_matrix.{}", **changes)
+    with pytest.raises(InputError, match=message) as error:
+        load_dataset(str(path), None, tmp_path)
+    assert str(path) in str(error.value) and "\n" not in str(error.value)
+
+
+def _flip_a_label_byte(data: bytes) -> bytes:
+    """One byte of the stored labels changed (past the zip's local header and the 128-byte .npy header)."""
+    import io
+    import struct
+    import zipfile
+
+    offset = zipfile.ZipFile(io.BytesIO(data)).getinfo("labels.npy").header_offset
+    name_length, extra_length = struct.unpack_from("<HH", data, offset + 26)
+    at = offset + 30 + name_length + extra_length + 128
+    return data[:at] + bytes([data[at] ^ 0xFF]) + data[at + 1:]
+
+
+def _raw_member(path: Path) -> None:
+    """A zip whose 'labels' member is not an .npy array: np.load hands such a member over as bytes."""
+    from tests.test_fuzz import _zip_with_a_text_member
+
+    _zip_with_a_text_member(None, dict(np.load(path)), path)
+
+
+def _npy_instead(path: Path) -> None:
+    with open(path, "wb") as handle:
+        np.save(handle, np.zeros(4))
+
+
+@pytest.mark.parametrize("damage, message", [
+    (lambda path: path.write_bytes(b""), r"not a readable .npz file \(no zip archive"),
+    (lambda path: path.write_bytes(path.read_bytes()[:700]), r"not a readable .npz file \(no zip archive"),
+    (_npy_instead, r"not a readable .npz file \(no zip archive"),
+    (lambda path: path.write_bytes(_flip_a_label_byte(path.read_bytes())), r"cannot read its 'labels' array \(Bad CRC"),
+    (_raw_member, r"its 'labels' entry is not a .npy array"),
+])
+def test_npz_files_damaged_on_disk_stop_with_one_line(tmp_path: Path, damage, message) -> None:
+    path = write_npz(tmp_path / "damaged.npz", "{}_matrix.{}")
+    damage(path)
+    with pytest.raises(InputError, match=message) as error:
+        load_dataset(str(path), None, tmp_path)
+    assert "\n" not in str(error.value)
 
 
 def test_cora_ml_from_the_shared_folder(datasets_root: Path, tmp_path: Path) -> None:
@@ -357,6 +425,38 @@ def test_bad_graphs_are_refused_and_isolated_nodes_are_fine(tmp_path: Path) -> N
     data = load_dataset(isolated, None, cache)  # nodes 3..5 have no edge at all
     assert data.num_nodes == 6 and set(data.edge_index.flatten().tolist()) == {0, 1, 2}
     assert (make_split(data, "random", 0) >= 0).all()
+
+
+EDGES_CSV = b"src,dst\n0,1\n1,2\n"
+
+
+@pytest.mark.parametrize("nodes_csv, message", [
+    (b"node_id,label,label,f0\n0,a,b,1\n1,b,a,2\n2,a,b,3\n", r"nodes.csv: column\(s\) label appear more than once"),
+    (b"node_id,label,f0\n0,0,1\n1,1000000,2\n2,1,3\n", r"nodes.csv: integer labels must number the classes 0..C-1 "
+                                                     r"\(or classes.json must name them\); found label 1000000"),
+    (b"node_id,label,f0\n0,a,1\n1,b,1e39\n2,a,3\n", r"nodes.csv row 2: feature 0 is 1e\+39, beyond the range of f"),
+    (b"node_id,label,text\n0,a,fine\n1,b,caf\xe9\n2,a,ok\n", r"nodes.csv row 2: column 'text' is not UTF-8 text"),
+    (b"node_id,label,f0\n", r"nodes.csv has a header but no rows"),
+])
+def test_tables_that_escaped_as_tracebacks_warnings_or_hangs_stop_with_one_line(tmp_path: Path, nodes_csv: bytes,
+                                                                                  message: str) -> None:
+    folder = tmp_path / "graph"
+    folder.mkdir()
+    (folder / "nodes.csv").write_bytes(nodes_csv)
+    (folder / "edges.csv").write_bytes(EDGES_CSV)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a cast that overflows would warn on the user's stderr
+        with pytest.raises(InputError, match=message) as error:
+            load_dataset(str(folder), None, tmp_path / "cache")
+    assert "\n" not in str(error.value)
+
+
+def test_unsigned_ids_beyond_int64_are_refused_rather_than_wrapped(tmp_path: Path) -> None:
+    ids = pa.array([2**64 - 1, 2**64 - 2, 5], pa.uint64())
+    folder = write_folder(tmp_path / "ids", {"node_id": ids, "label": ["a", "b", "a"], "f0": [1.0, 2.0, 3.0]},
+                          {"src": ids[:2], "dst": ids[1:]})
+    with pytest.raises(InputError, match=r"nodes.parquet: column 'node_id' holds integers beyond 64 bits"):
+        load_dataset(str(folder), None, tmp_path / "cache")
 
 
 def write_ogb_arxiv(root: Path, num_nodes: int = 30, num_classes: int = 3) -> Path:

@@ -1,11 +1,14 @@
 """LLM resolution: folders, GGUF files, the embedded default, clear errors."""
 
+import json
+import shutil
+
 import pytest
 import torch
 
 from dre_pipeline.artifacts import Store
 from dre_pipeline.errors import InputError
-from dre_pipeline.llm import quantization_config, resolve_device, resolve_llm
+from dre_pipeline.llm import _check_gguf, embedded_gguf, quantization_config, resolve_device, resolve_llm
 
 
 def test_folder_resolves_to_itself_with_stable_identity(tmp_path, tiny_llm):
@@ -41,3 +44,67 @@ def test_device_resolution():
     assert resolve_device("cpu").type == "cpu"
     with pytest.raises(InputError):
         resolve_device("tpu")
+
+
+def broken_copy(tmp_path, tiny_llm, damage):
+    folder = tmp_path / "model"
+    shutil.copytree(tiny_llm, folder)
+    damage(folder)
+    return folder
+
+
+def truncate(path, keep: float = 0.5):
+    path.write_bytes(path.read_bytes()[: int(path.stat().st_size * keep)])
+
+
+def shard_index_naming_a_missing_shard(folder):
+    (folder / "model.safetensors").rename(folder / "model-00001-of-00002.safetensors")
+    (folder / "model.safetensors.index.json").write_text(json.dumps({"weight_map": {
+        "model.embed_tokens.weight": "model-00001-of-00002.safetensors",
+        "model.norm.weight": "model-00002-of-00002.safetensors"}}))
+
+
+@pytest.mark.parametrize("damage, message", [
+    (lambda f: (f / "config.json").write_text('{"model_type": "llama",'), r"config.json: not readable JSON"),
+    (lambda f: (f / "config.json").write_text('{"hidden_size": 32}'), r"config.json: no model_type"),
+    (lambda f: (f / "config.json").write_text('{"model_type": "vit"}'), r"model_type 'vit' is not a causal language"),
+    (lambda f: (f / "model.safetensors").unlink(), r"no weights \(model.safetensors or pytorch_model.bin"),
+    (lambda f: truncate(f / "model.safetensors"), r"model.safetensors: not a readable safetensors file, truncated"),
+    (shard_index_naming_a_missing_shard, r"index.json: names shard\(s\) the folder lacks: model-00002-of-00002"),
+    (lambda f: (f / "tokenizer.json").unlink(), r"no tokenizer \(none of tokenizer.json"),
+    (lambda f: (f / "tokenizer.json").write_text("{"), r"tokenizer.json: not readable JSON"),
+])
+def test_a_broken_model_folder_is_refused_at_resolve_naming_the_file(tmp_path, tiny_llm, damage, message):
+    folder = broken_copy(tmp_path, tiny_llm, damage)
+    with pytest.raises(InputError, match=message) as error:
+        resolve_llm(str(folder), Store(tmp_path / "store"))
+    assert str(folder) in str(error.value) and "\n" not in str(error.value)
+
+
+@pytest.mark.parametrize("damage, message", [
+    (lambda data: b"", r"not a readable GGUF file, truncated or damaged \(cannot mmap an empty file\)"),
+    (lambda data: data[:20], r"not a readable GGUF file, truncated or damaged"),
+    (lambda data: data[:-100], r"not a readable GGUF file, truncated or damaged"),  # inside the last tensor
+    (lambda data: b"GGML" + data[4:], r"GGUF magic invalid"),
+])
+def test_a_corrupt_or_truncated_gguf_is_refused_before_any_conversion(tmp_path, damage, message):
+    from test_fuzz import write_tiny_gguf
+
+    path = write_tiny_gguf(tmp_path / "tiny.gguf")
+    path.write_bytes(damage(path.read_bytes()))
+    store = Store(tmp_path / "store")
+    with pytest.raises(InputError, match=message) as error:
+        resolve_llm(str(path), store)
+    assert str(path) in str(error.value) and "\n" not in str(error.value)
+    assert not list(store.root.glob("llm/[!.]*"))
+
+
+def test_checking_the_embedded_gguf_reads_its_metadata_and_dequantizes_nothing(monkeypatch):
+    import gguf
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the check de-quantized a tensor")
+
+    monkeypatch.setattr(gguf, "dequantize", refuse)
+    monkeypatch.setattr(gguf.quants, "dequantize", refuse)
+    _check_gguf(embedded_gguf())  # passes: the shipped model is sound

@@ -4,9 +4,11 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 
 import pyarrow.parquet as pq
+import pytest
 
 from dre_pipeline.artifacts import Store
 
@@ -71,12 +73,25 @@ def test_finetune_killed_mid_run_resumes_and_matches_an_uninterrupted_run(tmp_pa
     assert pq.read_table(a.path / "predictions.parquet").equals(pq.read_table(b.path / "predictions.parquet"))
 
 
-def test_ctrl_c_stops_with_one_line_and_the_rerun_resumes(tmp_path, tiny_llm):
-    run = dre(tmp_path, tiny_llm, *ENCODE, wait=False)
+# Long enough that no machine finishes it before the signal: the tests stop it at a checkpoint they wait for.
+ENDLESS = ["encode", "--dataset", "synthetic", "--epochs", "100000", "--patience", "100000", "--eval-epochs", "1"]
+
+
+@pytest.mark.parametrize("signum, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_ctrl_c_and_sigterm_stop_with_one_line_and_the_rerun_resumes(tmp_path, tiny_llm, signum, code):
+    run = dre(tmp_path, tiny_llm, *ENDLESS, "--quiet", wait=False)
     wait_for_checkpoint(run, tmp_path / "encode")
-    run.send_signal(signal.SIGINT)
+    run.send_signal(signum)
     _, stderr = run.communicate(timeout=60)
-    assert run.returncode == 130 and "Traceback" not in stderr
+    assert run.returncode == code and "Traceback" not in stderr
     assert stderr.strip().splitlines()[-1].startswith("interrupted: finished artifacts are kept")
-    rerun = dre(tmp_path, tiny_llm, *ENCODE, "--no-quiet")
-    assert rerun.returncode == 0 and "resuming an interrupted run" in rerun.stderr
+    assert Store(tmp_path).list("encode") == []  # no half artifact
+    rerun = dre(tmp_path, tiny_llm, *ENDLESS, wait=False)
+    deadline = threading.Timer(300, rerun.kill)  # a rerun that never says it resumes ends the read, not the suite
+    deadline.start()
+    try:
+        assert any("resuming an interrupted run after epoch" in line for line in rerun.stderr)
+    finally:
+        deadline.cancel()
+        rerun.kill()
+        rerun.wait()

@@ -5,6 +5,7 @@ import time
 from ..artifacts import Artifact, Store, artifact_key, digest
 from ..codebook import Codebook, refine_vocabulary
 from ..config import CodebookConfig, key_fields
+from ..errors import InputError
 from ..llm import load_embeddings, load_tokenizer, resolve_llm
 from ..runtime import log
 
@@ -22,6 +23,10 @@ def run(cfg: CodebookConfig, store: Store, force: bool = False, cached_only: boo
     tokenizer = load_tokenizer(llm)
     kept = refine_vocabulary(tokenizer, cfg.min_chars, cfg.word_start_only, cfg.max_codes, cfg.refine,
                              cfg.whole_words, cfg.drop_function_words, vocabulary)
+    if not kept:  # an empty codebook would be cached and then fail inside encode
+        among = " among the graph's own words" if vocabulary is not None else ""
+        raise InputError(f"token refinement keeps none of {llm.name}'s tokens{among} (--min-chars {cfg.min_chars}): "
+                         "lower --min-chars or pass --no-refine")
     embeddings = load_embeddings(llm)
     token_ids = [token_id for token_id, _ in kept]
     codebook = Codebook(embeddings[token_ids].contiguous(), token_ids, [word for _, word in kept])

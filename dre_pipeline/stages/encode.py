@@ -18,7 +18,7 @@ import pyarrow.parquet as pq
 import torch
 
 from .. import losses
-from ..artifacts import Artifact, Store, artifact_key, write_json
+from ..artifacts import Artifact, Store, artifact_key, save_torch, write_json
 from ..codebook import Codebook, text_vocabulary
 from ..config import CodebookConfig, EncodeConfig, key_fields, subset
 from ..data import GraphData, load_dataset, make_split, split_names
@@ -209,7 +209,7 @@ def run(cfg: EncodeConfig, store: Store, force: bool = False, quiet: bool = Fals
         write_codes(out / "codes.parquet", data, split_np, [codes[:, t].numpy() for t in range(codes.size(1))],
                     codebook)
         write_json(out / "metrics.json", metrics)
-        torch.save({"state_dict": model.state_dict()}, out / "gnn.pt")
+        save_torch({"state_dict": model.state_dict()}, out / "gnn.pt")
     log.info("encode: label head accuracy train %.4f val %.4f test %.4f; perplexity per view %s; %.1fs → %s",
              acc["train"], acc["val"], acc["test"], [round(p, 1) for p in metrics["perplexity"]], train_seconds,
              store.root / "encode" / key)

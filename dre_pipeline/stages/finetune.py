@@ -15,10 +15,10 @@ import pyarrow.parquet as pq
 import torch
 
 from .. import distributed
-from ..artifacts import Artifact, Store, write_json
+from ..artifacts import Artifact, Store, save_torch, write_json
 from ..config import FinetuneConfig, key_fields
 from ..data import split_names
-from ..llm import attach_lora, load_model, quantization_config, resolve_device, resolve_llm
+from ..llm import attach_lora, load_model, lora_targets, quantization_config, resolve_device, resolve_llm
 from ..runtime import log, peak_memory_mb, seed_everything
 from . import encode as encode_stage
 from .node_tokens import GraphInTheLoop, StoredWords, graph_in_the_loop, sampled_codes
@@ -36,6 +36,7 @@ def run(cfg: FinetuneConfig, store: Store, force: bool = False, quiet: bool = Fa
     quiet = quiet or not distributed.is_main()
     llm = resolve_llm(cfg.llm_path, store)
     quantization_config(cfg.quantization, device, llm)  # an impossible setting stops before any work
+    targets = lora_targets(llm, cfg.lora_targets)
     ws = prepare(cfg, store, quiet)
     found = store.lookup("finetune", ws.key, force) if distributed.is_main() else None
     if distributed.agree(found is not None):
@@ -50,7 +51,7 @@ def run(cfg: FinetuneConfig, store: Store, force: bool = False, quiet: bool = Fa
 
         model = PeftModel.from_pretrained(model, base.path / "adapter", is_trainable=True)
     else:
-        model = attach_lora(model, cfg, cfg.quantization != "none")
+        model = attach_lora(model, cfg, cfg.quantization != "none", targets)
     predictor = predictor_for(ws, model)
     codes = codes_from_table(pq.read_table(ws.encode.path / "codes.parquet"), cfg.num_views)
 
@@ -120,7 +121,7 @@ def _write(store: Store, ws: Workspace, model, codes: np.ndarray, nodes: np.ndar
         write_json(out / "prompt.json", {"instruction": ws.template.instruction,
                                          "scoring": "first-token" if ws.template.first_token_unique else "sequence"})
         if gnn_state is not None:  # the GNN (and projector) the final model reads through
-            torch.save(gnn_state, out / "graph_in_the_loop.pt")
+            save_torch(gnn_state, out / "graph_in_the_loop.pt")
     log.info("finetune: test accuracy %.4f (macro-F1 %.4f) → %s", final["test"]["accuracy"],
              final["test"]["macro_f1"], store.root / "finetune" / ws.key)
     return store.find("finetune", ws.key, cached=False)

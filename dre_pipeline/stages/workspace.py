@@ -37,9 +37,12 @@ class Workspace:
 
 
 def prepare(cfg: FinetuneConfig, store: Store, quiet: bool = False, cached_only: bool = False) -> Workspace:
+    data, split = encode_stage.load_graph(cfg, store, quiet, cached_only)
+    use_text = cfg.use_text and data.text is not None
+    if cfg.node_tokens == "none" and not use_text:  # refused before stage one runs
+        raise InputError(f"--node-tokens none prompts with the node's text alone, and {data.name!r} has no text")
     encode = encode_stage.run(subset(cfg, EncodeConfig), store, quiet=quiet, cached_only=cached_only)
     llm = resolve_llm(cfg.llm_path, store)
-    data, split = encode_stage.load_graph(cfg, store, quiet, cached_only)
     codebook_artifact = store.find("codebook", encode.manifest["codebook"])
     if codebook_artifact is None or codebook_artifact.manifest["llm"]["identity"] != llm.identity:
         built_for = codebook_artifact.manifest["llm"]["name"] if codebook_artifact else "no codebook in this store"
@@ -47,9 +50,6 @@ def prepare(cfg: FinetuneConfig, store: Store, quiet: bool = False, cached_only:
                          "run encode with the same --llm-path as finetune")
     codebook = Codebook.load(codebook_artifact.path)
     tokenizer = load_tokenizer(llm)
-    use_text = cfg.use_text and data.text is not None
-    if cfg.node_tokens == "none" and not use_text:
-        raise InputError(f"--node-tokens none prompts with the node's text alone, and {data.name!r} has no text")
     graph_views = 0 if cfg.node_tokens == "none" else cfg.num_views
     template = build_template(tokenizer, data.class_names, graph_views, use_text)
     text_ids = text_token_ids(tokenizer, data, cfg.max_text_tokens) if use_text else [[] for _ in range(data.num_nodes)]
