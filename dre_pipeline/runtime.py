@@ -55,10 +55,10 @@ def rng_state(device: torch.device) -> dict:
 def set_rng_state(state: dict, device: torch.device) -> None:
     """Restore :func:`rng_state`; a checkpoint without a CUDA state (written on a CPU, or before it was kept) leaves
     the GPU's generator as seeded."""
-    torch.set_rng_state(state["torch"].cpu())  # generator states are CPU byte tensors wherever a load put them
+    torch.set_rng_state(state["torch"])
     random.setstate(state["python"])
     if device.type == "cuda" and "cuda" in state:
-        torch.cuda.set_rng_state(state["cuda"].cpu(), device)
+        torch.cuda.set_rng_state(state["cuda"], device)
 
 
 def reset_peak_memory(device: torch.device) -> None:

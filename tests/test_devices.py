@@ -5,7 +5,6 @@ tests/test_cuda.py runs the same paths on a real GPU where there is one.
 """
 
 import contextlib
-import json
 import re
 from pathlib import Path
 
@@ -211,4 +210,3 @@ def test_economy_table_shows_each_rows_gpu_peak():
     assert any(line.startswith("| row |") and line.endswith("| peak MB | peak GPU MB |") for line in lines)
     assert next(line for line in lines if line.startswith("| dre |")).endswith("| 900 | 812 |")
     assert next(line for line in lines if line.startswith("| 4bit |")).endswith("| 900 | – |")
-    assert json.dumps(payload)  # rows stay plain JSON
