@@ -120,6 +120,24 @@ def save_torch(state, path: Path) -> None:
         torch.save(state, f)
 
 
+def load_torch(path: Path, device: "torch.device"):
+    """``torch.load`` (weights only) of a file :func:`save_torch` wrote, onto the run's ``device``.
+
+    Tensors saved on any GPU (``cuda:0`` of another machine, or another rank's) come back on
+    ``device``; those saved on the CPU stay there, as the code that saved them kept them
+    (generator states, the optimiser's step counts). Without a ``map_location`` torch would put
+    each on the device it was saved from: no GPU there is an error, and every rank of a resumed
+    ``torchrun`` would load onto ``cuda:0``.
+    """
+    import torch
+    from torch.serialization import default_restore_location
+
+    def place(storage, saved_on: str):
+        return storage if saved_on == "cpu" else default_restore_location(storage, str(device))
+
+    return torch.load(path, map_location=place, weights_only=True)
+
+
 def write_json(path: Path, payload) -> None:
     path.write_text(json.dumps(payload, indent=2, sort_keys=True, default=str) + "\n")
 
@@ -280,15 +298,14 @@ class Store:
             tmp.unlink(missing_ok=True)
             raise self._write_error(f"the {stage} checkpoint", error, "the last one is kept") from None
 
-    def load_checkpoint(self, stage: str, key: str) -> Optional[dict]:
-        """The state a killed run left for ``key``, or None (also for one that cannot be read)."""
-        import torch
-
+    def load_checkpoint(self, stage: str, key: str, device: "torch.device") -> Optional[dict]:
+        """The state a killed run left for ``key``, onto the run's ``device`` (:func:`load_torch`), or None
+        (also for one that cannot be read)."""
         path = self.checkpoint(stage, key)
         if not path.is_file():
             return None
         try:
-            return torch.load(path, weights_only=True)
+            return load_torch(path, device)
         except Exception as error:  # a checkpoint is an optimisation: an unreadable one means starting over
             log.warning("%s: checkpoint %s cannot be read (%s); starting over", stage, path, error)
             return None

@@ -22,7 +22,7 @@ from pathlib import Path
 from .artifacts import Store, digest
 from .config import BenchConfig, EncodeConfig, FinetuneConfig, key_fields
 from .errors import InputError
-from .runtime import log, peak_memory_mb, progress, setup_logging
+from .runtime import host_peak_mb, log, progress, setup_logging
 
 @dataclass(frozen=True)
 class Row:
@@ -107,8 +107,7 @@ def run_row(row: str, settings: dict, store_root: str, quiet: bool) -> dict:
 
         artifact = finetune.run(cfg, store, quiet=quiet, device="auto")
         metrics = json.loads((artifact.path / "metrics.json").read_text())
-        # a cache hit's process did not train: the peak is the one its training run recorded
-        recorded = artifact.manifest.get("peak_memory_mb") if artifact.cached else None
+        recorded = artifact.manifest.get("peak_memory_mb", {})  # the peaks of the run that trained it
         encode = store.find("encode", artifact.manifest["encode"])
         codebook = store.find("codebook", encode.manifest["codebook"])
         phase = metrics["joint" if cfg.joint else "finetune"]
@@ -124,11 +123,14 @@ def run_row(row: str, settings: dict, store_root: str, quiet: bool) -> dict:
             "trained_prompts_per_second": phase.get("trained_prompts_per_second"),
             "inference_nodes_per_second": metrics["final"]["inference_nodes_per_second"],
             "cached": artifact.cached,
-            "peak_memory_mb": recorded["cpu"] if recorded else peak_memory_mb()["cpu"],
+            # a cache hit's process did not train: its host peak is the one the training run recorded
+            "peak_memory_mb": recorded["cpu"] if artifact.cached and recorded else host_peak_mb(),
+            # the GPU's is always the training run's own (finetune measures it from its start); None on a CPU
+            "peak_gpu_memory_mb": recorded.get("cuda"),
             # the joint pass that beat no plain-model evaluation has no number of its own
             "kept_plain_model": bool(cfg.joint and metrics["joint"].get("kept_start")),
         }
-    out.setdefault("peak_memory_mb", peak_memory_mb()["cpu"])
+    out.setdefault("peak_memory_mb", host_peak_mb())
     out.update(row=row, label=spec.label, seed=cfg.seed, wall_seconds=round(time.time() - started, 2))
     return out
 
@@ -139,7 +141,7 @@ def machine() -> str:
     from .speed import cpu_name
 
     memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
-    device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "CPU only"
+    device = torch.cuda.get_device_name() if torch.cuda.is_available() else "CPU only"  # the one --device auto takes
     return (f"{cpu_name()} (capability {torch.backends.cpu.get_cpu_capability()}), {os.cpu_count()} cores, "
             f"{memory:.0f} GiB, {device}")
 
@@ -379,20 +381,20 @@ def economy_markdown(payload: dict) -> list:
     by = {r["row"]: r for r in payload["results"]}
     ours = by.get("dre", {}).get("trained_prompts_per_second")
     table = ["| row | val % | test % | fine-tuning s | train prompts/s | of Dr.E's | train tok/s | infer nodes/s | "
-             "peak MB |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+             "peak MB | peak GPU MB |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for row in ECONOMY_ROWS:
         if row not in by:
             continue
         r = by[row]
         if "refused" in r:
-            table.append(f"| {r['label']} | refused: {r['refused']} |" + " – |" * 7)
+            table.append(f"| {r['label']} | refused: {r['refused']} |" + " – |" * 8)
             continue
         prompts = r.get("trained_prompts_per_second")
         ratio = f"{prompts / ours:.2f}x" if prompts and ours else "–"
         table.append(f"| {r['label']} | {100 * r['val_accuracy']:.2f} | {100 * r['test_accuracy']:.2f} | "
                      f"{r['seconds']['finetune']:.0f} | {prompts or 0:.2f} | {ratio} | "
                      f"{r['trained_tokens_per_second']:.0f} | {r['inference_nodes_per_second']:.1f} | "
-                     f"{r['peak_memory_mb']:.0f} |")
+                     f"{r['peak_memory_mb']:.0f} | {gpu_peak(r)} |")
     return [
         f"## Token economy and 8-/4-bit weights: {payload['settings']['dataset']}",
         "",
@@ -405,10 +407,18 @@ def economy_markdown(payload: dict) -> list:
         "- train tok/s counts the tokens a step runs through the model (the shared prefix once per batch for "
         "Dr.E, once per prompt for the plain forward); train prompts/s is the rate that compares them; "
         "fine-tuning s includes the validation passes and, for Dr.E, filling the frozen-layer cache",
+        "- peak MB is the resident memory of the row's process; peak GPU MB is what the fine-tuning run allocated at "
+        "most on its GPU (– where it ran on the CPU)",
         "",
         *table,
         "",
     ]
+
+
+def gpu_peak(result: dict) -> str:
+    """The row's GPU peak in MB, or – for a row run on the CPU (or recorded before GPU peaks were)."""
+    peak = result.get("peak_gpu_memory_mb")
+    return f"{peak:.0f}" if peak is not None else "–"
 
 
 def per_seed_markdown(results: list) -> list:

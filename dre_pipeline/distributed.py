@@ -8,8 +8,9 @@ before clipping and the optimiser step, and every process keeps the same weights
 Scoring is split the same way and gathered, so early stopping decides the same
 everywhere. Only the first process logs, checkpoints and writes the artifact.
 
-The process group uses NCCL on CUDA and gloo on CPU. Without ``torchrun`` (no
-``WORLD_SIZE`` in the environment) everything here is a no-op: one process, rank 0.
+The process group uses NCCL on CUDA and gloo on CPU. NCCL serves CUDA tensors only, so
+every tensor a collective here builds goes on :func:`collective_device`. Without ``torchrun``
+(no ``WORLD_SIZE`` in the environment) everything here is a no-op: one process, rank 0.
 """
 
 import logging
@@ -20,15 +21,32 @@ import torch.distributed as dist
 
 
 def setup(device: torch.device) -> torch.device:
-    """Join the process group ``torchrun`` describes, once; return this process's device."""
-    if int(os.environ.get("WORLD_SIZE", 1)) > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-        if dist.get_rank():  # one voice in the log: the first process's
-            logging.getLogger("dre_pipeline").setLevel(logging.WARNING)
-    if dist.is_initialized() and device.type == "cuda":
+    """Join the process group ``torchrun`` describes, once; return this process's device.
+
+    On CUDA each process takes the GPU of its ``LOCAL_RANK`` (whatever ``cuda[:N]`` asked) and the
+    NCCL group is bound to it, so its collectives and barriers run there, not on ``cuda:0``.
+    """
+    if int(os.environ.get("WORLD_SIZE", 1)) == 1 and not dist.is_initialized():
+        return device
+    if device.type == "cuda":
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
         torch.cuda.set_device(device)
+    if not dist.is_initialized():
+        if device.type == "cuda":
+            dist.init_process_group("nccl", device_id=device)
+        else:
+            dist.init_process_group("gloo")
+        if dist.get_rank():  # one voice in the log: the first process's
+            logging.getLogger("dre_pipeline").setLevel(logging.WARNING)
     return device
+
+
+def collective_device() -> torch.device:
+    """Where the group's collectives take their tensors: NCCL's, this process's GPU (:func:`setup` made it the
+    current one); gloo's, the CPU."""
+    if dist.get_backend() == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
 
 
 def world() -> int:
@@ -62,7 +80,8 @@ def total(values: list) -> list:
     """Each of ``values`` summed over the processes, in one exchange."""
     if world() == 1:
         return values
-    tensor = torch.tensor([float(v) for v in values], dtype=torch.float64)
+    # float64: the token counts summed stay exact integers (to 2**53); NCCL reduces float64 as gloo does
+    tensor = torch.tensor([float(v) for v in values], dtype=torch.float64, device=collective_device())
     dist.all_reduce(tensor)
     return tensor.tolist()
 

@@ -214,7 +214,14 @@ def resolve_device(device) -> torch.device:
 
 
 def compute_dtype(device: torch.device) -> torch.dtype:
-    """bf16 where the accelerator supports it; fp32 on CPU, where bf16 LoRA steps are not faster."""
+    """The dtype the LLM is loaded and computes in on ``device``: bf16 on a GPU that multiplies it natively
+    (:func:`~dre_pipeline.runtime.native_bf16`), fp32 everywhere else.
+
+    Not fp16 on older GPUs (T4, V100): fp16's range (max 65504) lets activations of the frozen layers
+    overflow and small gradients underflow, and this training loop has no loss scaler (``GradScaler``) to
+    guard them; fp32 is slower there but trains the same as on the CPU. Not bf16 on CPUs either: bf16
+    LoRA steps are not faster there.
+    """
     if device.type == "cuda" and native_bf16(device):
         return torch.bfloat16
     return torch.float32

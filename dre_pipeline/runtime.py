@@ -43,35 +43,61 @@ def check_environment() -> None:
             raise InputError(f"${name} must be a whole number, got {os.environ[name]!r}")
 
 
-def rng_state() -> dict:
-    """The generators a training step draws from (dropout: torch; PyG's negative sampling: Python's too)."""
-    return {"torch": torch.get_rng_state(), "python": random.getstate()}
+def rng_state(device: torch.device) -> dict:
+    """The generators a training step draws from: torch's CPU one and, on a GPU, that device's (LoRA dropout there
+    draws from it); Python's too (PyG's negative sampling)."""
+    state = {"torch": torch.get_rng_state(), "python": random.getstate()}
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    return state
 
 
-def set_rng_state(state: dict) -> None:
+def set_rng_state(state: dict, device: torch.device) -> None:
+    """Restore :func:`rng_state`; a checkpoint without a CUDA state (written on a CPU, or before it was kept) leaves
+    the GPU's generator as seeded."""
     torch.set_rng_state(state["torch"])
     random.setstate(state["python"])
+    if device.type == "cuda" and "cuda" in state:
+        torch.cuda.set_rng_state(state["cuda"], device)
 
 
-def peak_memory_mb() -> dict:
-    """Peak memory of this process so far, in MB: resident (``cpu``) and, where CUDA is in use, allocated on the GPU."""
+def reset_peak_memory(device: torch.device) -> None:
+    """Start measuring ``device``'s peak allocation afresh (the host's peak, the process's resident size, cannot be)."""
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+
+
+def host_peak_mb() -> float:
+    """The peak resident memory of this process so far, in MB."""
     import resource
 
-    peak = {"cpu": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        peak["cuda"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+
+
+def peak_memory_mb(device: torch.device) -> dict:
+    """Peak memory in MB: resident in this process (``cpu``) and, for a CUDA ``device``, allocated on that GPU
+    (``cuda``) since the process started or :func:`reset_peak_memory`."""
+    peak = {"cpu": host_peak_mb()}
+    if device.type == "cuda":
+        peak["cuda"] = round(torch.cuda.max_memory_allocated(device) / 2**20, 1)
     return peak
+
+
+# Compute capability 8.0 (Ampere) is the first with bf16 tensor cores; older GPUs (T4 7.5, V100 7.0) run bf16 only
+# as emulation, which torch.cuda.is_bf16_supported() counts as support.
+NATIVE_BF16_CAPABILITY = (8, 0)
 
 
 def native_bf16(device: torch.device) -> bool:
     """Whether ``device`` multiplies bf16 matrices in hardware.
 
-    CPUs are asked through PyTorch's kernel capability (``ATEN_CPU_CAPABILITY`` can lower it)
-    and their AVX512-BF16 / AMX flags: without them PyTorch emulates bf16 matrix products,
-    measured 118x slower than fp32 on an AVX2-only EPYC.
+    A GPU is asked for its own compute capability (not the current device's): native from
+    :data:`NATIVE_BF16_CAPABILITY` on. CPUs are asked through PyTorch's kernel capability
+    (``ATEN_CPU_CAPABILITY`` can lower it) and their AVX512-BF16 / AMX flags: without them
+    PyTorch emulates bf16 matrix products, measured 118x slower than fp32 on an AVX2-only EPYC.
     """
     if device.type == "cuda":
-        return torch.cuda.is_bf16_supported()
+        return torch.cuda.get_device_capability(device) >= NATIVE_BF16_CAPABILITY  # ROCm GPUs report 9.0 and up
     if device.type != "cpu" or not torch.backends.cpu.get_cpu_capability().startswith("AVX512"):
         return False
     return torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()

@@ -52,7 +52,7 @@ def measure_size(num_nodes: int, settings: dict, store_root: str, steps: int, qu
     from .config import CodebookConfig, EncodeConfig, subset
     from .data import make_split
     from .quantizer import ResidualVQ, search_dtype
-    from .runtime import log, peak_memory_mb, setup_logging
+    from .runtime import host_peak_mb, log, setup_logging
     from .sampling import NeighborSampler
     from .speed import timed
     from .stages import codebook as codebook_stage
@@ -100,7 +100,7 @@ def measure_size(num_nodes: int, settings: dict, store_root: str, steps: int, qu
     result["search"] = {"dtype": str(dtype).split(".")[-1], "matmul_gflops": 2 * SEARCH_ROWS * d * m / matmul / 1e9,
                         "search_gflops_equivalent": 2 * SEARCH_ROWS * d * m * k / search / 1e9}
     result["search"]["of_matmul"] = result["search"]["search_gflops_equivalent"] / result["search"]["matmul_gflops"]
-    result["peak_memory_mb"] = peak_memory_mb()["cpu"]
+    result["peak_memory_mb"] = host_peak_mb()
     result["threads"] = torch.get_num_threads()
     return result
 

@@ -103,6 +103,11 @@ def fit_keywords(model: StageOneModel, data: GraphData, sampler, batch_nodes: in
     log.info("encode: views fitted to their keywords in %d epochs (keyword loss %.3f)", epochs, loss.item())
 
 
+# Stage one trains, and its model is built, on the CPU (its cost is the code search, sized for CPU caches: see
+# bench --speed); stage two moves the GNN onto the LLM's device when it runs it inside the loop.
+STAGE_ONE_DEVICE = torch.device("cpu")
+
+
 def codebook_for(cfg: EncodeConfig, data: GraphData, store: Store, cached_only: bool = False) -> Artifact:
     """The codebook stage for this graph: narrowed to the graph's own words under ``--text-codebook``."""
     vocabulary = text_vocabulary(data.text) if cfg.text_codebook and data.text is not None else None
@@ -150,12 +155,12 @@ def run(cfg: EncodeConfig, store: Store, force: bool = False, quiet: bool = Fals
     stopper = EarlyStopping(math.ceil(cfg.patience / cfg.eval_epochs), lambda: snapshot(model.state_dict()))
     start_epoch, seconds_before = 0, 0.0
     started = last_checkpoint = time.time()
-    if resumed := store.load_checkpoint("encode", key):
+    if resumed := store.load_checkpoint("encode", key, STAGE_ONE_DEVICE):
         model.load_state_dict(resumed["model"])
         optimizer.load_state_dict(resumed["optimizer"])
         stopper.load_state_dict(resumed["stopper"])
         history, start_epoch, seconds_before = resumed["history"], resumed["epoch"], resumed["seconds"]
-        set_rng_state(resumed["rng"])
+        set_rng_state(resumed["rng"], STAGE_ONE_DEVICE)
         if sampler:
             sampler.generator.set_state(resumed["sampler_rng"])
         log.info("encode: resuming an interrupted run after epoch %d", start_epoch)
@@ -182,7 +187,7 @@ def run(cfg: EncodeConfig, store: Store, force: bool = False, quiet: bool = Fals
             store.save_checkpoint("encode", key, {
                 "model": model.state_dict(), "optimizer": optimizer.state_dict(), "stopper": stopper.state_dict(),
                 "history": history, "epoch": epoch + 1, "seconds": seconds_before + time.time() - started,
-                "rng": rng_state(), "sampler_rng": sampler.generator.get_state() if sampler else None})
+                "rng": rng_state(STAGE_ONE_DEVICE), "sampler_rng": sampler.generator.get_state() if sampler else None})
             last_checkpoint = time.time()
         if stopper.stop:
             break

@@ -19,7 +19,7 @@ from ..artifacts import Artifact, Store, save_torch, write_json
 from ..config import FinetuneConfig, key_fields
 from ..data import split_names
 from ..llm import attach_lora, load_model, lora_targets, quantization_config, resolve_device, resolve_llm
-from ..runtime import log, peak_memory_mb, seed_everything
+from ..runtime import log, peak_memory_mb, reset_peak_memory, seed_everything
 from . import encode as encode_stage
 from .node_tokens import GraphInTheLoop, StoredWords, graph_in_the_loop, sampled_codes
 from .training import evaluate, train
@@ -44,6 +44,7 @@ def run(cfg: FinetuneConfig, store: Store, force: bool = False, quiet: bool = Fa
     base = run(replace(cfg, joint=False), store, quiet=quiet, device=device) if cfg.joint else None
     log.info("finetune: reading %s", base.path if base else ws.encode.path)
     started = time.time()
+    reset_peak_memory(device)  # this run's own GPU peak, not the plain run's before a joint pass
     seed_everything(cfg.seed)
     model = load_model(llm, device, cfg.quantization)
     if base:
@@ -81,7 +82,7 @@ def run(cfg: FinetuneConfig, store: Store, force: bool = False, quiet: bool = Fa
     metrics["final"] = reports
     metrics["seconds"] = round(time.time() - started, 2)
     gnn_state = node_tokens.state_dict() if isinstance(node_tokens, GraphInTheLoop) else None
-    written = _write(store, ws, model, codes, nodes, scores, metrics, gnn_state, llm) if distributed.is_main() else None
+    written = _write(store, ws, model, codes, nodes, scores, metrics, gnn_state, llm, device) if distributed.is_main() else None
     distributed.barrier()
     return written or store.find("finetune", ws.key, cached=False)
 
@@ -101,7 +102,7 @@ def predictions_table(ws: Workspace, nodes: np.ndarray, scores: torch.Tensor) ->
 
 
 def _write(store: Store, ws: Workspace, model, codes: np.ndarray, nodes: np.ndarray, scores: torch.Tensor,
-           metrics: dict, gnn_state, llm) -> Artifact:
+           metrics: dict, gnn_state, llm, device: torch.device) -> Artifact:
     final = metrics["final"]
     manifest = {
         "dataset": ws.data.name, "encode": ws.encode.key, "llm": {"name": llm.name, "identity": llm.identity},
@@ -110,7 +111,7 @@ def _write(store: Store, ws: Workspace, model, codes: np.ndarray, nodes: np.ndar
         "val_accuracy": final["val"]["accuracy"],
         "stage_one_test_accuracy": ws.encode.manifest["label_head_accuracy"]["test"], "seconds": metrics["seconds"],
         # the training run's peak, so that a later cache hit can still report it
-        "peak_memory_mb": peak_memory_mb(),
+        "peak_memory_mb": peak_memory_mb(device),
     }
     with store.writing("finetune", ws.key, manifest) as out:
         model.save_pretrained(out / "adapter")

@@ -5,7 +5,7 @@ import pyarrow.parquet as pq
 import torch
 
 from .. import distributed
-from ..artifacts import Store
+from ..artifacts import Store, load_torch
 from ..config import FinetuneConfig
 from ..data import split_names, title_and_rest
 from ..errors import InputError
@@ -38,7 +38,7 @@ def run(cfg: FinetuneConfig, store: Store, node_ids: list, device: str = "auto",
                                       found.path / "adapter")
     predictor = predictor_for(ws, model)
     if cfg.node_tokens == "soft":
-        gnn_state = torch.load(found.path / "graph_in_the_loop.pt", weights_only=True)
+        gnn_state = load_torch(found.path / "graph_in_the_loop.pt", device)  # saved from the device finetune used
         node_tokens = graph_in_the_loop(ws, predictor, soft=True, gnn_state=gnn_state)
         codes = node_tokens.all_codes()  # the soft tokens' slots; shown as the nearest words
     else:  # after --joint these are the codes of the jointly trained GNN

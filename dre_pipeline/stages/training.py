@@ -101,7 +101,7 @@ def train(predictor: GraphWordPredictor, node_tokens: nn.Module, ws: Workspace, 
                  history[-1]["train_loss"], history[-1]["val_accuracy"])
 
     start_accuracy, start_epoch, seconds_before = None, 0, 0.0
-    if resumed := store and store.load_checkpoint("finetune", ws.key):
+    if resumed := store and store.load_checkpoint("finetune", ws.key, predictor.device):
         model.load_state_dict(resumed["trainable"], strict=False)
         node_tokens.load_state_dict(resumed["node_tokens"])
         optimizer.load_state_dict(resumed["optimizer"])
@@ -113,7 +113,7 @@ def train(predictor: GraphWordPredictor, node_tokens: nn.Module, ws: Workspace, 
         generator.bit_generator.state = json.loads(resumed["batches_rng"])
         if node_tokens.generator is not None:
             node_tokens.generator.bit_generator.state = json.loads(resumed["node_tokens_rng"])
-        set_rng_state(resumed["rng"])
+        set_rng_state(resumed["rng"], predictor.device)
         log.info("%s: resuming an interrupted run after epoch %d", phase, start_epoch)
     elif keep_start:
         start_accuracy = evaluate(predictor, node_tokens, ws, quiet, parts=("val",))[2]["val"]["accuracy"]
@@ -167,7 +167,7 @@ def train(predictor: GraphWordPredictor, node_tokens: nn.Module, ws: Workspace, 
                 "step": step, "tokens": trained_tokens, "prompts": trained_prompts, "gnn_norms": gnn_grad_norms,
                 "epoch": epoch + 1,
                 "start_accuracy": start_accuracy, "seconds": seconds_before + time.time() - started,
-                "batches_rng": json.dumps(generator.bit_generator.state), "rng": rng_state(),
+                "batches_rng": json.dumps(generator.bit_generator.state), "rng": rng_state(predictor.device),
                 "node_tokens_rng": json.dumps(node_tokens.generator.bit_generator.state)
                 if node_tokens.generator is not None else None})
             last_checkpoint = time.time()

@@ -10,7 +10,7 @@ import pyarrow as pa
 import torch
 from torch import nn
 
-from ..artifacts import Artifact, Store, artifact_key
+from ..artifacts import Artifact, Store, artifact_key, load_torch
 from ..codebook import Codebook
 from ..config import EncodeConfig, FinetuneConfig, key_fields, subset
 from ..data import GraphData, title_and_rest
@@ -96,9 +96,9 @@ def predictor_for(ws: Workspace, model) -> GraphWordPredictor:
 
 
 def stage_one_model(ws: Workspace) -> nn.Module:
-    """The GNN stage one trained, as it was saved."""
+    """The GNN stage one trained, as it was saved, on the device stage one runs on."""
     model = encode_stage.build_model(subset(ws.cfg, EncodeConfig), ws.data, ws.codebook)
-    model.load_state_dict(torch.load(ws.encode.path / "gnn.pt", weights_only=True)["state_dict"])
+    model.load_state_dict(load_torch(ws.encode.path / "gnn.pt", encode_stage.STAGE_ONE_DEVICE)["state_dict"])
     return model
 
 

@@ -1,0 +1,212 @@
+"""Which device and dtype each piece of a run uses, without a GPU: the hardware is mocked per device
+(compute capability, generator state, allocated memory) and the calls torch would make are recorded.
+
+tests/test_cuda.py runs the same paths on a real GPU where there is one.
+"""
+
+import contextlib
+import re
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+import torch
+import torch.distributed as dist
+from torch._subclasses.fake_tensor import DataDependentOutputException, FakeTensorMode
+
+import dre_pipeline
+from dre_pipeline import distributed, runtime
+from dre_pipeline.artifacts import Store, load_torch, save_torch
+from dre_pipeline.bench import economy_markdown
+from dre_pipeline.config import FinetuneConfig
+from dre_pipeline.llm import compute_dtype, quantization_config
+from dre_pipeline.stages import finetune, predict
+
+CPU, META = torch.device("cpu"), torch.device("meta")
+
+
+# --- 1. collectives under NCCL take CUDA tensors -------------------------------------------------
+
+@pytest.fixture
+def two_processes(monkeypatch):
+    """A process group of 2 that is not there: its backend is chosen per test, its all_reduce recorded."""
+    calls = []
+    monkeypatch.setattr(dist, "is_initialized", lambda: True)
+    monkeypatch.setattr(dist, "get_world_size", lambda group=None: 2)
+    monkeypatch.setattr(dist, "get_rank", lambda group=None: 0)
+
+    def backend(name: str, serves: str, **patched):
+        monkeypatch.setattr(dist, "get_backend", lambda group=None: name)
+        for attribute, value in patched.items():
+            monkeypatch.setattr(torch.cuda, attribute, value)
+
+        def all_reduce(tensor, op=None, group=None, async_op=False):
+            calls.append((tensor.device, tensor.dtype))
+            if tensor.device.type != serves:  # what NCCL answers a CPU tensor
+                raise RuntimeError(f"{name}: no backend type associated with device type {tensor.device.type}")
+            tensor.mul_(2)  # the other process holds the same values
+
+        monkeypatch.setattr(dist, "all_reduce", all_reduce)
+        return calls
+
+    return backend
+
+
+def test_sums_over_nccl_are_on_this_processs_gpu(two_processes):
+    calls = two_processes("nccl", serves="cuda", current_device=lambda: 1)  # setup() made cuda:1 current
+    # FakeTensorMode: tensors on cuda:1 without a GPU; they hold no data, so the sum cannot come back
+    with FakeTensorMode(), pytest.raises(DataDependentOutputException):
+        distributed.total([0.5, 12])
+    assert calls == [(torch.device("cuda", 1), torch.float64)]
+
+
+def test_gradients_summed_over_nccl_stay_on_their_gpu(two_processes):
+    calls = two_processes("nccl", serves="cuda", current_device=lambda: 1)
+    with FakeTensorMode():
+        params = [torch.nn.Parameter(torch.ones(3, device="cuda:1")) for _ in range(2)]
+        params[0].grad = torch.ones(3, device="cuda:1")  # the other was not used: zeros are summed for it
+        distributed.sum_gradients(params)
+    assert calls == [(torch.device("cuda", 1), torch.float32)] * 2
+
+
+def test_sums_over_gloo_stay_on_the_cpu(two_processes):
+    calls = two_processes("gloo", serves="cpu")
+    assert distributed.total([0.5, 12]) == [1.0, 24.0]
+    assert calls == [(CPU, torch.float64)]
+
+
+# --- 2. bf16 where the given GPU multiplies it natively -------------------------------------------
+
+@pytest.fixture
+def gpus(monkeypatch):
+    """cuda:0 a T4 (7.5: bf16 emulated), cuda:1 an A100 (8.0), cuda:1 the current device."""
+    capability = {0: (7, 5), 1: (8, 0)}
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 1)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability[torch.device(device).index])
+    # what torch answers on a T4 with including_emulation left True, and for the current device only
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: True)
+    return torch.device("cuda", 0), torch.device("cuda", 1)
+
+
+def test_bf16_only_on_the_gpu_given_that_multiplies_it_natively(gpus):
+    t4, a100 = gpus
+    assert not runtime.native_bf16(t4) and runtime.native_bf16(a100)
+    assert compute_dtype(t4) == torch.float32 and compute_dtype(a100) == torch.bfloat16
+    assert quantization_config("4bit", t4).bnb_4bit_compute_dtype == torch.float32
+
+
+# --- 3. torch files load onto the run's device ----------------------------------------------------
+
+@contextlib.contextmanager
+def saved_on(location: str, *tensors: torch.Tensor):
+    """Inside, ``torch.save`` tags the storages of ``tensors`` as saved on ``location`` (say ``cuda:1``), as a GPU
+    run's file tags them; torch then loads them there unless told otherwise."""
+    pointers = {t.untyped_storage().data_ptr() for t in tensors}
+    registry = [(0, lambda storage: location if storage.data_ptr() in pointers else None, lambda storage, where: None),
+                *torch.serialization._package_registry]
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(torch.serialization, "_package_registry", registry)
+        yield
+
+
+def test_tensors_saved_on_a_gpu_load_onto_the_runs_device_and_cpu_ones_stay(tmp_path):
+    path, weight = tmp_path / "state.pt", torch.ones(2, 3)
+    with saved_on("cuda:1", weight):
+        save_torch({"weight": weight, "rng": torch.get_rng_state()}, path)  # a generator state is a CPU tensor
+    with pytest.raises(RuntimeError, match="CUDA"):  # as torch itself would load it, on a machine without a GPU
+        torch.load(path, weights_only=True)
+    on_cpu = load_torch(path, CPU)
+    assert on_cpu["weight"].device == CPU and torch.equal(on_cpu["weight"], torch.ones(2, 3))
+    elsewhere = load_torch(path, META)  # the meta device stands in for another GPU
+    assert elsewhere["weight"].device == META and elsewhere["rng"].device == CPU
+
+
+def test_a_resumed_run_loads_its_checkpoint_onto_its_own_device(tmp_path):
+    store, lora = Store(tmp_path), torch.ones(2)
+    with saved_on("cuda:0", lora):  # what rank 0 of a torchrun on GPUs saved
+        store.save_checkpoint("finetune", "k", {"trainable": {"lora_A": lora}, "rng": runtime.rng_state(CPU)})
+    resumed = store.load_checkpoint("finetune", "k", META)  # rank 1's device, say
+    assert resumed["trainable"]["lora_A"].device == META and resumed["rng"]["torch"].device == CPU
+    runtime.set_rng_state(resumed["rng"], CPU)
+
+
+def test_every_torch_load_in_the_package_goes_through_load_torch():
+    """A bare ``torch.load`` puts tensors where they were saved: the one way in is :func:`load_torch`."""
+    package = Path(dre_pipeline.__file__).parent
+    found = {str(path.relative_to(package)): len(re.findall(r"torch\.load\(", path.read_text()))
+             for path in package.rglob("*.py")}
+    assert {name: count for name, count in found.items() if count} == {"artifacts.py": 1}
+
+
+def test_predict_on_a_cpu_reads_soft_tokens_a_gpu_run_saved(tmp_path, monkeypatch, tiny_llm):
+    store = Store(tmp_path)
+    cfg = FinetuneConfig(llm_path=str(tiny_llm), dataset="synthetic", epochs=5, patience=5, ft_epochs=1,
+                         batch_size=16, lora_layers=1, node_tokens="soft")
+
+    def as_on_a_gpu(state, path):
+        with saved_on("cuda:0", *state.values()):
+            save_torch(state, path)
+
+    monkeypatch.setattr(finetune, "save_torch", as_on_a_gpu)  # the soft tokens' GNN and projector
+    artifact = finetune.run(cfg, store, quiet=True, device="cpu")
+    with pytest.raises(RuntimeError, match="CUDA"):
+        torch.load(artifact.path / "graph_in_the_loop.pt", weights_only=True)
+    loads = []
+    real_load = torch.load
+    monkeypatch.setattr(torch, "load", lambda *args, **kwargs: loads.append(kwargs) or real_load(*args, **kwargs))
+    saved = pq.read_table(artifact.path / "predictions.parquet").to_pydict()
+    rows = predict.run(cfg, store, saved["node_id"][:3], device="cpu", quiet=True)
+    assert [r["prediction"] for r in rows] == saved["prediction_name"][:3]
+    assert len(loads) >= 2 and all(kwargs.get("map_location") is not None for kwargs in loads)  # gnn.pt too
+
+
+# --- 4. the GPU's generator is checkpointed with the CPU's -------------------------------------
+
+def test_generator_states_carry_the_runs_gpu_and_restore_it(monkeypatch):
+    cuda1, asked, restored = torch.device("cuda", 1), [], []
+    gpu_state = torch.arange(16, dtype=torch.uint8)
+    monkeypatch.setattr(torch.cuda, "get_rng_state", lambda device="cuda": asked.append(device) or gpu_state.clone())
+    monkeypatch.setattr(torch.cuda, "set_rng_state", lambda state, device="cuda": restored.append((state, device)))
+    state = runtime.rng_state(cuda1)
+    assert asked == [cuda1] and torch.equal(state["cuda"], gpu_state)
+    runtime.set_rng_state(state, cuda1)
+    assert len(restored) == 1 and torch.equal(restored[0][0], gpu_state) and restored[0][1] == cuda1
+    assert "cuda" not in runtime.rng_state(CPU) and asked == [cuda1]  # a CPU run asks no GPU
+
+
+def test_a_checkpoint_without_a_gpu_generator_leaves_it_as_seeded(monkeypatch):
+    restored = []
+    monkeypatch.setattr(torch.cuda, "set_rng_state", lambda state, device="cuda": restored.append(device))
+    written_before = {"torch": torch.get_rng_state(), "python": __import__("random").getstate()}  # no "cuda" key
+    runtime.set_rng_state(written_before, torch.device("cuda", 0))
+    assert restored == []
+
+
+# --- 5. peak memory of the device the run used --------------------------------------------------
+
+def test_peak_memory_is_read_from_the_runs_gpu(monkeypatch):
+    allocated, reset = {0: 2**30, 1: 3 * 2**30}, []
+    monkeypatch.setattr(torch.cuda, "max_memory_allocated", lambda device=None: allocated[torch.device(device).index])
+    monkeypatch.setattr(torch.cuda, "reset_peak_memory_stats", lambda device=None: reset.append(device))
+    cuda1 = torch.device("cuda", 1)
+    peak = runtime.peak_memory_mb(cuda1)
+    assert peak["cuda"] == 3072.0 and peak["cpu"] > 0
+    assert "cuda" not in runtime.peak_memory_mb(CPU)
+    runtime.reset_peak_memory(cuda1)
+    runtime.reset_peak_memory(CPU)
+    assert reset == [cuda1]
+
+
+def test_economy_table_shows_each_rows_gpu_peak():
+    def row(name, gpu_peak):
+        return {"row": name, "label": name, "seed": 0, "val_accuracy": 0.8, "test_accuracy": 0.8,
+                "seconds": {"finetune": 1.0}, "trained_prompts_per_second": 2.0, "trained_tokens_per_second": 9.0,
+                "inference_nodes_per_second": 1.0, "peak_memory_mb": 900.0, "peak_gpu_memory_mb": gpu_peak}
+
+    payload = {"results": [row("dre", 812.4), row("4bit", None)],
+               "settings": {"dataset": "toy", "llm_path": None, "ft_epochs": 1}, "command": "c", "machine": "m",
+               "date": "d"}
+    lines = economy_markdown(payload)
+    assert any(line.startswith("| row |") and line.endswith("| peak MB | peak GPU MB |") for line in lines)
+    assert next(line for line in lines if line.startswith("| dre |")).endswith("| 900 | 812 |")
+    assert next(line for line in lines if line.startswith("| 4bit |")).endswith("| 900 | – |")
