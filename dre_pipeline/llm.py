@@ -259,6 +259,11 @@ def quantization_config(quantization: str, device: torch.device, llm: "ResolvedL
 
 
 def load_model(llm: ResolvedLLM, device: torch.device, quantization: str = "none"):
+    """The frozen base LLM on ``device``, in :func:`compute_dtype` or with ``--quantization``'s k-bit layers.
+
+    Finetune, predict and ``--features llm`` all take their model from here, so predict scores with the
+    model training scored with.
+    """
     from transformers import AutoModelForCausalLM
 
     quant = quantization_config(quantization, device, llm)
@@ -269,6 +274,13 @@ def load_model(llm: ResolvedLLM, device: torch.device, quantization: str = "none
     model = AutoModelForCausalLM.from_pretrained(llm.folder, **kwargs)
     if quant is None:
         model.to(device)
+    # Frozen, and the weights bitsandbytes leaves unquantized (embeddings, norms, LM head) stay in the compute dtype.
+    # Not PEFT's prepare_model_for_kbit_training: it casts those to fp32, which on a bf16 GPU doubles the residual
+    # stream and the prefix and frozen-layer caches (and predict, which skipped it, scored another model). Its other
+    # step, input embeddings whose output requires grad, serves only gradient checkpointing, which this loop does
+    # not use (under it the forward over cached frozen layers fails: attention shapes disagree). bf16 costs no
+    # stability here: RMSNorm computes in fp32 and the predictor takes class scores in fp32.
+    model.requires_grad_(False)
     return model
 
 
@@ -320,13 +332,11 @@ def lora_targets(llm: ResolvedLLM, targets: str) -> list:
     return names
 
 
-def attach_lora(model, cfg, quantized: bool, targets: list):
-    """PEFT LoRA on ``targets`` (:func:`lora_targets`) of the top ``cfg.lora_layers`` decoder layers (0 = all)."""
-    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+def attach_lora(model, cfg, targets: list):
+    """PEFT LoRA on ``targets`` (:func:`lora_targets`) of the top ``cfg.lora_layers`` decoder layers (0 = all),
+    on a base from :func:`load_model`, quantized or not."""
+    from peft import LoraConfig, get_peft_model
 
-    if quantized:
-        # no gradient checkpointing: under it the forward over cached frozen layers fails (attention shapes disagree)
-        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
     depth = model.config.num_hidden_layers
     top = list(range(depth - cfg.lora_layers, depth)) if 0 < cfg.lora_layers < depth else None
     lora = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,

@@ -15,7 +15,7 @@ import torch.distributed as dist
 from torch._subclasses.fake_tensor import DataDependentOutputException, FakeTensorMode
 
 import dre_pipeline
-from dre_pipeline import distributed, runtime
+from dre_pipeline import distributed, llm, runtime
 from dre_pipeline.artifacts import Store, load_torch, save_torch
 from dre_pipeline.bench import economy_markdown
 from dre_pipeline.config import FinetuneConfig
@@ -210,3 +210,51 @@ def test_economy_table_shows_each_rows_gpu_peak():
     assert any(line.startswith("| row |") and line.endswith("| peak MB | peak GPU MB |") for line in lines)
     assert next(line for line in lines if line.startswith("| dre |")).endswith("| 900 | 812 |")
     assert next(line for line in lines if line.startswith("| 4bit |")).endswith("| 900 | – |")
+
+
+# --- 6. a quantized base keeps the compute dtype, the same in training and in predict -------------
+
+def unquantized_dtypes(model) -> dict:
+    """The dtype of each base weight bitsandbytes left unquantized (embeddings, norms, LM head), by name."""
+    return {name: p.dtype for name, p in model.named_parameters() if p.dtype != torch.int8 and "lora_" not in name}
+
+
+def test_8bit_training_and_predict_keep_the_compute_dtype_and_score_alike(tmp_path, monkeypatch, tiny_llm):
+    """bf16 asked for, as on a GPU that multiplies it natively: the unquantized weights stay bf16 in the model finetune
+    trains and in the one predict loads (PEFT's prepare_model_for_kbit_training cast them to fp32, for training
+    only), and predict gives the scores finetune wrote for the same nodes (to bitsandbytes' CPU int8 kernels'
+    precision: they differ by up to 1e-3 between the two in fp32 too)."""
+    monkeypatch.setattr(llm, "compute_dtype", lambda device: torch.bfloat16)
+    models = {}
+
+    def recording(stage):
+        real = stage.predictor_for
+
+        def predictor_for(ws, model):
+            models[stage.__name__] = model
+            return real(ws, model)
+
+        monkeypatch.setattr(stage, "predictor_for", predictor_for)
+
+    recording(finetune)
+    recording(predict)
+    store = Store(tmp_path)
+    cfg = FinetuneConfig(llm_path=str(tiny_llm), dataset="synthetic", epochs=5, patience=5, ft_epochs=1,
+                         batch_size=16, lora_layers=1, quantization="8bit")
+    artifact = finetune.run(cfg, store, quiet=True, device="cpu")
+    saved = pq.read_table(artifact.path / "predictions.parquet").to_pydict()
+    rows = predict.run(cfg, store, saved["node_id"], device="cpu", quiet=True)  # the same nodes, batched alike
+    trained, loaded = (unquantized_dtypes(models[stage.__name__]) for stage in (finetune, predict))
+    assert trained and set(trained.values()) == {torch.bfloat16} and loaded == trained
+    names = artifact.manifest["class_names"]
+    again = torch.tensor([[row["scores"][name] for name in names] for row in rows])
+    assert torch.allclose(again, torch.tensor(saved["scores"]), atol=5e-3)
+
+
+def test_a_quantized_base_with_lora_keeps_the_compute_dtype(tmp_path, monkeypatch, tiny_llm):
+    monkeypatch.setattr(llm, "compute_dtype", lambda device: torch.bfloat16)
+    tiny = llm.resolve_llm(str(tiny_llm), Store(tmp_path))
+    model = llm.attach_lora(llm.load_model(tiny, CPU, "8bit"), FinetuneConfig(lora_layers=1), ["q_proj", "v_proj"])
+    assert set(unquantized_dtypes(model).values()) == {torch.bfloat16}
+    assert {name for name, p in model.named_parameters() if p.requires_grad} == {
+        name for name, _ in model.named_parameters() if "lora_" in name}  # the base is frozen, LoRA trains

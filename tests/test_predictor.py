@@ -91,7 +91,7 @@ def test_lora_only_on_the_top_layers(tiny_llm):
     from dre_pipeline.config import FinetuneConfig
     from dre_pipeline.llm import attach_lora
 
-    model = attach_lora(AutoModelForCausalLM.from_pretrained(tiny_llm), FinetuneConfig(lora_layers=1), False,
+    model = attach_lora(AutoModelForCausalLM.from_pretrained(tiny_llm), FinetuneConfig(lora_layers=1),
                         ["q_proj", "v_proj"])
     trained = {name.split(".layers.")[1].split(".")[0] for name, p in model.named_parameters() if p.requires_grad}
     assert trained == {"1"}  # of layers 0 and 1

@@ -52,7 +52,7 @@ def run(cfg: FinetuneConfig, store: Store, force: bool = False, quiet: bool = Fa
 
         model = PeftModel.from_pretrained(model, base.path / "adapter", is_trainable=True)
     else:
-        model = attach_lora(model, cfg, cfg.quantization != "none", targets)
+        model = attach_lora(model, cfg, targets)
     predictor = predictor_for(ws, model)
     codes = codes_from_table(pq.read_table(ws.encode.path / "codes.parquet"), cfg.num_views)
 
