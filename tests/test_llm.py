@@ -8,6 +8,7 @@ import torch
 
 from dre_pipeline.artifacts import Store
 from dre_pipeline.errors import InputError
+from dre_pipeline import llm
 from dre_pipeline.llm import _check_gguf, embedded_gguf, quantization_config, resolve_device, resolve_llm
 
 
@@ -108,3 +109,27 @@ def test_checking_the_embedded_gguf_reads_its_metadata_and_dequantizes_nothing(m
     monkeypatch.setattr(gguf, "dequantize", refuse)
     monkeypatch.setattr(gguf.quants, "dequantize", refuse)
     _check_gguf(embedded_gguf())  # passes: the shipped model is sound
+
+
+def test_an_unquantized_model_loads_straight_onto_its_gpu(tmp_path, tiny_llm, monkeypatch):
+    """Placed by the load itself, not loaded into host memory and moved after (a second copy of the weights there)."""
+    from transformers import AutoModelForCausalLM
+
+    calls, real = [], AutoModelForCausalLM.from_pretrained
+    monkeypatch.setattr(llm, "native_bf16", lambda device: True)  # an A100, say
+    # without a GPU the weights stay on the CPU; what counts is the placement the load was asked for
+    monkeypatch.setattr(AutoModelForCausalLM, "from_pretrained", lambda folder, **kwargs: calls.append(kwargs)
+                        or real(folder))
+    model = llm.load_model(resolve_llm(str(tiny_llm), Store(tmp_path)), torch.device("cuda", 1))
+    assert calls == [{"dtype": torch.bfloat16, "device_map": {"": 1}}]
+    assert next(model.parameters()).device.type == "cpu"  # not moved after the load
+
+
+def test_an_unquantized_model_loads_onto_the_cpu_frozen_in_fp32(tmp_path, tiny_llm):
+    from transformers import AutoModelForCausalLM
+
+    model = llm.load_model(resolve_llm(str(tiny_llm), Store(tmp_path)), torch.device("cpu"))
+    plain = AutoModelForCausalLM.from_pretrained(tiny_llm)
+    assert all(p.device.type == "cpu" and p.dtype == torch.float32 and not p.requires_grad for p in model.parameters())
+    ids = torch.tensor([[1, 2, 3]])
+    assert torch.equal(model(ids).logits, plain(ids).logits)
