@@ -284,9 +284,24 @@ def load_model(llm: ResolvedLLM, device: torch.device, quantization: str = "none
 
 
 def load_embeddings(llm: ResolvedLLM) -> torch.Tensor:
-    """The input-embedding matrix [V, d] in fp32, without keeping the rest of the model."""
+    """The input-embedding matrix [V, d] in fp32, read alone from the safetensors file that holds it.
+
+    Loading the model for it held the whole model in fp32 in host memory (27 GB for a 7B model) to keep
+    one matrix. A checkpoint that cannot be read a tensor at a time (``pytorch_model.bin``), or whose
+    tensor names differ from the model's own, is loaded whole.
+    """
+    from safetensors import safe_open
     from transformers import AutoModelForCausalLM
 
+    model = _meta_model(llm)
+    embedding = model.get_input_embeddings()
+    name = next(module_name for module_name, module in model.named_modules() if module is embedding) + ".weight"
+    for path in _weight_files(llm.folder):
+        if path.suffix == ".safetensors":
+            with safe_open(path, framework="pt") as weights:
+                if name in weights.keys():
+                    return weights.get_tensor(name).float()
+    log.info("%s: no safetensors tensor %s; loading the whole model for its input embeddings", llm.name, name)
     model = AutoModelForCausalLM.from_pretrained(llm.folder, dtype=torch.float32)
     return model.get_input_embeddings().weight.detach().clone()
 
@@ -313,14 +328,19 @@ def build_tiny_llama(folder: Path, seed: int = 0, width: int = 32) -> Path:
     return folder
 
 
+def _meta_model(llm: ResolvedLLM):
+    """The model's modules on the meta device: their names and shapes, no weights read or allocated."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    with torch.device("meta"):
+        return AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(llm.folder))
+
+
 def lora_targets(llm: ResolvedLLM, targets: str) -> list:
     """The module names of ``--lora-targets``, each checked against the model's own (on the meta device:
     no weights are read), so a misspelt one stops before stage one rather than inside PEFT after it."""
-    from transformers import AutoConfig, AutoModelForCausalLM
-
     names = [m.strip() for m in targets.split(",") if m.strip()]
-    with torch.device("meta"):
-        model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(llm.folder))
+    model = _meta_model(llm)
     modules = [name for name, _ in model.named_modules()]
     missing = [t for t in names if not any(m == t or m.endswith("." + t) for m in modules)]
     if not names or missing:

@@ -133,3 +133,35 @@ def test_an_unquantized_model_loads_onto_the_cpu_frozen_in_fp32(tmp_path, tiny_l
     assert all(p.device.type == "cpu" and p.dtype == torch.float32 and not p.requires_grad for p in model.parameters())
     ids = torch.tensor([[1, 2, 3]])
     assert torch.equal(model(ids).logits, plain(ids).logits)
+
+
+@pytest.fixture
+def recorded_loads(monkeypatch):
+    """Every ``AutoModelForCausalLM.from_pretrained`` call's keyword arguments; the load itself goes ahead."""
+    from transformers import AutoModelForCausalLM
+
+    calls, real = [], AutoModelForCausalLM.from_pretrained
+    monkeypatch.setattr(AutoModelForCausalLM, "from_pretrained",
+                        lambda *args, **kwargs: calls.append(kwargs) or real(*args, **kwargs))
+    return calls
+
+
+def test_the_codebook_reads_the_embedding_matrix_alone_and_the_same_as_a_full_load(tmp_path, tiny_llm, recorded_loads):
+    from transformers import AutoModelForCausalLM
+
+    full = AutoModelForCausalLM.from_pretrained(tiny_llm, dtype=torch.float32).get_input_embeddings().weight.detach()
+    recorded_loads.clear()
+    matrix = llm.load_embeddings(resolve_llm(str(tiny_llm), Store(tmp_path)))
+    assert recorded_loads == []  # no model built for it
+    assert matrix.dtype == torch.float32 and torch.equal(matrix, full)
+
+
+def test_a_checkpoint_without_safetensors_loads_whole_for_its_embeddings(tmp_path, tiny_llm, recorded_loads):
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_llm)
+    folder = broken_copy(tmp_path, tiny_llm, lambda f: (f / "model.safetensors").unlink())
+    torch.save(model.state_dict(), folder / "pytorch_model.bin")
+    recorded_loads.clear()
+    matrix = llm.load_embeddings(resolve_llm(str(folder), Store(tmp_path / "store")))
+    assert len(recorded_loads) == 1 and torch.equal(matrix, model.get_input_embeddings().weight.detach())
