@@ -94,10 +94,12 @@ def run_row(row: str, settings: dict, store_root: str, quiet: bool) -> dict:
     started = time.time()
     if spec.kind == "gnn":
         from .baselines import train_gnn
+        from .llm import resolve_device
         from .stages.encode import load_graph
 
         model = row.split("-")[0]  # the -bow, -sbert and -llm rows: the same model on those text features
-        result = train_gnn(model, *load_graph(cfg, store, quiet), cfg.seed)
+        # the device the finetune rows take, where the -llm rows' text features are embedded
+        result = train_gnn(model, *load_graph(cfg, store, quiet, device=resolve_device("auto")), cfg.seed)
         out = {"val_accuracy": result["val"]["accuracy"],
                "test_accuracy": result["test"]["accuracy"], "test_macro_f1": result["test"]["macro_f1"],
                "seconds": {"train": round(result["train_seconds"], 2)},

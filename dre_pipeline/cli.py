@@ -134,17 +134,17 @@ def codebook(cfg: CodebookConfig, store: Store, force: bool, quiet: bool):
     typer.echo(f"codebook: kept {artifact.manifest['kept']}/{artifact.manifest['total']} tokens → {artifact.path}")
 
 
-@stage_command("encode", EncodeConfig)
-def encode(cfg: EncodeConfig, store: Store, force: bool, quiet: bool):
+DEVICE = _option("device", str, "auto", "auto | cpu | cuda[:N]; bf16 where the device supports it.")
+
+
+@stage_command("encode", EncodeConfig, extra=(DEVICE,))
+def encode(cfg: EncodeConfig, store: Store, force: bool, quiet: bool, device: str):
     """Stage one: multi-view GNN with dual-level residual VQ; writes codes.parquet."""
     from .stages import encode as stage
 
-    artifact = stage.run(cfg, store, force=force, quiet=quiet)
+    artifact = stage.run(cfg, store, force=force, quiet=quiet, device=device)
     acc = artifact.manifest["label_head_accuracy"]
     typer.echo(f"encode: label head test accuracy {acc['test']:.4f} (val {acc['val']:.4f}) → {artifact.path}")
-
-
-DEVICE = _option("device", str, "auto", "auto | cpu | cuda[:N]; bf16 where the device supports it.")
 
 
 @stage_command("finetune", FinetuneConfig, extra=(DEVICE,))

@@ -258,3 +258,30 @@ def test_a_quantized_base_with_lora_keeps_the_compute_dtype(tmp_path, monkeypatc
     assert set(unquantized_dtypes(model).values()) == {torch.bfloat16}
     assert {name for name, p in model.named_parameters() if p.requires_grad} == {
         name for name, _ in model.named_parameters() if "lora_" in name}  # the base is frozen, LoRA trains
+
+
+# --- 7. --features llm embeds on the command's device ---------------------------------------------
+
+@pytest.mark.parametrize("command", ["encode", "finetune"])
+def test_llm_text_features_run_on_the_commands_device(tmp_path, monkeypatch, tiny_llm, command):
+    from typer.testing import CliRunner
+
+    from dre_pipeline.cli import app
+    from dre_pipeline.stages import features
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    asked = []
+
+    class Loaded(Exception):
+        """Where the load would begin: there is no GPU here to load onto."""
+
+    def load_model(llm, device, quantization="none"):
+        asked.append(device)
+        raise Loaded
+
+    monkeypatch.setattr(features, "load_model", load_model)
+    result = CliRunner().invoke(app, [command, "--dataset", "synthetic", "--features", "llm", "--llm-path", str(tiny_llm),
+                                      "--device", "cuda:1", "--store", str(tmp_path), "--quiet"])
+    assert isinstance(result.exception, Loaded), result.output
+    assert asked == [torch.device("cuda", 1)]

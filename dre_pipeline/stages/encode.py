@@ -41,16 +41,18 @@ AUTO_BATCH_NODES = 256
 KEYWORD_LR = 1e-2
 
 
-def load_graph(cfg: EncodeConfig, store: Store, quiet: bool = False, cached_only: bool = False):
+def load_graph(cfg: EncodeConfig, store: Store, quiet: bool = False, cached_only: bool = False,
+               device: torch.device = torch.device("cpu")):
     """The dataset (with the node features ``--features`` names) and its split: (data, split [N] int8).
 
     ``cached_only``: text features must already be in the store (``status`` computes nothing).
+    ``device``: the command's, where ``--features llm`` runs the LLM.
     """
     from . import features
 
     data = load_dataset(cfg.dataset, cfg.data_dir, store.root / "data", seed=cfg.seed)
     split = make_split(data, cfg.split, cfg.seed)
-    data, _ = features.load(cfg.features, data, cfg.llm_path, store, quiet, cached_only)
+    data, _ = features.load(cfg.features, data, cfg.llm_path, store, quiet, cached_only, device)
     return data, split
 
 
@@ -126,8 +128,10 @@ def build_model(cfg: EncodeConfig, data: GraphData, codebook: Codebook) -> Stage
 
 
 def run(cfg: EncodeConfig, store: Store, force: bool = False, quiet: bool = False,
-        cached_only: bool = False) -> Artifact:
-    data, split_np = load_graph(cfg, store, quiet, cached_only)  # a graph that cannot load stops before any work
+        cached_only: bool = False, device: torch.device = torch.device("cpu")) -> Artifact:
+    """Stage one (or its cached result); ``device`` is only where ``--features llm`` embeds the text: stage one
+    itself trains on :data:`STAGE_ONE_DEVICE`."""
+    data, split_np = load_graph(cfg, store, quiet, cached_only, device)  # a graph that cannot load stops before any work
     codebook_artifact = codebook_for(cfg, data, store, cached_only)
     key = encode_key(cfg, codebook_artifact, data)
     if found := store.lookup("encode", key, force, cached_only):

@@ -27,7 +27,7 @@ import torch
 from ..artifacts import Artifact, Store, artifact_key, digest, read_matrix, write_matrix
 from ..data import GraphData
 from ..errors import InputError
-from ..llm import load_model, load_tokenizer, resolve_device, resolve_llm
+from ..llm import load_model, load_tokenizer, resolve_llm
 from ..runtime import log, progress
 
 KINDS = ("bow", "sbert", "llm")
@@ -52,17 +52,20 @@ def resolve_kind(requested: str, data: GraphData) -> str:
 
 
 def load(requested: str, data: GraphData, llm_path, store: Store, quiet: bool = False,
-         cached_only: bool = False) -> tuple:
-    """``data`` with the features ``--features`` names, and their artifact (None for the graph's own)."""
+         cached_only: bool = False, device: torch.device = torch.device("cpu")) -> tuple:
+    """``data`` with the features ``--features`` names, and their artifact (None for the graph's own).
+
+    ``device``: the command's, where ``--features llm`` runs the LLM.
+    """
     kind = resolve_kind(requested, data)
     if kind == "raw":
         return data, None
-    artifact = run(kind, data, llm_path, store, quiet, cached_only)
+    artifact = run(kind, data, llm_path, store, quiet, cached_only, device)
     return with_features(data, artifact), artifact
 
 
 def run(kind: str, data: GraphData, llm_path, store: Store, quiet: bool = False,
-        cached_only: bool = False) -> Artifact:
+        cached_only: bool = False, device: torch.device = torch.device("cpu")) -> Artifact:
     """Node features of ``kind`` from ``data.text``, computed once and cached."""
     llm = resolve_llm(llm_path, store) if kind == "llm" else None
     if kind == "bow":
@@ -81,7 +84,7 @@ def run(kind: str, data: GraphData, llm_path, store: Store, quiet: bool = False,
     elif kind == "sbert":
         features = _sentence_embeddings(data.text, quiet)
     else:
-        features = _llm_embeddings(data.text, llm, quiet)
+        features = _llm_embeddings(data.text, llm, device, quiet)
     manifest = {"dataset": data.name, "fingerprint": data.fingerprint, **identity, "kind": kind,
                 "shape": list(features.shape), "seconds": round(time.time() - started, 2)}
     with store.writing("features", key, manifest) as out:
@@ -133,8 +136,7 @@ def _sentence_embeddings(texts: list, quiet: bool) -> torch.Tensor:
                         lambda batch: model(**batch).last_hidden_state, normalise=True)
 
 
-def _llm_embeddings(texts: list, llm, quiet: bool) -> torch.Tensor:
-    device = resolve_device("auto")
+def _llm_embeddings(texts: list, llm, device: torch.device, quiet: bool) -> torch.Tensor:
     tokenizer, model = load_tokenizer(llm), load_model(llm, device).eval()
     return _mean_pooled(texts, tokenizer, model, LLM_MAX_TOKENS, quiet, "llm features",
                         lambda batch: model.model(**{k: v.to(device) for k, v in batch.items()}).last_hidden_state,

@@ -37,7 +37,7 @@ def run(cfg: FinetuneConfig, store: Store, force: bool = False, quiet: bool = Fa
     llm = resolve_llm(cfg.llm_path, store)
     quantization_config(cfg.quantization, device, llm)  # an impossible setting stops before any work
     targets = lora_targets(llm, cfg.lora_targets)
-    ws = prepare(cfg, store, quiet)
+    ws = prepare(cfg, store, quiet, device=device)
     found = store.lookup("finetune", ws.key, force) if distributed.is_main() else None
     if distributed.agree(found is not None):
         return found or store.find("finetune", ws.key)

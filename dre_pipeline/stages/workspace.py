@@ -36,12 +36,14 @@ class Workspace:
     key: str
 
 
-def prepare(cfg: FinetuneConfig, store: Store, quiet: bool = False, cached_only: bool = False) -> Workspace:
-    data, split = encode_stage.load_graph(cfg, store, quiet, cached_only)
+def prepare(cfg: FinetuneConfig, store: Store, quiet: bool = False, cached_only: bool = False,
+            device: torch.device = torch.device("cpu")) -> Workspace:
+    """``device``: the command's, where ``--features llm`` runs the LLM if stage one has yet to run."""
+    data, split = encode_stage.load_graph(cfg, store, quiet, cached_only, device)
     use_text = cfg.use_text and data.text is not None
     if cfg.node_tokens == "none" and not use_text:  # refused before stage one runs
         raise InputError(f"--node-tokens none prompts with the node's text alone, and {data.name!r} has no text")
-    encode = encode_stage.run(subset(cfg, EncodeConfig), store, quiet=quiet, cached_only=cached_only)
+    encode = encode_stage.run(subset(cfg, EncodeConfig), store, quiet=quiet, cached_only=cached_only, device=device)
     llm = resolve_llm(cfg.llm_path, store)
     codebook_artifact = store.find("codebook", encode.manifest["codebook"])
     if codebook_artifact is None or codebook_artifact.manifest["llm"]["identity"] != llm.identity:
