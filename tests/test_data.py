@@ -322,12 +322,13 @@ def test_npz_errors(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     ({"labels": np.array(["ML", "AI", "AI", "ML"])}, r"'labels' must hold one whole number per node, found <U2"),
     ({"labels": np.array([0, 1, 1, 0], dtype=object)}, r"cannot read its 'labels' array \(Object arrays"),
     ({"labels": np.array([0, 1, 10**6, 0]), "class_names": None}, r"integer labels must number the classes 0..C-1"),
+    # scipy's own reason closes the line; matched on the words every scipy since 1.11 uses
     ({"adj_matrix.shape": np.array([5, 5])}, r"adj CSR arrays disagree with adj_matrix.shape \(5, 5\) "
-                                             r"\(index pointer size 5 should be 6\)"),
+                                             r"\(index pointer size \(?5\)? should be \(?6\)?\)"),
     ({"attr_matrix.shape": np.array([3, 3])}, r"attr CSR arrays disagree with attr_matrix.shape \(3, 3\)"),
-    ({"adj_matrix.indices": np.array([1, 2, 7])}, r"indices must be < 4"),
-    ({"adj_matrix.indices": np.array([1, -2, 3])}, r"indices must be >= 0"),
-    ({"adj_matrix.indptr": np.array([0, 2, 1, 2, 3])}, r"indptr must be a non-decreasing sequence"),
+    ({"adj_matrix.indices": np.array([1, 2, 7])}, r"adj CSR arrays disagree .* must be < 4\)"),
+    ({"adj_matrix.indices": np.array([1, -2, 3])}, r"adj CSR arrays disagree .* must be >= 0\)"),
+    ({"adj_matrix.indptr": np.array([0, 2, 1, 2, 3])}, r"adj CSR arrays disagree .* non-decreasing sequence\)"),
     ({"adj_matrix.indices": np.array([1.5, 2, 3])}, r"adj_matrix.indices must hold whole numbers, found float64"),
     ({"adj_matrix.shape": np.array([4, 5])}, r"the adjacency matrix is 4 x 5, not square"),
     ({"attr_names": np.array(["graph", "language"])}, r"2 attr_names for 3 attribute columns"),

@@ -11,7 +11,7 @@ from dre_pipeline.prompts import build_template, node_suffix
 NAMES = ["Theory", "Neural Networks", "Case Based"]
 
 
-def setup(folder):
+def load_model(folder):
     tok = AutoTokenizer.from_pretrained(folder)
     model = AutoModelForCausalLM.from_pretrained(folder).eval()
     template = build_template(tok, NAMES, num_views=2, use_text=False)
@@ -19,7 +19,7 @@ def setup(folder):
 
 
 def test_template_pieces(tiny_llm):
-    tok, _, template = setup(tiny_llm)
+    tok, _, template = load_model(tiny_llm)
     assert template.first_token_unique
     suffix, positions = node_suffix(template, [[1000, 1001], [1002, 1003]])
     assert [suffix[p] for view in positions for p in view] == [1000, 1001, 1002, 1003]
@@ -29,7 +29,7 @@ def test_template_pieces(tiny_llm):
 
 @pytest.mark.parametrize("trained_layers", [0, 1])
 def test_shared_prefix_matches_full_forward(tiny_llm, trained_layers):
-    tok, model, template = setup(tiny_llm)
+    tok, model, template = load_model(tiny_llm)
     predictor = GraphWordPredictor(model, template, tok.pad_token_id or 0, trained_layers)
     suffixes = [node_suffix(template, [[1000, 1001], [1002, 1003]])[0],
                 node_suffix(template, [[2000, 2001], [2002, 2003]], text_ids=[500, 501, 502])[0]]
@@ -45,7 +45,7 @@ def test_shared_prefix_matches_full_forward(tiny_llm, trained_layers):
 
 
 def test_frozen_layers_get_no_gradient_and_soft_tokens_do(tiny_llm):
-    tok, model, template = setup(tiny_llm)
+    tok, model, template = load_model(tiny_llm)
     predictor = GraphWordPredictor(model, template, tok.pad_token_id or 0, trained_layers=1)
     suffix, positions = node_suffix(template, [[1000, 1001], [1002, 1003]])
     predictor.loss([suffix], [1]).backward()
@@ -60,7 +60,7 @@ def test_frozen_layers_get_no_gradient_and_soft_tokens_do(tiny_llm):
 
 
 def test_sequence_scoring_when_first_tokens_collide(tiny_llm):
-    tok, model, _ = setup(tiny_llm)
+    tok, model, _ = load_model(tiny_llm)
     template = build_template(tok, ["Neural Networks", "Neural Nets"], num_views=1, use_text=False)
     assert not template.first_token_unique
     predictor = GraphWordPredictor(model, template, tok.pad_token_id or 0)
@@ -75,7 +75,7 @@ def test_sequence_scoring_when_first_tokens_collide(tiny_llm):
 
 
 def test_replaced_embeddings_are_used_in_both_scoring_modes(tiny_llm):
-    tok, model, _ = setup(tiny_llm)
+    tok, model, _ = load_model(tiny_llm)
     for names in (NAMES, ["Neural Networks", "Neural Nets"]):
         template = build_template(tok, names, num_views=1, use_text=False)
         predictor = GraphWordPredictor(model, template, tok.pad_token_id or 0)
@@ -98,7 +98,7 @@ def test_lora_only_on_the_top_layers(tiny_llm):
 
 
 def test_class_loss_is_cross_entropy_over_the_scores_prediction_ranks(tiny_llm):
-    tok, model, template = setup(tiny_llm)
+    tok, model, template = load_model(tiny_llm)
     predictor = GraphWordPredictor(model, template, tok.pad_token_id or 0, trained_layers=1)
     suffixes = [node_suffix(template, [[1000, 1001], [1002, 1003]])[0],
                 node_suffix(template, [[2000, 2001], [2002, 2003]])[0]]
@@ -124,7 +124,7 @@ def test_class_loss_is_cross_entropy_over_the_scores_prediction_ranks(tiny_llm):
 
 
 def test_class_loss_takes_soft_targets_and_row_weights(tiny_llm):
-    tok, model, template = setup(tiny_llm)
+    tok, model, template = load_model(tiny_llm)
     predictor = GraphWordPredictor(model, template, tok.pad_token_id or 0, trained_layers=1)
     suffixes = [node_suffix(template, [[1000, 1001], [1002, 1003]])[0],
                 node_suffix(template, [[2000, 2001], [2002, 2003]])[0]]
@@ -144,7 +144,7 @@ def test_full_prompt_predictor_gives_the_same_scores_and_gradients(tiny_llm, nam
     """--no-token-economy (the plain PEFT + transformers forward) differs in cost only."""
     from dre_pipeline.predictor import FullPromptPredictor
 
-    tok, model, _ = setup(tiny_llm)
+    tok, model, _ = load_model(tiny_llm)
     template = build_template(tok, names, num_views=2, use_text=False)
     suffixes = [node_suffix(template, [[1000, 1001], [1002, 1003]])[0],
                 node_suffix(template, [[2000, 2001], [2002, 2003]], text_ids=[500, 501, 502])[0]]
