@@ -1,7 +1,8 @@
 """The LLM as a classifier over class names, with token economy built in.
 
-- The shared prefix (task + class names) is run once and its key/value cache repeated
-  over each batch, so each prompt costs only its node-specific tokens.
+- The shared prefix (task + class names) is run once and its keys/values, stored once, are
+  attended to by every row of a batch (:mod:`~dre_pipeline.shared_prefix`), so each prompt
+  costs only its node-specific tokens, in compute and in memory.
 - LoRA adapts only the top ``trained_layers`` decoder layers. The layers below are frozen
   and, with stored code words, see the same tokens every epoch: their output for a prompt
   is computed once and cached, so a training step runs (and back-propagates through) the
@@ -13,15 +14,13 @@
   scored by the sum of its token log-probabilities.
 """
 
-import copy
 from typing import Optional
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-from transformers import DynamicCache
-
 from .prompts import PromptTemplate
+from .shared_prefix import SharedPrefix, shared_prefix_attention
 
 FROZEN_CACHE_BYTES = 4 << 30  # beyond this, frozen-layer outputs are recomputed instead of kept
 FROZEN_CHUNK = 32  # prompts per frozen-layer pass when filling the cache
@@ -49,7 +48,7 @@ class GraphWordPredictor:
         layers = list(self.decoder.layers)
         split = len(layers) - trained_layers if 0 < trained_layers < len(layers) else 0
         self.frozen_layers, self.trained_layers = layers[:split], layers[split:]
-        self._prefix_state = None  # (KV cache of the frozen layers, prefix hidden state above them)
+        self._prefix_state = None  # (prefix keys/values in the frozen layers, prefix hidden state above them)
         self._frozen_rows = {}  # prompt row (token ids) → its hidden states above the frozen layers
         self._frozen_bytes = 0
 
@@ -57,47 +56,49 @@ class GraphWordPredictor:
     def device(self) -> torch.device:
         return self.embed.weight.device
 
-    def _layers(self, layers: list, hidden: Tensor, start: int, cache: DynamicCache) -> Tensor:
-        """Run ``layers`` on ``hidden [B, S, d]`` at positions ``start..start+S-1`` after ``cache``.
+    def _layers(self, layers: list, hidden: Tensor, start: int, prefix: SharedPrefix) -> Tensor:
+        """Run ``layers`` on ``hidden [B, S, d]`` at positions ``start..start+S-1``, after ``prefix``.
 
-        Causal attention is all the mask needed: rows are right-padded, so no real token
-        sees a pad, and every row sees the whole prefix.
+        Causal attention among the rows' own tokens is all the mask needed: rows are right-padded,
+        so no real token sees a pad, and every row sees the whole prefix.
         """
         if not layers:
             return hidden
         length = hidden.size(1)
         positions = torch.arange(start, start + length, device=hidden.device)[None]
-        keys = torch.arange(start + length, device=hidden.device)
-        blocked = keys[None, :] > positions[0, :, None]
+        blocked = torch.ones(length, length, dtype=torch.bool, device=hidden.device).triu(1)
         mask = torch.zeros(blocked.shape, dtype=hidden.dtype, device=hidden.device)
         mask = mask.masked_fill(blocked, torch.finfo(hidden.dtype).min)[None, None]
         rope = self.decoder.rotary_emb(hidden, position_ids=positions)
-        for layer in layers:
-            hidden = layer(hidden, attention_mask=mask, position_embeddings=rope, position_ids=positions,
-                           cache=cache, use_cache=True)
+        with shared_prefix_attention(self.decoder.config):
+            for layer in layers:
+                hidden = layer(hidden, attention_mask=mask, position_embeddings=rope, position_ids=positions,
+                               prefix=prefix)
         return hidden
 
-    def _prefix(self) -> tuple:
-        """The shared prefix through the frozen layers, once: their KV cache and its output."""
+    def _frozen_prefix(self) -> tuple:
+        """The shared prefix through the frozen layers, once: their keys/values and its output above them."""
         if self._prefix_state is None:
             with torch.no_grad():
-                cache = DynamicCache(config=self.decoder.config)
+                recorded = SharedPrefix(recording=True)
                 ids = torch.tensor([self.template.prefix_ids], device=self.device)
-                hidden = self._layers(self.frozen_layers, self.embed(ids), 0, cache)
-            self._prefix_state = (cache, hidden)
+                hidden = self._layers(self.frozen_layers, self.embed(ids), 0, recorded)
+            self._prefix_state = (SharedPrefix(recorded.layers), hidden)
         return self._prefix_state
 
-    def _batch_cache(self, batch: int, frozen: bool, trained: bool) -> DynamicCache:
-        """A fresh cache holding the prefix for ``batch`` rows, in the frozen and/or trained layers.
+    def _prefix(self, frozen: bool, trained: bool) -> SharedPrefix:
+        """The prefix's keys/values in the frozen and/or trained layers, stored once for the whole batch.
 
-        Rows read from the frozen-row cache skip the frozen layers, so they need no frozen KV.
+        The trained layers' change with every step, so they are recomputed (with gradient) per call;
+        rows read from the frozen-row cache skip the frozen layers, so they need no frozen keys.
         """
-        frozen_cache, prefix_hidden = self._prefix()
-        cache = copy.deepcopy(frozen_cache) if frozen else DynamicCache(config=self.decoder.config)
-        if trained:
-            self._layers(self.trained_layers, prefix_hidden, 0, cache)
-        cache.batch_repeat_interleave(batch)
-        return cache
+        frozen_prefix, prefix_hidden = self._frozen_prefix()
+        prefix = frozen_prefix if frozen else SharedPrefix()
+        if trained and self.trained_layers:
+            recorded = SharedPrefix(recording=True)
+            self._layers(self.trained_layers, prefix_hidden, 0, recorded)
+            prefix = prefix | recorded
+        return prefix
 
     def _pad(self, rows: list) -> Tensor:
         ids = torch.full((len(rows), max(len(r) for r in rows)), self.pad_id, dtype=torch.long)
@@ -112,9 +113,8 @@ class GraphWordPredictor:
         with torch.no_grad():
             for start in range(0, len(missing), FROZEN_CHUNK):
                 chunk = missing[start: start + FROZEN_CHUNK]
-                cache = self._batch_cache(len(chunk), frozen=True, trained=False)
                 out = self._layers(self.frozen_layers, self.embed(self._pad(chunk)), len(self.template.prefix_ids),
-                                   cache)
+                                   self._prefix(frozen=True, trained=False))
                 for row, hidden in zip(chunk, out):
                     fresh[row] = hidden[: len(row)].clone()
         for row, hidden in fresh.items():
@@ -137,7 +137,7 @@ class GraphWordPredictor:
         """
         start = len(self.template.prefix_ids)
         cached_rows = words is None and bool(self.frozen_layers)
-        cache = self._batch_cache(len(rows), frozen=not cached_rows, trained=True)
+        prefix = self._prefix(frozen=not cached_rows, trained=True)
         if cached_rows:
             hidden = self._above_frozen(rows)
         else:
@@ -146,8 +146,8 @@ class GraphWordPredictor:
                 row_index, position, vectors = words
                 hidden = hidden.index_put((row_index.to(self.device), position.to(self.device)),
                                           vectors.to(hidden.dtype))
-            hidden = self._layers(self.frozen_layers, hidden, start, cache)
-        return self.decoder.norm(self._layers(self.trained_layers, hidden, start, cache))
+            hidden = self._layers(self.frozen_layers, hidden, start, prefix)
+        return self.decoder.norm(self._layers(self.trained_layers, hidden, start, prefix))
 
     def answer_logprobs(self, suffixes: list, answers: list, words: Optional[tuple] = None) -> tuple:
         """Sum of log p(answer tokens | prompt) per row, and the number of answer tokens."""

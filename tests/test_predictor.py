@@ -164,3 +164,41 @@ def test_full_prompt_predictor_gives_the_same_scores_and_gradients(tiny_llm, nam
     assert torch.allclose(economy_words, plain_words, atol=1e-5)
     assert all(torch.allclose(a, b, atol=1e-5) for a, b in zip(economy_grads, plain_grads))
     assert plain_tokens - economy_tokens == len(template.prefix_ids)  # the prefix once per row, not per batch
+
+
+@pytest.mark.parametrize("names", [NAMES, ["Neural Networks", "Neural Nets"]])
+def test_prefix_keys_are_stored_once_not_per_row(tiny_llm, names):
+    """No tensor of a batch forward holds the prefix's keys/values per row: ``[B, H_kv, ≥P, d_head]``.
+
+    A per-row copy (a key/value cache repeated over the batch, and over the classes when class
+    names share a first token) grows with B·P in every layer; the shared prefix is read in place.
+    """
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Shapes(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.seen = []
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            self.seen += [o.shape for o in (out if isinstance(out, (tuple, list)) else [out])
+                          if isinstance(o, torch.Tensor)]
+            return out
+
+    tok, model, _ = load_model(tiny_llm)
+    template = build_template(tok, names, num_views=2, use_text=False)
+    config = model.config
+    head_dim, kv_heads = config.hidden_size // config.num_attention_heads, config.num_key_value_heads
+    prefix = len(template.prefix_ids)
+    rows = 8
+    suffixes = [node_suffix(template, [[1000 + i, 1001], [1002, 1003]])[0] for i in range(rows)]
+    predictor = GraphWordPredictor(model, template, tok.pad_token_id or 0, trained_layers=1)
+    with Shapes() as shapes:
+        scores = predictor.class_scores(suffixes)
+        predictor.loss(suffixes, [0] * rows, kind="class").backward()
+    assert scores.shape == (rows, len(names))
+    per_row_prefix = [s for s in shapes.seen if len(s) == 4 and s[0] >= rows and s[1] == kv_heads
+                      and s[2] >= prefix and s[3] == head_dim]
+    assert per_row_prefix == []
+    assert any(s[:3] == (1, kv_heads, prefix) for s in shapes.seen if len(s) == 4)  # the prefix, once
