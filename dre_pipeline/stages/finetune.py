@@ -23,7 +23,7 @@ from ..runtime import log, peak_memory_mb, reset_peak_memory, seed_everything
 from . import encode as encode_stage
 from .node_tokens import GraphInTheLoop, StoredWords, graph_in_the_loop, sampled_codes
 from .training import evaluate, train
-from .workspace import Workspace, codes_from_table, head_distribution, predictor_for, prepare
+from .workspace import Workspace, codes_from_table, head_distribution, predictor_for, prepare, with_settings
 
 
 def run(cfg: FinetuneConfig, store: Store, force: bool = False, quiet: bool = False,
@@ -37,11 +37,16 @@ def run(cfg: FinetuneConfig, store: Store, force: bool = False, quiet: bool = Fa
     llm = resolve_llm(cfg.llm_path, store)
     quantization_config(cfg.quantization, device, llm)  # an impossible setting stops before any work
     targets = lora_targets(llm, cfg.lora_targets)
-    ws = prepare(cfg, store, quiet, device=device)
+    return _run(prepare(cfg, store, quiet, device=device, llm=llm), targets, store, force, quiet, device)
+
+
+def _run(ws: Workspace, targets: list, store: Store, force: bool, quiet: bool, device: torch.device) -> Artifact:
+    cfg, llm = ws.cfg, ws.llm
     found = store.lookup("finetune", ws.key, force) if distributed.is_main() else None
     if distributed.agree(found is not None):
         return found or store.find("finetune", ws.key)
-    base = run(replace(cfg, joint=False), store, quiet=quiet, device=device) if cfg.joint else None
+    # the joint pass starts from the plain run of the same workspace: stage one is not entered again
+    base = _run(with_settings(ws, replace(cfg, joint=False)), targets, store, False, quiet, device) if cfg.joint else None
     log.info("finetune: reading %s", base.path if base else ws.encode.path)
     started = time.time()
     reset_peak_memory(device)  # this run's own GPU peak, not the plain run's before a joint pass
@@ -82,7 +87,7 @@ def run(cfg: FinetuneConfig, store: Store, force: bool = False, quiet: bool = Fa
     metrics["final"] = reports
     metrics["seconds"] = round(time.time() - started, 2)
     gnn_state = node_tokens.state_dict() if isinstance(node_tokens, GraphInTheLoop) else None
-    written = _write(store, ws, model, codes, nodes, scores, metrics, gnn_state, llm, device) if distributed.is_main() else None
+    written = _write(store, ws, model, codes, nodes, scores, metrics, gnn_state, device) if distributed.is_main() else None
     distributed.barrier()
     return written or store.find("finetune", ws.key, cached=False)
 
@@ -102,8 +107,8 @@ def predictions_table(ws: Workspace, nodes: np.ndarray, scores: torch.Tensor) ->
 
 
 def _write(store: Store, ws: Workspace, model, codes: np.ndarray, nodes: np.ndarray, scores: torch.Tensor,
-           metrics: dict, gnn_state, llm, device: torch.device) -> Artifact:
-    final = metrics["final"]
+           metrics: dict, gnn_state, device: torch.device) -> Artifact:
+    final, llm = metrics["final"], ws.llm
     manifest = {
         "dataset": ws.data.name, "encode": ws.encode.key, "llm": {"name": llm.name, "identity": llm.identity},
         "settings": key_fields(ws.cfg), "class_names": ws.data.class_names, "joint": ws.cfg.joint, "node_tokens": ws.cfg.node_tokens,

@@ -9,7 +9,7 @@ from ..artifacts import Store, load_torch
 from ..config import FinetuneConfig
 from ..data import split_names, title_and_rest
 from ..errors import InputError
-from ..llm import load_model, resolve_device, resolve_llm
+from ..llm import load_model, resolve_device
 from ..prompts import render
 from .node_tokens import StoredWords, graph_in_the_loop
 from .training import score
@@ -34,7 +34,7 @@ def run(cfg: FinetuneConfig, store: Store, node_ids: list, device: str = "auto",
         raise InputError(f"unknown node ids {unknown[:5]}: {ws.data.name} has ids such as {', '.join(map(str, known[:3]))}")
     nodes = np.array([position[str(n)] for n in node_ids], dtype=np.int64)
 
-    model = PeftModel.from_pretrained(load_model(resolve_llm(cfg.llm_path, store), device, cfg.quantization),
+    model = PeftModel.from_pretrained(load_model(ws.llm, device, cfg.quantization),
                                       found.path / "adapter")
     predictor = predictor_for(ws, model)
     if cfg.node_tokens == "soft":

@@ -1,9 +1,9 @@
-"""What stage two reads, resolved from the config: the stage-one artifact, graph, split,
+"""What stage two reads, resolved once from the config: the stage-one artifact, graph, split,
 codebook, tokenizer, prompt template and the artifact key (finetune, predict, report, status)."""
 
 import hashlib
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import numpy as np
 import pyarrow as pa
@@ -15,7 +15,7 @@ from ..codebook import Codebook
 from ..config import EncodeConfig, FinetuneConfig, key_fields, subset
 from ..data import GraphData, title_and_rest
 from ..errors import InputError
-from ..llm import load_tokenizer, resolve_llm
+from ..llm import ResolvedLLM, load_tokenizer, resolve_llm
 from ..predictor import FullPromptPredictor, GraphWordPredictor
 from ..prompts import PromptTemplate, build_template, node_suffix, node_text
 from . import encode as encode_stage
@@ -23,9 +23,10 @@ from . import encode as encode_stage
 
 @dataclass
 class Workspace:
-    """Everything stage two reads, resolved from the config (shared by finetune and predict)."""
+    """Everything stage two reads, resolved once from the config (shared by finetune and predict)."""
 
     cfg: FinetuneConfig
+    llm: ResolvedLLM
     encode: Artifact
     data: GraphData
     split: np.ndarray
@@ -37,14 +38,19 @@ class Workspace:
 
 
 def prepare(cfg: FinetuneConfig, store: Store, quiet: bool = False, cached_only: bool = False,
-            device: torch.device = torch.device("cpu")) -> Workspace:
-    """``device``: the command's, where ``--features llm`` runs the LLM if stage one has yet to run."""
-    data, split = encode_stage.load_graph(cfg, store, quiet, cached_only, device)
+            device: torch.device = torch.device("cpu"), graph: tuple = None, llm: ResolvedLLM = None) -> Workspace:
+    """The graph is loaded once, here or by the caller (``graph``: ``(data, split)``), and handed to stage one;
+    ``llm``: the command's, where it has resolved it already.
+
+    ``device``: the command's, where ``--features llm`` runs the LLM if stage one has yet to run.
+    """
+    data, split = graph or encode_stage.load_graph(cfg, store, quiet, cached_only, device)
     use_text = cfg.use_text and data.text is not None
     if cfg.node_tokens == "none" and not use_text:  # refused before stage one runs
         raise InputError(f"--node-tokens none prompts with the node's text alone, and {data.name!r} has no text")
-    encode = encode_stage.run(subset(cfg, EncodeConfig), store, quiet=quiet, cached_only=cached_only, device=device)
-    llm = resolve_llm(cfg.llm_path, store)
+    encode = encode_stage.run(subset(cfg, EncodeConfig), store, quiet=quiet, cached_only=cached_only, device=device,
+                              graph=(data, split))
+    llm = llm or resolve_llm(cfg.llm_path, store)
     codebook_artifact = store.find("codebook", encode.manifest["codebook"])
     if codebook_artifact is None or codebook_artifact.manifest["llm"]["identity"] != llm.identity:
         built_for = codebook_artifact.manifest["llm"]["name"] if codebook_artifact else "no codebook in this store"
@@ -55,12 +61,22 @@ def prepare(cfg: FinetuneConfig, store: Store, quiet: bool = False, cached_only:
     graph_views = 0 if cfg.node_tokens == "none" else cfg.num_views
     template = build_template(tokenizer, data.class_names, graph_views, use_text)
     text_ids = text_token_ids(tokenizer, data, cfg.max_text_tokens) if use_text else [[] for _ in range(data.num_nodes)]
+    return Workspace(cfg, llm, encode, data, split, codebook, tokenizer, template, text_ids,
+                     finetune_key(cfg, encode, llm, template, text_ids))
+
+
+def finetune_key(cfg: FinetuneConfig, encode: Artifact, llm: ResolvedLLM, template: PromptTemplate,
+                 text_ids: list) -> str:
     # The text settings enter the key through the prompts they make, so a graph without text
     # gets the same key whatever they say.
     own = key_fields(cfg, exclude=(*EncodeConfig.__dataclass_fields__, "use_text", "max_text_tokens"))
-    key = artifact_key({"settings": own, "encode": encode.key, "llm": llm.identity,
-                        "prompts": prompt_digest(template, text_ids)})
-    return Workspace(cfg, encode, data, split, codebook, tokenizer, template, text_ids, key)
+    return artifact_key({"settings": own, "encode": encode.key, "llm": llm.identity,
+                         "prompts": prompt_digest(template, text_ids)})
+
+
+def with_settings(ws: Workspace, cfg: FinetuneConfig) -> Workspace:
+    """``ws`` under stage-two settings that leave stage one and the prompts as they are (``--joint``'s plain run)."""
+    return replace(ws, cfg=cfg, key=finetune_key(cfg, ws.encode, ws.llm, ws.template, ws.text_ids))
 
 
 def text_token_ids(tokenizer, data: GraphData, budget: int) -> list:
