@@ -18,11 +18,11 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 
-from dre_pipeline.artifacts import Store
-from dre_pipeline.bench import ROWS
-from dre_pipeline.config import FinetuneConfig
+from dre_pipeline.pipeline.artifacts import Store
+from dre_pipeline.harness.bench import ROWS
+from dre_pipeline.pipeline.config import FinetuneConfig
 from dre_pipeline.errors import InputError
-from dre_pipeline.stages.workspace import head_distribution, prepare
+from dre_pipeline.pipeline.stages.finetune.workspace import head_distribution, prepare
 
 BENCH_EPOCHS = 2  # bench's --ft-epochs, which names the rows' artifacts
 

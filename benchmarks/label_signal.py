@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch_geometric.nn import CorrectAndSmooth
 
-from dre_pipeline.baselines import train_gnn
+from dre_pipeline.harness.baselines import train_gnn
 from dre_pipeline.data import load_dataset, make_split
 
 

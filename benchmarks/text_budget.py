@@ -19,8 +19,8 @@ from sklearn.linear_model import LogisticRegression
 from transformers import AutoTokenizer
 
 from dre_pipeline.data import load_dataset, make_split, title_and_rest
-from dre_pipeline.llm import embedded_gguf
-from dre_pipeline.prompts import node_text
+from dre_pipeline.pipeline.llm import embedded_gguf
+from dre_pipeline.model.prompts import node_text
 
 BUDGETS = (16, 32, 48, 64, 96, 128, 256)
 

@@ -1,6 +1,6 @@
 """Wall time of `make all` and `make test` per CPU class, from a fresh clone with its venv installed.
 
-    .venv/bin/python benchmarks/time_targets.py            # every CPU class of dre_pipeline.speed
+    .venv/bin/python benchmarks/time_targets.py            # every CPU class of dre_pipeline.harness.speed
     .venv/bin/python benchmarks/time_targets.py avx2       # one class
 
 Clones HEAD into a temporary folder, runs `make install` there (not timed), then per CPU
@@ -16,12 +16,12 @@ import tempfile
 import time
 from pathlib import Path
 
-from dre_pipeline.bench import write_results
-from dre_pipeline.speed import CPU_CLASSES, cpu_name
+from dre_pipeline.harness.bench import write_results
+from dre_pipeline.harness.speed import CPU_CLASSES, cpu_name
 
 REPO = Path(__file__).resolve().parents[1]
 LIMITS = {"make all": 1200, "make test": 600}  # seconds, the targets on a 2-core AVX2-only CPU
-PROBE = ("import json, torch; from dre_pipeline.runtime import native_bf16; print(json.dumps("
+PROBE = ("import json, torch; from dre_pipeline.pipeline.runtime import native_bf16; print(json.dumps("
          "{'capability': torch.backends.cpu.get_cpu_capability(), 'native_bf16': native_bf16(torch.device('cpu'))}))")
 
 

@@ -1,7 +1,7 @@
 """Do a node's code words read as its topic? The codebook options and the keyword loss, side by side.
 
 Each entry of ``CODEBOOKS`` is a stage-one setting: the whole codebook or ``--text-codebook``,
-each with or without ``--keyword-weight`` (:mod:`dre_pipeline.grounding`).
+each with or without ``--keyword-weight`` (:mod:`dre_pipeline.model.grounding`).
 
 Issue 12 asks for words a person reads as topic words. Measured here on a text-attributed
 graph, per seed, over the test nodes' code words (every hop, every level):
@@ -26,10 +26,10 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 
-from dre_pipeline.artifacts import Store
-from dre_pipeline.codebook import WORDS, text_vocabulary
-from dre_pipeline.config import EncodeConfig
-from dre_pipeline.stages import encode
+from dre_pipeline.pipeline.artifacts import Store
+from dre_pipeline.model.codebook import WORDS, text_vocabulary
+from dre_pipeline.pipeline.config import EncodeConfig
+from dre_pipeline.pipeline.stages import encode
 
 LIFT = 2.0
 MIN_CLASS_PAPERS = 5  # a word in fewer training papers of a class is not called its topic

@@ -18,10 +18,10 @@ import pyarrow.parquet as pq
 import scipy.sparse as sparse
 from sklearn.linear_model import LogisticRegression
 
-from dre_pipeline.artifacts import Store
-from dre_pipeline.config import EncodeConfig
-from dre_pipeline.stages import encode
-from dre_pipeline.stages.workspace import codes_from_table
+from dre_pipeline.pipeline.artifacts import Store
+from dre_pipeline.pipeline.config import EncodeConfig
+from dre_pipeline.pipeline.stages import encode
+from dre_pipeline.pipeline.stages.finetune.workspace import codes_from_table
 
 STRENGTHS = (0.1, 0.3, 1.0, 3.0, 10.0)
 

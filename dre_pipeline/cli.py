@@ -18,10 +18,10 @@ from typing import Callable, Optional
 
 import typer
 
-from .artifacts import Store
-from .config import PRESETS, BenchConfig, CodebookConfig, EncodeConfig, FinetuneConfig
+from .pipeline.artifacts import Store
+from .pipeline.config import PRESETS, BenchConfig, CodebookConfig, EncodeConfig, FinetuneConfig
 from .errors import InputError
-from .runtime import check_environment, setup_logging
+from .pipeline.runtime import check_environment, setup_logging
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Dr.E: graphs as words for LLMs.")
 
@@ -107,7 +107,7 @@ def stage_command(name: str, config_cls, extra: tuple = (), computes: bool = Tru
                 check_environment()
                 cfg = config_cls(**with_preset({k: kwargs[k] for k in config_names}, kwargs["preset"], ctx))
                 if "device" in kwargs:  # a device this machine lacks stops here, not after the work before it
-                    from .llm import resolve_device
+                    from .pipeline.llm import resolve_device
 
                     kwargs["device"] = resolve_device(kwargs["device"])
                 store = _store(kwargs["store"])
@@ -128,7 +128,7 @@ def stage_command(name: str, config_cls, extra: tuple = (), computes: bool = Tru
 @stage_command("codebook", CodebookConfig)
 def codebook(cfg: CodebookConfig, store: Store, force: bool, quiet: bool):
     """Refine the LLM's vocabulary into the VQ codebook (token-level alignment)."""
-    from .stages import codebook as stage
+    from .pipeline.stages import codebook as stage
 
     artifact = stage.run(cfg, store, force=force)
     typer.echo(f"codebook: kept {artifact.manifest['kept']}/{artifact.manifest['total']} tokens → {artifact.path}")
@@ -140,7 +140,7 @@ DEVICE = _option("device", str, "auto", "auto | cpu | cuda[:N]; bf16 where the d
 @stage_command("encode", EncodeConfig, extra=(DEVICE,))
 def encode(cfg: EncodeConfig, store: Store, force: bool, quiet: bool, device: str):
     """Stage one: multi-view GNN with dual-level residual VQ; writes codes.parquet."""
-    from .stages import encode as stage
+    from .pipeline.stages import encode as stage
 
     artifact = stage.run(cfg, store, force=force, quiet=quiet, device=device)
     acc = artifact.manifest["label_head_accuracy"]
@@ -150,8 +150,8 @@ def encode(cfg: EncodeConfig, store: Store, force: bool, quiet: bool, device: st
 @stage_command("finetune", FinetuneConfig, extra=(DEVICE,))
 def finetune(cfg: FinetuneConfig, store: Store, force: bool, quiet: bool, device: str):
     """Stage two: LoRA-finetune the LLM on graph-word prompts (runs missing upstream stages)."""
-    from . import distributed
-    from .stages import finetune as stage
+    from .pipeline import distributed
+    from .pipeline.stages.finetune import finetune as stage
 
     artifact = stage.run(cfg, store, force=force, quiet=quiet, device=device)
     if distributed.is_main():  # under torchrun, one summary
@@ -211,8 +211,8 @@ def _check_format(format: str) -> None:
 def predict(cfg: FinetuneConfig, store: Store, quiet: bool, node_ids: Optional[str],
             node_file: Optional[Path], format: str, device: str):
     """Answer for some nodes with the saved adapter of the same settings, without retraining."""
-    from . import distributed
-    from .stages import predict as stage
+    from .pipeline import distributed
+    from .pipeline.stages.finetune import predict as stage
 
     _check_format(format)
     rows = stage.run(cfg, store, _node_ids(node_ids, node_file), device=device, quiet=quiet)
@@ -235,8 +235,8 @@ def predict(cfg: FinetuneConfig, store: Store, quiet: bool, node_ids: Optional[s
 ), computes=False)
 def explain(cfg: FinetuneConfig, store: Store, quiet: bool, node_id: str, format: str, device: str):
     """One node: its words per hop, its text, the prompt, the prediction with per-class scores, the true label."""
-    from .report import explanation_text
-    from .stages import predict as stage
+    from .harness.report import explanation_text
+    from .pipeline.stages.finetune import predict as stage
 
     _check_format(format)
     row = stage.run(cfg, store, _node_ids(node_id, None), device=device, quiet=quiet)[0]
@@ -251,7 +251,7 @@ def explain(cfg: FinetuneConfig, store: Store, quiet: bool, node_id: str, format
 def report(cfg: FinetuneConfig, store: Store, quiet: bool, out: Optional[Path], explain_nodes: int,
            device: str):
     """Write index.html and PNG figures about the fine-tuned model of these settings (opens with no server)."""
-    from .report import write_report
+    from .harness.report import write_report
 
     index = write_report(cfg, store, out or store.root / "report", explain_nodes, device=device, quiet=quiet)
     typer.echo(f"report: {index}")
@@ -260,7 +260,7 @@ def report(cfg: FinetuneConfig, store: Store, quiet: bool, out: Optional[Path], 
 @stage_command("status", FinetuneConfig, computes=False)
 def status(cfg: FinetuneConfig, store: Store, quiet: bool):
     """The artifact store at a glance: keys, sizes, headline metrics, and which are stale for these settings."""
-    from .status import inventory, status_text
+    from .harness.status import inventory, status_text
 
     typer.echo(status_text(inventory(cfg, store), store.root))
 
@@ -274,7 +274,7 @@ def clean(cfg: FinetuneConfig, store: Store, quiet: bool, dry_run: bool, stage: 
           stale_only: bool):
     """Remove artifact folders and leftovers of interrupted runs (all, one stage's, or the stale ones);
     what a live run uses is kept. Exit code 1 when something could not be removed."""
-    from .status import clean as remove, human_size
+    from .harness.status import clean as remove, human_size
 
     outcomes = remove(cfg, store, stage, stale_only, dry_run)
     verb = "would remove" if dry_run else "removed"
@@ -293,7 +293,7 @@ def clean(cfg: FinetuneConfig, store: Store, quiet: bool, dry_run: bool, stage: 
 @stage_command("bench", BenchConfig, computes=False)
 def bench(cfg: BenchConfig, store: Store, quiet: bool):
     """Dr.E, its ablations and the GNN / soft-prompt baselines on the same splits; writes benchmarks/RESULTS.md."""
-    from .bench import run
+    from .harness.bench import run
 
     results = run(cfg, store, quiet=quiet, command="dre-pipeline " + " ".join(sys.argv[1:]))
     typer.echo(f"bench: {results} and {Path(cfg.out) / 'RESULTS.md'}")

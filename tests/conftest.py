@@ -6,8 +6,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from dre_pipeline.artifacts import Store
-from dre_pipeline.llm import build_tiny_llama, embedded_gguf, resolve_llm
+from dre_pipeline.pipeline.artifacts import Store
+from dre_pipeline.pipeline.llm import build_tiny_llama, embedded_gguf, resolve_llm
 
 # ogb's import asks PyPI for a newer ogb in a thread; offline, its warning lands in whichever test is running
 # (seen in test_fuzz's no-warning check on the floor venv).

@@ -9,7 +9,7 @@ from contextlib import contextmanager
 import pytest
 from typer.testing import CliRunner
 
-from dre_pipeline.artifacts import Artifact, Store, damaged_files, digest
+from dre_pipeline.pipeline.artifacts import Artifact, Store, damaged_files, digest
 from dre_pipeline.cli import app
 from dre_pipeline.errors import InputError
 
@@ -63,7 +63,7 @@ def test_cached_only_miss_is_a_user_error(tmp_path):
     (lambda path: path.unlink(), "is missing"),
 ])
 def test_a_damaged_artifact_is_detected_and_never_used(tmp_path, caplog, harm, problem):
-    from dre_pipeline.status import inventory, status_text
+    from dre_pipeline.harness.status import inventory, status_text
 
     store = Store(tmp_path)
     with store.writing("codebook", "k1", {"kept": 1, "total": 2}) as out:
@@ -108,7 +108,7 @@ def test_two_runs_on_one_store_compute_a_key_once(tmp_path):
 
 
 def test_an_option_at_its_neutral_value_leaves_cache_keys_as_they_were():
-    from dre_pipeline.config import CodebookConfig, EncodeConfig, key_fields
+    from dre_pipeline.pipeline.config import CodebookConfig, EncodeConfig, key_fields
 
     # the values that reproduce what was computed before these options existed stay out of the keys
     assert not {"whole_words", "drop_function_words"} & set(
@@ -150,7 +150,7 @@ def test_a_manifest_that_cannot_be_read_makes_the_artifact_damaged(tmp_path, cap
 
 @pytest.mark.parametrize("added", ["extra.txt", "sub/manifest.json"])
 def test_a_file_not_in_the_manifest_makes_the_artifact_damaged(tmp_path, added):
-    from dre_pipeline.status import inventory, status_text
+    from dre_pipeline.harness.status import inventory, status_text
 
     artifact = _codebook_artifact(Store(tmp_path))
     (artifact.path / added).parent.mkdir(exist_ok=True)
@@ -167,7 +167,7 @@ def _no_space(*args, **kwargs):
 
 @pytest.mark.parametrize("full_at", ["the stage's own file", "the manifest"])
 def test_a_full_disk_leaves_the_store_as_it_was(tmp_path, monkeypatch, full_at):
-    from dre_pipeline import artifacts
+    from dre_pipeline.pipeline import artifacts
     store = Store(tmp_path)
     old = _codebook_artifact(store)
     if full_at == "the manifest":
@@ -184,7 +184,7 @@ def test_a_full_disk_leaves_the_store_as_it_was(tmp_path, monkeypatch, full_at):
 
 
 def test_a_full_disk_stops_a_stage_command_with_one_line(tmp_path, monkeypatch, tiny_llm):
-    from dre_pipeline.codebook import Codebook
+    from dre_pipeline.model.codebook import Codebook
 
     monkeypatch.setattr(Codebook, "save", _no_space)
     result = CliRunner().invoke(app, ["codebook", "--llm-path", str(tiny_llm), "--store", str(tmp_path), "--quiet"])

@@ -10,9 +10,9 @@ import pytest
 from test_reliability import dre, wait_for_checkpoint
 from typer.testing import CliRunner
 
-from dre_pipeline.artifacts import Store, damaged_files
+from dre_pipeline.pipeline.artifacts import Store, damaged_files
 from dre_pipeline.cli import app
-from dre_pipeline.status import inventory, status_text
+from dre_pipeline.harness.status import inventory, status_text
 
 STAGES = ("codebook", "encode", "finetune")
 runner = CliRunner()

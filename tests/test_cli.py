@@ -101,8 +101,8 @@ def test_a_store_that_cannot_be_written_is_refused_first(tmp_path, tiny_llm):
 
 
 def test_preset_paper_fills_what_the_command_line_left_at_its_default(tmp_path, monkeypatch):
-    from dre_pipeline import status
-    from dre_pipeline.config import PRESETS
+    from dre_pipeline.harness import status
+    from dre_pipeline.pipeline.config import PRESETS
 
     seen = []
     monkeypatch.setattr(status, "inventory", lambda cfg, store: seen.append(cfg) or [])
@@ -120,7 +120,7 @@ def test_a_full_disk_mid_run_is_one_line_and_keeps_what_was_finished(tmp_path, t
     """ENOSPC while a checkpoint is saved: one line, exit 2; the codebook finished before it stays intact."""
     import errno
 
-    from dre_pipeline.artifacts import Store, damaged_files
+    from dre_pipeline.pipeline.artifacts import Store, damaged_files
 
     def full(*args, **kwargs):
         raise OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "encode" / ".ckpt.pt"))

@@ -118,7 +118,7 @@ def test_cora_text_from_the_shared_copy(datasets_root: Path, tmp_path: Path) -> 
 
 
 def test_the_prompt_carries_the_title_first_and_keeps_to_the_text_budget(tmp_path: Path, smollm2_tokenizer) -> None:
-    from dre_pipeline.stages.workspace import text_token_ids
+    from dre_pipeline.pipeline.stages.finetune.workspace import text_token_ids
 
     folder = write_tables(tmp_path / "papers", PAPERS, [("p-a", "p-b"), ("p-b", "p-c")])
     data = load_dataset(str(folder), None, tmp_path / "cache")

@@ -13,12 +13,12 @@ import torch
 
 import torch.distributed as dist
 
-from dre_pipeline import distributed
-from dre_pipeline.artifacts import Store, load_torch, save_torch
-from dre_pipeline.config import FinetuneConfig
-from dre_pipeline.llm import compute_dtype, load_model, resolve_llm
-from dre_pipeline.runtime import native_bf16, peak_memory_mb, reset_peak_memory, rng_state, set_rng_state
-from dre_pipeline.stages import finetune, predict
+from dre_pipeline.pipeline import distributed
+from dre_pipeline.pipeline.artifacts import Store, load_torch, save_torch
+from dre_pipeline.pipeline.config import FinetuneConfig
+from dre_pipeline.pipeline.llm import compute_dtype, load_model, resolve_llm
+from dre_pipeline.pipeline.runtime import native_bf16, peak_memory_mb, reset_peak_memory, rng_state, set_rng_state
+from dre_pipeline.pipeline.stages.finetune import finetune, predict
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 CUDA = torch.device("cuda")

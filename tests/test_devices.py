@@ -15,12 +15,12 @@ import torch.distributed as dist
 from torch._subclasses.fake_tensor import DataDependentOutputException, FakeTensorMode
 
 import dre_pipeline
-from dre_pipeline import distributed, llm, runtime
-from dre_pipeline.artifacts import Store, load_torch, save_torch
-from dre_pipeline.bench import economy_markdown
-from dre_pipeline.config import FinetuneConfig
-from dre_pipeline.llm import compute_dtype, quantization_config
-from dre_pipeline.stages import finetune, predict
+from dre_pipeline.pipeline import distributed, llm, runtime
+from dre_pipeline.pipeline.artifacts import Store, load_torch, save_torch
+from dre_pipeline.harness.bench import economy_markdown
+from dre_pipeline.pipeline.config import FinetuneConfig
+from dre_pipeline.pipeline.llm import compute_dtype, quantization_config
+from dre_pipeline.pipeline.stages.finetune import finetune, predict
 
 CPU, META = torch.device("cpu"), torch.device("meta")
 
@@ -135,7 +135,7 @@ def test_every_torch_load_in_the_package_goes_through_load_torch():
     package = Path(dre_pipeline.__file__).parent
     found = {str(path.relative_to(package)): len(re.findall(r"torch\.load\(", path.read_text()))
              for path in package.rglob("*.py")}
-    assert {name: count for name, count in found.items() if count} == {"artifacts.py": 1}
+    assert {name: count for name, count in found.items() if count} == {"pipeline/artifacts.py": 1}
 
 
 def test_predict_on_a_cpu_reads_soft_tokens_a_gpu_run_saved(tmp_path, monkeypatch, tiny_llm):
@@ -267,7 +267,7 @@ def test_llm_text_features_run_on_the_commands_device(tmp_path, monkeypatch, tin
     from typer.testing import CliRunner
 
     from dre_pipeline.cli import app
-    from dre_pipeline.stages import features
+    from dre_pipeline.pipeline.stages import features
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)

@@ -82,9 +82,9 @@ def test_texts_cannot_run_into_each_other(tmp_path: Path) -> None:
 def test_an_edit_is_a_new_encode_key(tmp_path: Path, tiny_llm, split) -> None:
     """The key encode (and so finetune) looks up: a reversed split column is a new one (the review's stale hit
     was under ``--split public``), and so is a retitled node under either split."""
-    from dre_pipeline.artifacts import Store
-    from dre_pipeline.config import EncodeConfig
-    from dre_pipeline.stages import encode as encode_stage
+    from dre_pipeline.pipeline.artifacts import Store
+    from dre_pipeline.pipeline.config import EncodeConfig
+    from dre_pipeline.pipeline.stages import encode as encode_stage
 
     folder, store = tmp_path / "graph", Store(tmp_path / "store")
     cfg = EncodeConfig(dataset=str(folder), llm_path=str(tiny_llm), split=split)

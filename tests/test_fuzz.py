@@ -26,10 +26,10 @@ import pyarrow.parquet as pq
 import pytest
 from typer.testing import CliRunner
 
-from dre_pipeline.artifacts import Store
+from dre_pipeline.pipeline.artifacts import Store
 from dre_pipeline.cli import app
 from dre_pipeline.data import load_dataset, make_split
-from dre_pipeline.llm import resolve_llm
+from dre_pipeline.pipeline.llm import resolve_llm
 
 from conftest import csr_arrays
 

@@ -2,8 +2,8 @@
 
 import torch
 
-from dre_pipeline.grounding import hop_keyword_targets, keyword_loss
-from dre_pipeline.quantizer import ResidualVQ
+from dre_pipeline.model.grounding import hop_keyword_targets, keyword_loss
+from dre_pipeline.model.quantizer import ResidualVQ
 
 WORDS = ["bayesian", "genetic", "neural", "learning", "nets"]
 # a path 0 - 1 - 2, and node 3 alone; every text says "learning", so its idf is lowest

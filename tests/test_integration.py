@@ -11,10 +11,10 @@ import pytest
 from typer.testing import CliRunner
 
 from dre_pipeline.cli import app
-from dre_pipeline.config import EncodeConfig
-from dre_pipeline.data import _npz_csr
-from dre_pipeline.llm import resolve_llm
-from dre_pipeline.stages import codebook, encode
+from dre_pipeline.pipeline.config import EncodeConfig
+from dre_pipeline.data.graph import _npz_csr
+from dre_pipeline.pipeline.llm import resolve_llm
+from dre_pipeline.pipeline.stages import codebook, encode
 
 from conftest import csr_arrays
 

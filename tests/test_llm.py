@@ -6,10 +6,10 @@ import shutil
 import pytest
 import torch
 
-from dre_pipeline.artifacts import Store
+from dre_pipeline.pipeline.artifacts import Store
 from dre_pipeline.errors import InputError
-from dre_pipeline import llm
-from dre_pipeline.llm import _check_gguf, embedded_gguf, quantization_config, resolve_device, resolve_llm
+from dre_pipeline.pipeline import llm
+from dre_pipeline.pipeline.llm import _check_gguf, embedded_gguf, quantization_config, resolve_device, resolve_llm
 
 
 def test_folder_resolves_to_itself_with_stable_identity(tmp_path, tiny_llm):
@@ -169,10 +169,11 @@ def test_a_checkpoint_without_safetensors_loads_whole_for_its_embeddings(tmp_pat
 
 def test_one_finetune_loads_the_graph_once_and_identifies_the_model_once(tmp_path, tiny_llm, monkeypatch):
     """The command resolves its inputs once and hands them down, the joint pass's plain run included."""
-    from dre_pipeline import llm as llm_module
-    from dre_pipeline.artifacts import Store
-    from dre_pipeline.config import FinetuneConfig
-    from dre_pipeline.stages import encode, finetune
+    from dre_pipeline.pipeline import llm as llm_module
+    from dre_pipeline.pipeline.artifacts import Store
+    from dre_pipeline.pipeline.config import FinetuneConfig
+    from dre_pipeline.pipeline.stages import encode
+    from dre_pipeline.pipeline.stages.finetune import finetune
 
     counts = {"graph": 0, "model": 0}
 
@@ -192,8 +193,8 @@ def test_one_finetune_loads_the_graph_once_and_identifies_the_model_once(tmp_pat
 
 
 def test_a_gguf_is_hashed_once_per_process_while_it_is_unchanged(smollm2_store, monkeypatch):
-    from dre_pipeline import llm as llm_module
-    from dre_pipeline.artifacts import file_digest
+    from dre_pipeline.pipeline import llm as llm_module
+    from dre_pipeline.pipeline.artifacts import file_digest
 
     reads = []
     monkeypatch.setattr(llm_module, "file_digest", lambda path: reads.append(path) or file_digest(path))

@@ -10,10 +10,11 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from dre_pipeline.artifacts import Store
-from dre_pipeline.config import EncodeConfig, FinetuneConfig, subset
+from dre_pipeline.pipeline.artifacts import Store
+from dre_pipeline.pipeline.config import EncodeConfig, FinetuneConfig, subset
 from dre_pipeline.errors import InputError
-from dre_pipeline.stages import encode, finetune, node_tokens, predict, training, workspace
+from dre_pipeline.pipeline.stages import encode
+from dre_pipeline.pipeline.stages.finetune import finetune, node_tokens, predict, training, workspace
 
 SETTINGS = dict(dataset="synthetic", epochs=30, patience=30, ft_epochs=2, batch_size=8, joint=True, lora_layers=1)
 
@@ -239,7 +240,7 @@ def test_text_goes_in_the_prompt_by_default_where_the_graph_has_text(run, tmp_pa
 
 
 def test_llm_text_features_are_computed_once_and_feed_stage_one(run):
-    from dre_pipeline.stages import features
+    from dre_pipeline.pipeline.stages import features
 
     cfg, store, artifact = run
     data, _ = encode.load_graph(cfg, store)
@@ -258,7 +259,7 @@ def test_llm_text_features_are_computed_once_and_feed_stage_one(run):
 
 @pytest.mark.parametrize("kind, width", [("bow", None), ("sbert", 384)])
 def test_text_features_are_cached_under_their_own_keys(run, kind, width):
-    from dre_pipeline.stages import features
+    from dre_pipeline.pipeline.stages import features
 
     cfg, store, _ = run
     data, _ = encode.load_graph(cfg, store)
@@ -280,7 +281,7 @@ def test_text_features_are_cached_under_their_own_keys(run, kind, width):
 
 def test_auto_features_keep_a_graphs_own_and_embed_a_graph_of_text_alone(tmp_path):
     from dre_pipeline.data import load_dataset
-    from dre_pipeline.stages import features
+    from dre_pipeline.pipeline.stages import features
 
     data = load_dataset("synthetic", None, tmp_path)
     assert features.resolve_kind("auto", data) == "raw"
@@ -293,7 +294,7 @@ def test_auto_features_keep_a_graphs_own_and_embed_a_graph_of_text_alone(tmp_pat
 
 
 def test_text_codebook_narrows_the_codes_to_the_graphs_own_words(run):
-    from dre_pipeline.codebook import Codebook, text_vocabulary
+    from dre_pipeline.model.codebook import Codebook, text_vocabulary
 
     cfg, store, artifact = run
     narrowed_cfg = replace(subset(cfg, EncodeConfig), text_codebook=True, epochs=2, patience=2)
@@ -312,7 +313,7 @@ def test_text_codebook_narrows_the_codes_to_the_graphs_own_words(run):
 
 
 def test_keyword_loss_makes_the_codes_the_words_of_their_hops(run):
-    from dre_pipeline.codebook import WORDS
+    from dre_pipeline.model.codebook import WORDS
 
     cfg, store, artifact = run
     plain_cfg = replace(subset(cfg, EncodeConfig), text_codebook=True, epochs=2, patience=2)
@@ -423,7 +424,7 @@ def test_4bit_fine_tuning_on_cpu_keeps_the_model_it_checkpoints(tmp_path, monkey
     """A checkpoint after every epoch, then restore-best: the scores finetune wrote are the ones the saved adapter
     gives on a freshly loaded model (a checkpoint through model.state_dict() changed bitsandbytes' CPU 4-bit
     weights in place, and the model trained on after it was no longer the one predict loads)."""
-    from dre_pipeline.llm import build_tiny_llama
+    from dre_pipeline.pipeline.llm import build_tiny_llama
 
     monkeypatch.setenv("DRE_CHECKPOINT_SECONDS", "0")
     llm = build_tiny_llama(tmp_path / "tiny-64", width=64)

@@ -5,8 +5,8 @@ import torch
 import torch.nn.functional as F
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from dre_pipeline.predictor import GraphWordPredictor
-from dre_pipeline.prompts import build_template, node_suffix
+from dre_pipeline.model.predictor import GraphWordPredictor
+from dre_pipeline.model.prompts import build_template, node_suffix
 
 NAMES = ["Theory", "Neural Networks", "Case Based"]
 
@@ -88,8 +88,8 @@ def test_replaced_embeddings_are_used_in_both_scoring_modes(tiny_llm):
 
 
 def test_lora_only_on_the_top_layers(tiny_llm):
-    from dre_pipeline.config import FinetuneConfig
-    from dre_pipeline.llm import attach_lora
+    from dre_pipeline.pipeline.config import FinetuneConfig
+    from dre_pipeline.pipeline.llm import attach_lora
 
     model = attach_lora(AutoModelForCausalLM.from_pretrained(tiny_llm), FinetuneConfig(lora_layers=1),
                         ["q_proj", "v_proj"])
@@ -142,7 +142,7 @@ def test_class_loss_takes_soft_targets_and_row_weights(tiny_llm):
 @pytest.mark.parametrize("names", [NAMES, ["Neural Networks", "Neural Nets"]])
 def test_full_prompt_predictor_gives_the_same_scores_and_gradients(tiny_llm, names):
     """--no-token-economy (the plain PEFT + transformers forward) differs in cost only."""
-    from dre_pipeline.predictor import FullPromptPredictor
+    from dre_pipeline.model.predictor import FullPromptPredictor
 
     tok, model, _ = load_model(tiny_llm)
     template = build_template(tok, names, num_views=2, use_text=False)

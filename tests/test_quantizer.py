@@ -4,10 +4,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from dre_pipeline import quantizer as quantizer_module
-from dre_pipeline import runtime
-from dre_pipeline.gnn import MultiViewSAGE, StageOneModel
-from dre_pipeline.quantizer import ResidualVQ, perplexity, search_dtype, straight_through_words
+from dre_pipeline.model import quantizer as quantizer_module
+from dre_pipeline.pipeline import runtime
+from dre_pipeline.model.gnn import MultiViewSAGE, StageOneModel
+from dre_pipeline.model.quantizer import ResidualVQ, perplexity, search_dtype, straight_through_words
 
 
 def codebook(m=64, d=16, seed=0):

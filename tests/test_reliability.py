@@ -10,7 +10,7 @@ import time
 import pyarrow.parquet as pq
 import pytest
 
-from dre_pipeline.artifacts import Store
+from dre_pipeline.pipeline.artifacts import Store
 
 ENCODE = ["encode", "--dataset", "synthetic", "--epochs", "60", "--patience", "60", "--eval-epochs", "1", "--quiet"]
 

@@ -7,11 +7,11 @@ import shutil
 import pytest
 from typer.testing import CliRunner
 
-from dre_pipeline.artifacts import Store
+from dre_pipeline.pipeline.artifacts import Store
 from dre_pipeline.cli import app
-from dre_pipeline.config import FinetuneConfig
-from dre_pipeline.report import class_shares, explanation_text, write_report
-from dre_pipeline.stages import finetune, predict
+from dre_pipeline.pipeline.config import FinetuneConfig
+from dre_pipeline.harness.report import class_shares, explanation_text, write_report
+from dre_pipeline.pipeline.stages.finetune import finetune, predict
 
 SETTINGS = dict(dataset="synthetic", max_codes=300, epochs=3, patience=3, ft_epochs=1, batch_size=32)
 FIGURES = ("perplexity.png", "stage_one.png", "stage_two.png", "confusion.png", "words_per_view.png",

@@ -2,7 +2,7 @@
 
 import logging
 
-from dre_pipeline.runtime import LoggedProgress, duration, progress
+from dre_pipeline.pipeline.runtime import LoggedProgress, duration, progress
 
 
 def test_progress_logs_lines_where_stderr_is_not_a_terminal(caplog):

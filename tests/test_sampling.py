@@ -6,12 +6,12 @@ import pyarrow.parquet as pq
 import torch
 from torch_geometric.utils import to_undirected
 
-from dre_pipeline.artifacts import Store
-from dre_pipeline.codebook import Codebook
-from dre_pipeline.config import EncodeConfig
+from dre_pipeline.pipeline.artifacts import Store
+from dre_pipeline.model.codebook import Codebook
+from dre_pipeline.pipeline.config import EncodeConfig
 from dre_pipeline.data import load_dataset
-from dre_pipeline.sampling import NeighborSampler
-from dre_pipeline.stages import encode
+from dre_pipeline.model.sampling import NeighborSampler
+from dre_pipeline.pipeline.stages import encode
 
 
 def random_graph(n=200, e=1500, seed=0):

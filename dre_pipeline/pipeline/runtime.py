@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .errors import InputError
+from ..errors import InputError
 
 log = logging.getLogger("dre_pipeline")
 

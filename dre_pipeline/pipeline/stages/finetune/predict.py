@@ -4,13 +4,13 @@ import numpy as np
 import pyarrow.parquet as pq
 import torch
 
-from .. import distributed
-from ..artifacts import Store, load_torch
-from ..config import FinetuneConfig
-from ..data import split_names, title_and_rest
-from ..errors import InputError
-from ..llm import load_model, resolve_device
-from ..prompts import render
+from ... import distributed
+from ...artifacts import Store, load_torch
+from ...config import FinetuneConfig
+from ....data import split_names, title_and_rest
+from ....errors import InputError
+from ...llm import load_model, resolve_device
+from ....model.prompts import render
 from .node_tokens import StoredWords, graph_in_the_loop
 from .training import score
 from .workspace import codes_from_table, predictor_for, prepare

@@ -12,9 +12,9 @@ import torch.nn.functional as F
 from torch import nn
 from torch_geometric.nn import GCNConv, SAGEConv
 
-from .data import GraphData
-from .evaluation import classification_report, split_accuracy
-from .runtime import EarlyStopping, seed_everything, snapshot
+from ..data import GraphData
+from ..model.evaluation import classification_report, split_accuracy
+from ..pipeline.runtime import EarlyStopping, seed_everything, snapshot
 
 class Linear(nn.Linear):
     """A layer that ignores the graph: two of them make the MLP baseline."""

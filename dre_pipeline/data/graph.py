@@ -30,7 +30,7 @@ import pyarrow.parquet as pq
 import torch
 from torch_geometric.utils import remove_self_loops, to_undirected
 
-from .errors import InputError
+from ..errors import InputError
 
 SPLIT_NAMES = ("train", "val", "test")
 

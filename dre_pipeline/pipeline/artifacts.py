@@ -25,8 +25,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Optional
 
-from . import __version__
-from .errors import InputError
+from .. import __version__
+from ..errors import InputError
 
 MANIFEST = "manifest.json"
 log = logging.getLogger("dre_pipeline")

@@ -1,7 +1,7 @@
 """Stage-one training objectives (Dr.E section 3.4).
 
 L = w_f · L_feat + w_a · L_adj (Eq. 10) + w_y · L_label + β · L_commit
-  (+ w_k · L_keyword on a graph with text, :mod:`~dre_pipeline.grounding`; not in the paper).
+  (+ w_k · L_keyword on a graph with text, :mod:`~dre_pipeline.model.grounding`; not in the paper).
 Validation and test labels never enter any of them: ``train_mask`` selects the label loss.
 """
 

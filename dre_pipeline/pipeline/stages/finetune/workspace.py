@@ -10,15 +10,15 @@ import pyarrow as pa
 import torch
 from torch import nn
 
-from ..artifacts import Artifact, Store, artifact_key, load_torch
-from ..codebook import Codebook
-from ..config import EncodeConfig, FinetuneConfig, key_fields, subset
-from ..data import GraphData, title_and_rest
-from ..errors import InputError
-from ..llm import ResolvedLLM, load_tokenizer, resolve_llm
-from ..predictor import FullPromptPredictor, GraphWordPredictor
-from ..prompts import PromptTemplate, build_template, node_suffix, node_text
-from . import encode as encode_stage
+from ...artifacts import Artifact, Store, artifact_key, load_torch
+from ....model.codebook import Codebook
+from ...config import EncodeConfig, FinetuneConfig, key_fields, subset
+from ....data import GraphData, title_and_rest
+from ....errors import InputError
+from ...llm import ResolvedLLM, load_tokenizer, resolve_llm
+from ....model.predictor import FullPromptPredictor, GraphWordPredictor
+from ....model.prompts import PromptTemplate, build_template, node_suffix, node_text
+from .. import encode as encode_stage
 
 
 @dataclass
@@ -80,7 +80,7 @@ def with_settings(ws: Workspace, cfg: FinetuneConfig) -> Workspace:
 
 
 def text_token_ids(tokenizer, data: GraphData, budget: int) -> list:
-    """Per node, the first ``budget`` tokens of its text as the prompt carries it (:func:`~dre_pipeline.prompts.node_text`:
+    """Per node, the first ``budget`` tokens of its text as the prompt carries it (:func:`~dre_pipeline.model.prompts.node_text`:
     in its own word order, the title first and named where the graph gives titles)."""
     return [tokenizer(node_text(*title_and_rest(data, i)), add_special_tokens=False).input_ids[:budget]
             for i in range(data.num_nodes)]

@@ -11,7 +11,7 @@ that value it stays out of the key, so those artifacts remain valid.
 from dataclasses import asdict, dataclass, field, fields
 from typing import Optional
 
-from .errors import InputError
+from ..errors import InputError
 
 
 NOT_NEUTRAL = object()

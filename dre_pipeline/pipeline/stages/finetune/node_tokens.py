@@ -18,9 +18,9 @@ import torch
 from torch import nn
 from torch_geometric.utils import k_hop_subgraph
 
-from .. import losses
-from ..predictor import GraphWordPredictor
-from ..quantizer import straight_through_words
+from ....model import losses
+from ....model.predictor import GraphWordPredictor
+from ....model.quantizer import straight_through_words
 from .workspace import Workspace, stage_one_model, suffixes_for
 
 

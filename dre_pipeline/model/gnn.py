@@ -1,7 +1,7 @@
 r"""The multi-view GNN encoder of stage one (Dr.E sections 3.1-3.3).
 
 Layer ``t`` of a T-layer GraphSAGE sees the t-hop neighbourhood: its output is view t.
-Each view is quantized into K words (:class:`~dre_pipeline.quantizer.ResidualVQ`, the
+Each view is quantized into K words (:class:`~dre_pipeline.model.quantizer.ResidualVQ`, the
 intra-layer residual, Eq. 5-6) and the quantized view is added back before the next
 hop aggregates (the inter-layer residual, Eq. 7):
 

@@ -23,7 +23,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
-from .artifacts import read_matrix, write_matrix
+from ..pipeline.artifacts import read_matrix, write_matrix
 
 WORD_START_MARKERS = ("Ġ", "▁")  # byte-level BPE (GPT-2, SmolLM2) and SentencePiece (Llama)
 LETTERS = re.compile(r"^[A-Za-z]+$")

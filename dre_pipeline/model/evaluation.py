@@ -3,7 +3,7 @@
 import numpy as np
 import torch
 
-from .data import SPLIT_NAMES
+from ..data import SPLIT_NAMES
 
 
 def split_accuracy(pred: torch.Tensor, y: torch.Tensor, split: torch.Tensor) -> dict:

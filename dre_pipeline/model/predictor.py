@@ -1,7 +1,7 @@
 """The LLM as a classifier over class names, with token economy built in.
 
 - The shared prefix (task + class names) is run once and its keys/values, stored once, are
-  attended to by every row of a batch (:mod:`~dre_pipeline.shared_prefix`), so each prompt
+  attended to by every row of a batch (:mod:`~dre_pipeline.model.shared_prefix`), so each prompt
   costs only its node-specific tokens, in compute and in memory.
 - LoRA adapts only the top ``trained_layers`` decoder layers. The layers below are frozen
   and, with stored code words, see the same tokens every epoch: their output for a prompt

@@ -14,13 +14,13 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
-from .. import distributed
-from ..artifacts import Artifact, Store, save_torch, write_json
-from ..config import FinetuneConfig, key_fields
-from ..data import split_names
-from ..llm import attach_lora, load_model, lora_targets, quantization_config, resolve_device, resolve_llm
-from ..runtime import log, peak_memory_mb, reset_peak_memory, seed_everything
-from . import encode as encode_stage
+from ... import distributed
+from ...artifacts import Artifact, Store, save_torch, write_json
+from ...config import FinetuneConfig, key_fields
+from ....data import split_names
+from ...llm import attach_lora, load_model, lora_targets, quantization_config, resolve_device, resolve_llm
+from ...runtime import log, peak_memory_mb, reset_peak_memory, seed_everything
+from .. import encode as encode_stage
 from .node_tokens import GraphInTheLoop, StoredWords, graph_in_the_loop, sampled_codes
 from .training import evaluate, train
 from .workspace import Workspace, codes_from_table, head_distribution, predictor_for, prepare, with_settings

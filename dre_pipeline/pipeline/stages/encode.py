@@ -17,16 +17,16 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
-from .. import losses
+from ...model import losses
 from ..artifacts import Artifact, Store, artifact_key, save_torch, write_json
-from ..codebook import Codebook, text_vocabulary
+from ...model.codebook import Codebook, text_vocabulary
 from ..config import CodebookConfig, EncodeConfig, key_fields, subset
-from ..data import GraphData, load_dataset, make_split, split_names
-from ..gnn import MultiViewSAGE, StageOneModel
-from ..grounding import hop_keyword_targets, keyword_loss, seed_rows
-from ..quantizer import perplexity
-from ..evaluation import split_accuracy
-from ..sampling import NeighborSampler
+from ...data import GraphData, load_dataset, make_split, split_names
+from ...model.gnn import MultiViewSAGE, StageOneModel
+from ...model.grounding import hop_keyword_targets, keyword_loss, seed_rows
+from ...model.quantizer import perplexity
+from ...model.evaluation import split_accuracy
+from ...model.sampling import NeighborSampler
 from ..runtime import (EarlyStopping, checkpoint_seconds, log, progress, rng_state, seed_everything, set_rng_state,
                        snapshot)
 from . import codebook as codebook_stage
@@ -66,7 +66,7 @@ def train_step(model: StageOneModel, optimizer, data: GraphData, train_mask: tor
                edges: torch.Tensor, num_seeds: int, cfg: EncodeConfig, keyword_targets: list = None) -> dict:
     """One step on the subgraph of ``nodes`` (the first ``num_seeds`` are the batch's seeds); its losses.
 
-    ``keyword_targets``: the whole graph's :func:`~dre_pipeline.grounding.hop_keyword_targets`, or None.
+    ``keyword_targets``: the whole graph's :func:`~dre_pipeline.model.grounding.hop_keyword_targets`, or None.
     """
     x, labelled = data.x[nodes], train_mask[nodes].clone()
     labelled[num_seeds:] = False
@@ -91,7 +91,7 @@ def training_batches(data: GraphData, sampler, batch_nodes: int):
 
 def fit_keywords(model: StageOneModel, data: GraphData, sampler, batch_nodes: int, targets: list, epochs: int,
                  quiet: bool) -> None:
-    """Fit the views to their keyword targets alone (:mod:`~dre_pipeline.grounding`) before the joint objective."""
+    """Fit the views to their keyword targets alone (:mod:`~dre_pipeline.model.grounding`) before the joint objective."""
     if not epochs:
         return
     optimizer = torch.optim.AdamW(model.encoder.parameters(), lr=KEYWORD_LR)

@@ -4,7 +4,7 @@ As in the paper's case study: the task and the candidate class names, then the n
 words per view ("1-hop information being w1 w2 ...; 2-hop ..."), then the node's text
 where asked, then the answer. Everything up to the node-specific part is the *shared
 prefix*, identical for every node, computed once per batch by the LLM (see
-:mod:`dre_pipeline.predictor`).
+:mod:`dre_pipeline.model.predictor`).
 
 Code words are placed by token id, never re-tokenized: each code is one vocabulary
 token, so its position in the prompt is known, which the joint pass needs to put the

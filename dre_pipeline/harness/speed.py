@@ -56,7 +56,7 @@ def search_as_before():
     """The search as it was: fp32, one product per level, over the whole graph at once."""
     import torch
 
-    from . import quantizer
+    from ..model import quantizer
 
     saved = quantizer.GRAM_MAX_BYTES, quantizer.SEARCH_CHUNK, quantizer.search_dtype
     quantizer.GRAM_MAX_BYTES, quantizer.SEARCH_CHUNK = 0, 1 << 62
@@ -71,13 +71,13 @@ def measure_class(cpu_class: str, settings: dict, store_root: str, repeat_second
     """In a fresh process whose environment holds the class's limits: search and encode timings."""
     import torch
 
-    from .artifacts import Store
-    from .codebook import Codebook
-    from .config import CodebookConfig, EncodeConfig, subset
-    from .quantizer import ResidualVQ
-    from .runtime import log, native_bf16, setup_logging
-    from .stages import codebook as codebook_stage
-    from .stages import encode
+    from ..pipeline.artifacts import Store
+    from ..model.codebook import Codebook
+    from ..pipeline.config import CodebookConfig, EncodeConfig, subset
+    from ..model.quantizer import ResidualVQ
+    from ..pipeline.runtime import log, native_bf16, setup_logging
+    from ..pipeline.stages import codebook as codebook_stage
+    from ..pipeline.stages import encode
 
     setup_logging(quiet)
     cpu = torch.device("cpu")
@@ -124,7 +124,7 @@ def measure_class(cpu_class: str, settings: dict, store_root: str, repeat_second
 
 def run(settings: dict, store_root: Path, repeat_seconds: float = 3.0, quiet: bool = False) -> list:
     """Measure every CPU class, one fresh process each, one after the other (they share the cores)."""
-    from .runtime import log
+    from ..pipeline.runtime import log
 
     results = []
     for cpu_class in CPU_CLASSES:

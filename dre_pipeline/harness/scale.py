@@ -3,7 +3,7 @@
 Per size, in a fresh process (so its peak memory is its own): a homophilous graph with about
 10 edges per node, 128-dim features and 10 classes; a few mini-batch training steps as
 ``encode`` takes them (seconds per step, and the epoch they add up to); the whole graph's
-encoding hop by hop (:meth:`~dre_pipeline.gnn.StageOneModel.inference`, nodes/s). The code
+encoding hop by hop (:meth:`~dre_pipeline.model.gnn.StageOneModel.inference`, nodes/s). The code
 search's speed is set beside a plain matrix multiply of level 1's shape, in the same process,
 so the table says how close the hot loop runs to the machine's limit.
 """
@@ -25,7 +25,7 @@ def generated_graph(num_nodes: int, seed: int = 0):
     import torch
     from torch_geometric.utils import to_undirected
 
-    from .data import GraphData
+    from ..data import GraphData
 
     rng = np.random.default_rng(seed)
     y = rng.integers(CLASSES, size=num_nodes)
@@ -47,16 +47,16 @@ def measure_size(num_nodes: int, settings: dict, store_root: str, steps: int, qu
     """In a fresh process: training steps, whole-graph encoding, the search against a matmul, peak memory."""
     import torch
 
-    from .artifacts import Store
-    from .codebook import Codebook
-    from .config import CodebookConfig, EncodeConfig, subset
-    from .data import make_split
-    from .quantizer import ResidualVQ, search_dtype
-    from .runtime import host_peak_mb, log, setup_logging
-    from .sampling import NeighborSampler
+    from ..pipeline.artifacts import Store
+    from ..model.codebook import Codebook
+    from ..pipeline.config import CodebookConfig, EncodeConfig, subset
+    from ..data import make_split
+    from ..model.quantizer import ResidualVQ, search_dtype
+    from ..pipeline.runtime import host_peak_mb, log, setup_logging
+    from ..model.sampling import NeighborSampler
     from .speed import timed
-    from .stages import codebook as codebook_stage
-    from .stages import encode
+    from ..pipeline.stages import codebook as codebook_stage
+    from ..pipeline.stages import encode
 
     setup_logging(quiet)
     cfg = EncodeConfig(**settings)
@@ -108,7 +108,7 @@ def measure_size(num_nodes: int, settings: dict, store_root: str, steps: int, qu
 def run(settings: dict, store_root: Path, save, sizes=SIZES, steps: int = 1, quiet: bool = False) -> list:
     """Every size in its own fresh process, one after the other (they share the cores); ``save(results)``
     after each, so a stopped run keeps the sizes it finished."""
-    from .runtime import log
+    from ..pipeline.runtime import log
 
     results = []
     for num_nodes in sizes:

@@ -20,14 +20,14 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Optional
 
-from .artifacts import Artifact, Store, damaged_files, remove_path
-from .config import FinetuneConfig
-from .data import load_dataset, make_split
-from .errors import InputError
-from .llm import embedded_gguf, gguf_identity, resolve_llm
-from .stages import encode as encode_stage
-from .stages import features as features_stage
-from .stages import workspace
+from ..pipeline.artifacts import Artifact, Store, damaged_files, remove_path
+from ..pipeline.config import FinetuneConfig
+from ..data import load_dataset, make_split
+from ..errors import InputError
+from ..pipeline.llm import embedded_gguf, gguf_identity, resolve_llm
+from ..pipeline.stages import encode as encode_stage
+from ..pipeline.stages import features as features_stage
+from ..pipeline.stages.finetune import workspace
 
 STAGES = ("llm", "features", "codebook", "encode", "finetune")  # upstream first: a key depends on those before it
 # What interrupted writes and training runs leave behind: .tmp-<key>-<pid>, .old-<key>-<pid> (Store.writing),

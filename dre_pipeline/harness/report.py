@@ -20,11 +20,11 @@ import pyarrow.parquet as pq
 from matplotlib.figure import Figure  # the object API renders with Agg and touches no global backend
 from matplotlib.ticker import MaxNLocator
 
-from .artifacts import Artifact, Store
-from .config import FinetuneConfig
-from .errors import InputError
-from .stages import workspace
-from .stages import predict as predict_stage
+from ..pipeline.artifacts import Artifact, Store
+from ..pipeline.config import FinetuneConfig
+from ..errors import InputError
+from ..pipeline.stages.finetune import workspace
+from ..pipeline.stages.finetune import predict as predict_stage
 
 TOP_WORDS = 10
 DPI = 110

@@ -3,9 +3,9 @@
 import time
 
 from ..artifacts import Artifact, Store, artifact_key, digest
-from ..codebook import Codebook, refine_vocabulary
+from ...model.codebook import Codebook, refine_vocabulary
 from ..config import CodebookConfig, key_fields
-from ..errors import InputError
+from ...errors import InputError
 from ..llm import load_embeddings, load_tokenizer, resolve_llm
 from ..runtime import log
 

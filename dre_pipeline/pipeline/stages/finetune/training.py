@@ -14,13 +14,13 @@ import numpy as np
 import torch
 from torch import nn
 
-from .. import distributed
-from ..artifacts import Store
-from ..config import FinetuneConfig
-from ..data import SPLIT_NAMES
-from ..evaluation import classification_report
-from ..predictor import GraphWordPredictor
-from ..runtime import EarlyStopping, checkpoint_seconds, log, progress, rng_state, set_rng_state, snapshot
+from ... import distributed
+from ...artifacts import Store
+from ...config import FinetuneConfig
+from ....data import SPLIT_NAMES
+from ....model.evaluation import classification_report
+from ....model.predictor import GraphWordPredictor
+from ...runtime import EarlyStopping, checkpoint_seconds, log, progress, rng_state, set_rng_state, snapshot
 from .workspace import Workspace
 
 

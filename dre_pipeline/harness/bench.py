@@ -19,10 +19,10 @@ from dataclasses import asdict, dataclass, field
 from multiprocessing import get_context
 from pathlib import Path
 
-from .artifacts import Store, digest
-from .config import BenchConfig, EncodeConfig, FinetuneConfig, key_fields
-from .errors import InputError
-from .runtime import host_peak_mb, log, progress, setup_logging
+from ..pipeline.artifacts import Store, digest
+from ..pipeline.config import BenchConfig, EncodeConfig, FinetuneConfig, key_fields
+from ..errors import InputError
+from ..pipeline.runtime import host_peak_mb, log, progress, setup_logging
 
 @dataclass(frozen=True)
 class Row:
@@ -94,8 +94,8 @@ def run_row(row: str, settings: dict, store_root: str, quiet: bool) -> dict:
     started = time.time()
     if spec.kind == "gnn":
         from .baselines import train_gnn
-        from .llm import resolve_device
-        from .stages.encode import load_graph
+        from ..pipeline.llm import resolve_device
+        from ..pipeline.stages.encode import load_graph
 
         model = row.split("-")[0]  # the -bow, -sbert and -llm rows: the same model on those text features
         # the device the finetune rows take, where the -llm rows' text features are embedded
@@ -105,7 +105,7 @@ def run_row(row: str, settings: dict, store_root: str, quiet: bool) -> dict:
                "seconds": {"train": round(result["train_seconds"], 2)},
                "inference_nodes_per_second": round(result["inference_nodes_per_second"], 1)}
     else:
-        from .stages import finetune
+        from ..pipeline.stages.finetune import finetune
 
         artifact = finetune.run(cfg, store, quiet=quiet, device="auto")
         metrics = json.loads((artifact.path / "metrics.json").read_text())
@@ -153,7 +153,7 @@ def run(cfg: BenchConfig, store: Store, quiet: bool = False, command: str = "dre
     settings = {"llm_path": cfg.llm_path, "dataset": cfg.dataset, "data_dir": cfg.data_dir, "ft_epochs": cfg.ft_epochs}
     seeds = {True: cfg.seeds, False: cfg.ablation_seeds}
     if cfg.quick:  # plumbing, not numbers: one seed each
-        from .llm import build_tiny_llama
+        from ..pipeline.llm import build_tiny_llama
 
         settings.update(QUICK, llm_path=str(build_tiny_llama(store.root / "llm" / "tiny-llama")))
         seeds = {True: 1, False: 1}
@@ -176,7 +176,7 @@ def run(cfg: BenchConfig, store: Store, quiet: bool = False, command: str = "dre
 
         scale.run(stage_one, store.root, save, sizes=scale.QUICK_SIZES if cfg.quick else scale.SIZES, quiet=quiet)
         return out_dir / "results" / "scale.json"
-    from .data import load_dataset
+    from ..data import load_dataset
 
     if cfg.economy:  # one seed: the rows differ in cost, and in accuracy only by numerics
         name, jobs = "economy", [(row, 0) for row in ECONOMY_ROWS]
@@ -425,7 +425,7 @@ def gpu_peak(result: dict) -> str:
 
 def per_seed_markdown(results: list) -> list:
     """Per seed: GraphSAGE, the stage-one head and the LLM rows, validation / test, and whether the LLM beat its head."""
-    from .stages.features import TEXT_DEFAULT
+    from ..pipeline.stages.features import TEXT_DEFAULT
 
     by = {(r["row"], r["seed"]): r for r in results}
     llm_rows = [row for row in ("dre-words", "dre") if any(r == row for r, _ in by)]

@@ -25,8 +25,8 @@ import numpy as np
 import torch
 
 from ..artifacts import Artifact, Store, artifact_key, digest, read_matrix, write_matrix
-from ..data import GraphData
-from ..errors import InputError
+from ...data import GraphData
+from ...errors import InputError
 from ..llm import load_model, load_tokenizer, resolve_llm
 from ..runtime import log, progress
 
