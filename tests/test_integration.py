@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 
 from dre_pipeline.cli import app
 from dre_pipeline.pipeline.config import EncodeConfig
-from dre_pipeline.data.graph import _npz_csr
+from dre_pipeline.data.npz import _npz_csr
 from dre_pipeline.pipeline.llm import resolve_llm
 from dre_pipeline.pipeline.stages import codebook, encode
 
