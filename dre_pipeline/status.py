@@ -25,6 +25,7 @@ from .config import FinetuneConfig
 from .data import load_dataset
 from .errors import InputError
 from .llm import embedded_gguf, resolve_llm
+from .placement import Placement
 from .stages import encode as encode_stage
 from .stages import features as features_stage
 from .stages import workspace
@@ -136,7 +137,8 @@ def current_keys(cfg: FinetuneConfig, store: Store) -> Current:
         return Current({}, False, str(error))
     # From here an InputError can only be a cached-only miss: an upstream artifact is not built.
     try:
-        data, text_features = features_stage.load(cfg.features, data, cfg.llm_path, store, cached_only=True)
+        data, text_features = features_stage.load(cfg.features, data, cfg.llm_path, store, cached_only=True,
+                                                  placement=Placement.resolve("auto", cfg.quantization))
         if text_features is not None:
             keys["features"] = text_features.key
         codebook = encode_stage.codebook_for(cfg, data, store, cached_only=True)
