@@ -94,12 +94,13 @@ def run_row(row: str, settings: dict, store_root: str, quiet: bool) -> dict:
     started = time.time()
     if spec.kind == "gnn":
         from .baselines import train_gnn
-        from .llm import resolve_device
+        from .placement import Placement
         from .stages.encode import load_graph
 
         model = row.split("-")[0]  # the -bow, -sbert and -llm rows: the same model on those text features
-        # the device the finetune rows take, where the -llm rows' text features are embedded
-        result = train_gnn(model, *load_graph(cfg, store, quiet, device=resolve_device("auto")), cfg.seed)
+        # as the finetune rows place the LLM, so the -llm rows read the text features they read
+        result = train_gnn(model, *load_graph(cfg, store, quiet, placement=Placement.resolve("auto", cfg.quantization)),
+                           cfg.seed)
         out = {"val_accuracy": result["val"]["accuracy"],
                "test_accuracy": result["test"]["accuracy"], "test_macro_f1": result["test"]["macro_f1"],
                "seconds": {"train": round(result["train_seconds"], 2)},

@@ -134,15 +134,20 @@ def codebook(cfg: CodebookConfig, store: Store, force: bool, quiet: bool):
     typer.echo(f"codebook: kept {artifact.manifest['kept']}/{artifact.manifest['total']} tokens → {artifact.path}")
 
 
-DEVICE = _option("device", str, "auto", "auto | cpu | cuda[:N]; bf16 where the device supports it.")
+DEVICE = _option("device", str, "auto", "auto | cpu | cuda[:N]: where stage one trains and the LLM runs; "
+                 "the LLM in bf16 where the device supports it.")
+# finetune's own field; for encode a run-time setting: only --features llm loads the LLM there
+QUANTIZATION = _option("quantization", str, "none", "--features llm: the LLM's weights as "
+                       + FinetuneConfig.__dataclass_fields__["quantization"].metadata["help"])
 
 
-@stage_command("encode", EncodeConfig, extra=(DEVICE,))
-def encode(cfg: EncodeConfig, store: Store, force: bool, quiet: bool, device: str):
+@stage_command("encode", EncodeConfig, extra=(DEVICE, QUANTIZATION))
+def encode(cfg: EncodeConfig, store: Store, force: bool, quiet: bool, device, quantization: str):
     """Stage one: multi-view GNN with dual-level residual VQ; writes codes.parquet."""
+    from .placement import Placement
     from .stages import encode as stage
 
-    artifact = stage.run(cfg, store, force=force, quiet=quiet, device=device)
+    artifact = stage.run(cfg, store, force=force, quiet=quiet, placement=Placement.resolve(device, quantization))
     acc = artifact.manifest["label_head_accuracy"]
     typer.echo(f"encode: label head test accuracy {acc['test']:.4f} (val {acc['val']:.4f}) → {artifact.path}")
 

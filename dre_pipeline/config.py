@@ -174,7 +174,8 @@ class EncodeConfig(DataConfig, CodebookConfig):
         default=0,
         metadata=_help(
             "Seed nodes per stage-one step, each with its sampled neighbourhood (--num-neighbors). 0: full batch "
-            "up to 200,000 nodes, batches of 256 above. A value at or above the node count trains full batch.",
+            "where a step would hold up to 20 GiB (ogbn-arxiv at 576 dimensions; not at 4,096), batches of 256 "
+            "above. A value at or above the node count trains full batch.",
             check="non-negative", neutral=0),
     )
     num_neighbors: str = field(

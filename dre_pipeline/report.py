@@ -23,6 +23,7 @@ from matplotlib.ticker import MaxNLocator
 from .artifacts import Artifact, Store
 from .config import FinetuneConfig
 from .errors import InputError
+from .placement import Placement
 from .stages import workspace
 from .stages import predict as predict_stage
 
@@ -270,7 +271,8 @@ def write_report(cfg: FinetuneConfig, store: Store, out: Path, explain_nodes: in
     """Render the report of the fine-tuned model these settings name (never trains); return index.html."""
     if explain_nodes < 0:
         raise InputError(f"--explain-nodes must be 0 or more, got {explain_nodes}")
-    ws = workspace.prepare(cfg, store, quiet, cached_only=True)
+    ws = workspace.prepare(cfg, store, quiet, cached_only=True,
+                           placement=Placement.resolve(device, cfg.quantization))
     finetune = store.find("finetune", ws.key)
     if finetune is None:
         raise InputError("no fine-tuned model for these settings: run `dre-pipeline finetune` with the same options first")

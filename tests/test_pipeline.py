@@ -474,3 +474,95 @@ def test_finetune_on_two_processes_matches_one(tiny_llm, tmp_path):
     saved = {r["node_id"]: r for r in pq.read_table(runs[1].path / "predictions.parquet").to_pylist()}
     assert [r["node_id"] for r in rows] == [0, 1, 2, 3, 4]
     assert all(r["prediction"] == saved[r["node_id"]]["prediction_name"] for r in rows if r["node_id"] in saved)
+
+
+# --- stage one's memory, bounded ------------------------------------------------------------------
+
+def graph_of(num_nodes: int, num_edges: int, num_features: int):
+    """A GraphData stand-in with only the shapes :func:`encode.mini_batch_size` reads."""
+    from types import SimpleNamespace
+
+    return SimpleNamespace(num_nodes=num_nodes, edge_index=torch.empty(2, num_edges, dtype=torch.long, device="meta"),
+                           x=torch.empty(num_nodes, num_features, device="meta"))
+
+
+@pytest.mark.parametrize("nodes, edges, features, width, batched", [
+    (2_708, 10_556, 1_433, 576, False),  # Cora
+    (2_995, 16_316, 2_879, 576, False),  # Cora-ML
+    (19_717, 88_648, 500, 576, False),  # PubMed
+    (200_000, 2_000_000, 128, 576, False),  # where the 200,000-node threshold was set, at SmolLM2's width
+    (300_000, 3_000_000, 128, 576, True),  # bench --scale's 300k graph, batched before too
+    (169_343, 2_315_598, 128, 576, False),  # ogbn-arxiv at 576: full batch, as before
+    (169_343, 2_315_598, 128, 4_096, True),  # ogbn-arxiv at a 7B model's 4,096: 121 GB a full-batch step
+])
+def test_full_or_mini_batch_is_chosen_by_a_steps_memory(nodes, edges, features, width, batched):
+    cfg = EncodeConfig()
+    assert encode.mini_batch_size(cfg, graph_of(nodes, edges, features), width) == (256 if batched else 0)
+    assert encode.mini_batch_size(replace(cfg, batch_nodes=512), graph_of(nodes, edges, features), width) == 512
+
+
+def random_pairs_graph(num_nodes=60, num_edges=500, width=16, seed=0):
+    from torch_geometric.utils import to_undirected
+
+    generator = torch.Generator().manual_seed(seed)
+    edge_index = to_undirected(torch.randint(num_nodes, (2, num_edges), generator=generator), num_nodes=num_nodes)
+    return torch.randn(num_nodes, width, generator=generator, requires_grad=True), edge_index
+
+
+def adjacency_value_and_gradient(z, edge_index, chunk):
+    from dre_pipeline import losses
+    from dre_pipeline.runtime import seed_everything
+
+    seed_everything(1)  # the same sampled negatives for both (PyG draws them with Python's and torch's generators)
+    loss = losses.adjacency_loss(z, edge_index, z.size(0), chunk)
+    (gradient,) = torch.autograd.grad(loss, z)
+    return loss.detach(), gradient
+
+
+def test_adjacency_loss_in_chunks_has_the_unchunked_value_and_gradient():
+    z, edge_index = random_pairs_graph()
+    whole = adjacency_value_and_gradient(z, edge_index, chunk=edge_index.size(1))
+    chunked = adjacency_value_and_gradient(z, edge_index, chunk=37)
+    assert torch.allclose(chunked[0], whole[0], atol=1e-6, rtol=0)
+    assert torch.allclose(chunked[1], whole[1], atol=1e-6, rtol=0)
+
+
+def test_adjacency_loss_never_holds_more_than_a_chunk_of_pair_rows():
+    """Every [rows, d] tensor any op makes, forward and backward, recorded: none is [E, d], only [N, d] and a chunk's."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    z, edge_index = random_pairs_graph()
+    (n, d), e, chunk = z.shape, edge_index.size(1), 32
+
+    class Largest(TorchDispatchMode):
+        numel = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            for t in out if isinstance(out, (tuple, list)) else [out]:
+                if isinstance(t, torch.Tensor) and t.dim() == 2 and t.size(1) == d:  # rows of z, not [2, E] indices
+                    Largest.numel = max(Largest.numel, t.numel())
+            return out
+
+    for size, bound in ((e, e * d), (chunk, max(n, chunk) * d)):
+        Largest.numel = 0
+        with Largest():
+            adjacency_value_and_gradient(z, edge_index, chunk=size)
+        assert Largest.numel == bound if size == e else Largest.numel <= bound < e * d
+
+
+def test_joint_pass_codes_of_the_whole_graph_in_node_chunks_are_the_whole_graphs(tiny_llm, tmp_path):
+    from types import SimpleNamespace
+
+    from dre_pipeline.codebook import Codebook
+
+    cfg, store = EncodeConfig(llm_path=str(tiny_llm), dataset="synthetic", epochs=4, patience=4), Store(tmp_path)
+    artifact = encode.run(cfg, store, quiet=True)
+    data, _ = encode.load_graph(cfg, store)
+    codebook = Codebook.load(store.find("codebook", artifact.manifest["codebook"]).path)
+    ws = SimpleNamespace(cfg=cfg, data=data, encode=artifact, codebook=codebook)  # what the GNN in the loop reads
+    loop = node_tokens.GraphInTheLoop(ws, workspace.stage_one_model(ws), codebook.vectors, soft=False)
+    loop.encoder.eval()
+    with torch.no_grad():
+        whole = torch.stack([v.codes for v in loop.encoder(data.x, data.edge_index)], dim=1).numpy()
+    assert np.array_equal(loop.all_codes(chunk=41), whole) and np.array_equal(loop.all_codes(), whole)

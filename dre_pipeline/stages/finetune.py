@@ -19,6 +19,7 @@ from ..artifacts import Artifact, Store, save_torch, write_json
 from ..config import FinetuneConfig, key_fields
 from ..data import split_names
 from ..llm import attach_lora, load_model, lora_targets, quantization_config, resolve_device, resolve_llm
+from ..placement import Placement
 from ..runtime import log, peak_memory_mb, reset_peak_memory, seed_everything
 from . import encode as encode_stage
 from .node_tokens import GraphInTheLoop, StoredWords, graph_in_the_loop, sampled_codes
@@ -33,11 +34,12 @@ def run(cfg: FinetuneConfig, store: Store, force: bool = False, quiet: bool = Fa
     Under ``torchrun`` every process runs this; the first decides on the cache and writes.
     """
     device = distributed.setup(resolve_device(device))
+    placement = Placement.resolve(device, cfg.quantization)
     quiet = quiet or not distributed.is_main()
     llm = resolve_llm(cfg.llm_path, store)
     quantization_config(cfg.quantization, device, llm)  # an impossible setting stops before any work
     targets = lora_targets(llm, cfg.lora_targets)
-    return _run(prepare(cfg, store, quiet, device=device, llm=llm), targets, store, force, quiet, device)
+    return _run(prepare(cfg, store, quiet, placement=placement, llm=llm), targets, store, force, quiet, device)
 
 
 def _run(ws: Workspace, targets: list, store: Store, force: bool, quiet: bool, device: torch.device) -> Artifact:
@@ -51,7 +53,7 @@ def _run(ws: Workspace, targets: list, store: Store, force: bool, quiet: bool, d
     started = time.time()
     reset_peak_memory(device)  # this run's own GPU peak, not the plain run's before a joint pass
     seed_everything(cfg.seed)
-    model = load_model(llm, device, cfg.quantization)
+    model = load_model(llm, device, placement.quantization)
     if base:
         from peft import PeftModel
 
