@@ -308,7 +308,7 @@ def test_stage_one_is_placed_on_the_commands_device(tmp_path, monkeypatch, tiny_
 
     placed = []
 
-    def run(cfg, store, force=False, quiet=False, cached_only=False, placement=None):
+    def run(cfg, store, force=False, quiet=False, cached_only=False, placement=None, graph=None):
         placed.append(placement)
         raise Stopped
 
