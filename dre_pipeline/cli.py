@@ -337,7 +337,7 @@ def plan(cfg: FinetuneConfig, store: Store, quiet: bool, target_device: str, dev
     if cfg.features in ("llm", "sbert"):  # text features: the LLM's width, or MiniLM's
         graph = replace(graph, feature_dim=model.hidden if cfg.features == "llm" else 384)
     quantization = cfg.quantization if cfg.quantization != "auto" else ("4bit" if where.device == "cuda" else "none")
-    rows = mp.plan(model, graph, replace(cfg, quantization=quantization), where, mini_batch_size(cfg, graph.nodes))
+    rows = mp.plan(model, graph, replace(cfg, quantization=quantization), where, mini_batch_size(cfg, graph.nodes, graph.messages, graph.feature_dim, model.hidden))
     if format == "json":
         typer.echo(json.dumps({"model": model.name, "graph": asdict(graph), "target": asdict(where),
                                "rows": [{**asdict(r), "total": r.total, "fits": r.fits} for r in rows]}, indent=2))

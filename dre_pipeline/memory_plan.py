@@ -30,13 +30,16 @@ s of the code search's, q bytes per quantized weight.
   attention output; the MLP's gate, its activation and up) and the rows' own keys/values; filling the
   cache, :math:`32 S (2 L_f d_{kv} b + (4d + 2I) b)` (a chunk of prompts, no gradient); scoring,
   :math:`32 S (2 L d_{kv} b + (4d + 2I) b) + 8 \cdot 32 V`.
-- **stage one** (on the host, :data:`~dre_pipeline.stages.encode.STAGE_ONE_DEVICE`): graph
+- **stage one** (on the command's device, :mod:`~dre_pipeline.placement`; on a GPU the graph as loaded
+  stays on the host too): graph
   :math:`4NF + 16E + 9N`; codebook :math:`4Md` and search tables :math:`(dM + M^2)(s + 4)` (fp32 before
   the cast; the Gram matrix only up to 1 GiB); GNN :math:`20\, n_{gnn}` (weights, gradient, AdamW,
   snapshot); activations on a step of n nodes and e messages :math:`4(12 T n d + 6 e d + e \max(F, d)
   + n(2F + C + Td))`: about a dozen ``[n, d]`` tensors per view (SAGEConv's two products and sum,
   dropout, ELU, the word-scale normalisation, the quantized sum, the straight-through output), the
-  adjacency loss's endpoint rows of the positive and the sampled negative edges, one hop's messages.
+  adjacency loss's endpoint rows of the positive and the sampled negative edges (where e exceeds
+  :func:`~dre_pipeline.losses.pair_chunk`, one chunk's three ``[chunk, d]`` tensors instead:
+  :math:`3 \cdot` ``PAIR_CHUNK_BYTES``), one hop's messages.
   A mini-batch of :math:`b_s` seeds draws :math:`D = b_s(1 + \sum_t \prod_{i \le t} k_i)` nodes,
   :math:`n = N(1 - e^{-D/N})` of them distinct, :math:`e = \min(E, D - b_s)`.
 """
@@ -172,8 +175,11 @@ def step_graph(graph: GraphShape, seeds: int, neighbours: list) -> tuple:
 
 
 def gnn_activations(graph: GraphShape, nodes: int, messages: int, d: int, views: int) -> int:
-    return 4 * (12 * views * nodes * d + 6 * messages * d + messages * max(graph.feature_dim, d)
-                + nodes * (2 * graph.feature_dim + graph.classes + views * d))
+    from .losses import PAIR_CHUNK_BYTES, pair_chunk
+
+    adjacency = 4 * 6 * messages * d if messages <= pair_chunk(d) else 3 * PAIR_CHUNK_BYTES
+    return adjacency + 4 * (12 * views * nodes * d + messages * max(graph.feature_dim, d)
+                            + nodes * (2 * graph.feature_dim + graph.classes + views * d))
 
 
 def graph_tensors(graph: GraphShape) -> int:
@@ -238,14 +244,14 @@ def plan(model: ModelShape, graph: GraphShape, cfg, target: Target, stage_one_se
     codebook.parts["tokenizer, word lists"] = WORD_LISTS_BYTES
     rows.append(codebook)
 
-    encode = Row("encode", "host", budget=target.host_bytes)
+    encode = Row("encode", target.device, budget=target.device_bytes)
     nodes, messages = step_graph(graph, stage_one_seeds, cfg.neighbors())
     encode.parts["graph tensors"] = graph_tensors(graph) + (24 * graph.messages + 16 * N if stage_one_seeds else 0)
     encode.parts["codebook + search tables"] = 4 * M * d + search_tables(model, M, target.search_bytes)
     encode.parts["GNN + AdamW"] = 20 * n_gnn
     encode.parts[f"activations ({'full batch' if not stage_one_seeds else f'{nodes:,} nodes a step'})"] = (
         gnn_activations(graph, nodes, messages, d, T))
-    rows.append(encode)
+    rows += _placed(encode, {"graph tensors (as loaded)": graph_tensors(graph)} if on_gpu else {}, target)
 
     L_t = trained_layers(model, cfg)
     L_f = model.layers - L_t

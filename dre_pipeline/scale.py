@@ -68,7 +68,8 @@ def measure_size(num_nodes: int, settings: dict, store_root: str, steps: int, qu
     torch.manual_seed(0)
     model = encode.build_model(cfg, data, codebook)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    batch_nodes = encode.mini_batch_size(cfg, data, codebook.vectors.size(1)) or encode.AUTO_BATCH_NODES
+    batch_nodes = encode.mini_batch_size(cfg, data.num_nodes, data.edge_index.size(1), data.x.size(1),
+                                         codebook.vectors.size(1)) or encode.AUTO_BATCH_NODES
     sampler = NeighborSampler(data.edge_index, num_nodes, cfg.neighbors(), seed=0)
     seconds, sizes = [], []
     model.train()

@@ -478,14 +478,6 @@ def test_finetune_on_two_processes_matches_one(tiny_llm, tmp_path):
 
 # --- stage one's memory, bounded ------------------------------------------------------------------
 
-def graph_of(num_nodes: int, num_edges: int, num_features: int):
-    """A GraphData stand-in with only the shapes :func:`encode.mini_batch_size` reads."""
-    from types import SimpleNamespace
-
-    return SimpleNamespace(num_nodes=num_nodes, edge_index=torch.empty(2, num_edges, dtype=torch.long, device="meta"),
-                           x=torch.empty(num_nodes, num_features, device="meta"))
-
-
 @pytest.mark.parametrize("nodes, edges, features, width, batched", [
     (2_708, 10_556, 1_433, 576, False),  # Cora
     (2_995, 16_316, 2_879, 576, False),  # Cora-ML
@@ -497,8 +489,8 @@ def graph_of(num_nodes: int, num_edges: int, num_features: int):
 ])
 def test_full_or_mini_batch_is_chosen_by_a_steps_memory(nodes, edges, features, width, batched):
     cfg = EncodeConfig()
-    assert encode.mini_batch_size(cfg, graph_of(nodes, edges, features), width) == (256 if batched else 0)
-    assert encode.mini_batch_size(replace(cfg, batch_nodes=512), graph_of(nodes, edges, features), width) == 512
+    assert encode.mini_batch_size(cfg, nodes, edges, features, width) == (256 if batched else 0)
+    assert encode.mini_batch_size(replace(cfg, batch_nodes=512), nodes, edges, features, width) == 512
 
 
 def random_pairs_graph(num_nodes=60, num_edges=500, width=16, seed=0):

@@ -78,12 +78,13 @@ def full_batch_bytes(num_nodes: int, num_edges: int, num_features: int, width: i
     return 4 * (num_nodes * per_node + num_edges * max(num_features, width))
 
 
-def mini_batch_size(cfg: EncodeConfig, data: GraphData, width: int) -> int:
+def mini_batch_size(cfg: EncodeConfig, num_nodes: int, num_edges: int, num_features: int, width: int) -> int:
     """Seed nodes per stage-one step, or 0 for full batch: ``--batch-nodes``, by default :data:`AUTO_BATCH_NODES`
-    where a full-batch step on codebook width ``width`` would exceed :data:`FULL_BATCH_BYTES`."""
-    step = full_batch_bytes(data.num_nodes, data.edge_index.size(1), data.x.size(1), width, cfg.num_views)
+    where a full-batch step on codebook width ``width`` would exceed :data:`FULL_BATCH_BYTES` (a graph's sizes
+    only, so that ``plan`` decides as ``encode`` will)."""
+    step = full_batch_bytes(num_nodes, num_edges, num_features, width, cfg.num_views)
     size = cfg.batch_nodes or (AUTO_BATCH_NODES if step > FULL_BATCH_BYTES else 0)
-    return size if size < data.num_nodes else 0
+    return size if size < num_nodes else 0
 
 
 def train_step(model: StageOneModel, optimizer, data: GraphData, train_mask: torch.Tensor, nodes,
@@ -175,7 +176,8 @@ def run(cfg: EncodeConfig, store: Store, force: bool = False, quiet: bool = Fals
     x, edge_index, y = graph.x, graph.edge_index, graph.y
     split = torch.from_numpy(split_np).long().to(device)
     train_mask = split == 0
-    batch_nodes = mini_batch_size(cfg, data, codebook.vectors.size(1))
+    batch_nodes = mini_batch_size(cfg, data.num_nodes, data.edge_index.size(1), data.x.size(1),
+                                  codebook.vectors.size(1))
     sampler = NeighborSampler(data.edge_index, data.num_nodes, cfg.neighbors(), cfg.seed) if batch_nodes else None
     if sampler:
         log.info("encode: mini-batches of %d nodes, %s neighbours sampled per hop", batch_nodes, cfg.num_neighbors)
