@@ -459,7 +459,7 @@ def per_seed_markdown(results: list) -> list:
 
 
 def targets_markdown(payload: dict) -> list:
-    """Wall time of ``make all`` and ``make test`` per CPU class (benchmarks/time-targets.sh)."""
+    """Wall time of ``make all`` and ``make test`` per CPU class (benchmarks/time_targets.py)."""
     lines = ["## Wall-time targets per CPU class", "", f"- command: `{payload['command']}`",
              f"- date: {payload['date']}", f"- note: {payload['note']}", "",
              "| CPU class | CPU | capability | native bf16 | target | seconds | limit | exit code |",

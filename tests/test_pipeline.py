@@ -62,9 +62,11 @@ def test_predictions_are_always_class_names(run):
     assert all(len(s) == len(names) for s in table["scores"])
     metrics = json.loads((artifact.path / "metrics.json").read_text())
     for part in ("val", "test"):
-        report = metrics["final"][part]
-        assert 0 <= report["accuracy"] <= 1 and 0 <= report["macro_f1"] <= 1
-        assert np.array(report["confusion"]).shape == (len(names), len(names))
+        report, confusion = metrics["final"][part], np.array(metrics["final"][part]["confusion"])
+        assert confusion.shape == (len(names), len(names))
+        assert confusion.sum() == table["split"].count(part)  # one entry per scored node
+        assert report["accuracy"] == pytest.approx(np.trace(confusion) / confusion.sum())
+        assert 0 <= report["macro_f1"] <= 1
     assert all(h["seconds"] > 0 for h in metrics["finetune"]["history"])
 
 
@@ -374,25 +376,32 @@ def test_same_seed_same_codes_and_predictions(run, tmp_path):
 
 
 def test_isolated_nodes_get_codes_like_any_other(run, tmp_path):
+    """An isolated node's codes are what the trained GNN gives its own features with no neighbour at all:
+    no message reaches it from another node's row or chunk, and no uninitialised code is left in its place."""
     import pyarrow as pa
 
     from dre_pipeline.data import load_dataset
 
     cfg, store, artifact = run
     graph = load_dataset("synthetic", None, tmp_path)
-    extra = 5  # nodes with no edge at all
+    extra = 5  # nodes with no edge at all, each with the features of a connected node
     folder = tmp_path / "isolated"
     folder.mkdir()
-    features = np.concatenate([graph.x.numpy(), np.zeros((extra, graph.x.size(1)), np.float32)])
+    features = np.concatenate([graph.x.numpy(), graph.x.numpy()[:extra]])
     pq.write_table(pa.table({"node_id": np.arange(graph.num_nodes + extra),
-                             "label": np.concatenate([graph.y.numpy(), np.zeros(extra, np.int64)]),
+                             "label": np.concatenate([graph.y.numpy(), graph.y.numpy()[:extra]]),
                              "features": list(features)}), folder / "nodes.parquet")
     src, dst = graph.edge_index.numpy()
     pq.write_table(pa.table({"src": src, "dst": dst}), folder / "edges.parquet")
-    encoded = encode.run(replace(subset(cfg, EncodeConfig), dataset=str(folder), epochs=2, patience=2), store,
-                         quiet=True)
+    isolated_cfg = replace(cfg, dataset=str(folder), epochs=2, patience=2)
+    encoded = encode.run(subset(isolated_cfg, EncodeConfig), store, quiet=True)
     codes = workspace.codes_from_table(pq.read_table(encoded.path / "codes.parquet"), cfg.num_views)
-    assert codes.shape[0] == graph.num_nodes + extra and (codes[-extra:] >= 0).all()
+    assert codes.shape[0] == graph.num_nodes + extra
+
+    ws = workspace.prepare(isolated_cfg, store, quiet=True)
+    alone, _, _ = workspace.stage_one_model(ws).inference(ws.data.x[-extra:], torch.empty(2, 0, dtype=torch.long))
+    np.testing.assert_array_equal(codes[-extra:], alone.numpy())
+    assert (codes[-extra:] < len(ws.codebook.token_ids)).all()
 
 
 def test_predict_never_reads_a_damaged_adapter(run, tmp_path):
