@@ -69,9 +69,15 @@ def test_live_stage_one_peak_on_a_tiny_model(tiny_llm, tmp_path, datasets_root):
     store = str(tmp_path / "store")
     for stage, options in (("codebook", []), ("encode", ["--dataset", "synthetic", "--epochs", "2"])):
         args = ["--llm-path", str(tiny_llm), *options]
-        measured = peaks.measure([stage, *args], store)["stage_peak_mb"] * 2**20
         row = plan_rows(args, tmp_path / "plan-store", datasets_root)[stage]
-        assert abs(row["total"] - measured) <= TOLERANCE * measured, (stage, row["total"] / 2**20, measured / 2**20)
+        # On a loaded machine a run's peak resident size is at times far above its tensors' (once 2 GB on a
+        # ~100 MB codebook stage, amid the full suite); noise only adds to a peak, so the least of three counts.
+        measured = []
+        for _ in range(3):
+            measured.append(peaks.measure([stage, *args], store)["stage_peak_mb"] * 2**20)
+            if abs(row["total"] - min(measured)) <= TOLERANCE * min(measured):
+                break
+        assert abs(row["total"] - min(measured)) <= TOLERANCE * min(measured), (stage, row["total"] / 2**20, measured)
 
 
 @pytest.fixture(scope="module")
