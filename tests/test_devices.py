@@ -285,3 +285,108 @@ def test_llm_text_features_run_on_the_commands_device(tmp_path, monkeypatch, tin
                                       "--device", "cuda:1", "--store", str(tmp_path), "--quiet"])
     assert isinstance(result.exception, Loaded), result.output
     assert asked == [torch.device("cuda", 1)]
+
+
+# --- 8. stage one trains on the command's device --------------------------------------------------
+
+class Stopped(Exception):
+    """Where a stage would begin its work on a GPU this machine lacks."""
+
+
+@pytest.fixture
+def two_gpus(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+
+
+@pytest.mark.parametrize("command", ["encode", "finetune"])
+def test_stage_one_is_placed_on_the_commands_device(tmp_path, monkeypatch, tiny_llm, two_gpus, command):
+    from typer.testing import CliRunner
+
+    from dre_pipeline.cli import app
+    from dre_pipeline.pipeline.stages import encode
+
+    placed = []
+
+    def run(cfg, store, force=False, quiet=False, cached_only=False, placement=None, graph=None):
+        placed.append(placement)
+        raise Stopped
+
+    monkeypatch.setattr(encode, "run", run)
+    result = CliRunner().invoke(app, [command, "--dataset", "synthetic", "--llm-path", str(tiny_llm), "--device",
+                                      "cuda:1", "--quantization", "8bit", "--store", str(tmp_path), "--quiet"])
+    assert isinstance(result.exception, Stopped), result.output
+    assert [(p.stage_one_device, p.quantization) for p in placed] == [(torch.device("cuda", 1), "8bit")]
+
+
+def test_stage_one_puts_model_graph_and_batches_on_its_device(tmp_path, monkeypatch, tiny_llm):
+    from dre_pipeline.pipeline.config import EncodeConfig
+    from dre_pipeline.pipeline.placement import Placement
+    from dre_pipeline.pipeline.stages import encode
+
+    placement, seen = Placement.resolve("cpu"), []
+    real_step, real_on_device = encode.train_step, encode.on_device
+
+    def train_step(model, optimizer, data, train_mask, nodes, edges, num_seeds, cfg, keyword_targets=None):
+        tensors = [next(model.parameters()), data.x, data.edge_index, data.y, train_mask, edges,
+                   *([] if isinstance(nodes, slice) else [nodes]), *(keyword_targets or [])]
+        seen.append({t.device for t in tensors})
+        return real_step(model, optimizer, data, train_mask, nodes, edges, num_seeds, cfg, keyword_targets)
+
+    asked = []
+    monkeypatch.setattr(encode, "train_step", train_step)
+    monkeypatch.setattr(encode, "on_device", lambda data, device: asked.append(device) or real_on_device(data, device))
+    for batch_nodes in (0, 64):  # full batch, then sampled mini-batches
+        cfg = EncodeConfig(llm_path=str(tiny_llm), dataset="synthetic", epochs=2, patience=2, batch_nodes=batch_nodes,
+                           keyword_weight=0.5, keyword_epochs=1)
+        artifact = encode.run(cfg, Store(tmp_path), quiet=True, placement=placement)
+        assert all(t.device == CPU for t in load_torch(artifact.path / "gnn.pt", META)["state_dict"].values())
+    assert asked == [placement.stage_one_device] * 2 and seen and all(s == {placement.stage_one_device} for s in seen)
+
+
+def test_stage_one_on_another_device_finds_the_artifact_a_cpu_run_wrote(tmp_path, tiny_llm, two_gpus):
+    """The key holds no device: a GPU run (here one that would fail at its first CUDA tensor) is a cache hit."""
+    from dre_pipeline.pipeline.config import EncodeConfig
+    from dre_pipeline.pipeline.placement import Placement
+    from dre_pipeline.pipeline.stages import encode
+
+    cfg, store = EncodeConfig(llm_path=str(tiny_llm), dataset="synthetic", epochs=2, patience=2), Store(tmp_path)
+    on_cpu = encode.run(cfg, store, quiet=True, placement=Placement.resolve("cpu"))
+    on_gpu = encode.run(cfg, store, quiet=True, placement=Placement.resolve("cuda:1"))
+    assert on_gpu.cached and on_gpu.key == on_cpu.key
+
+
+# --- 9. --features llm under --quantization ---------------------------------------------------------
+
+def test_quantized_llm_features_load_the_quantized_model_under_a_key_of_their_own(tmp_path, monkeypatch, tiny_llm):
+    from dre_pipeline.data import load_dataset
+    from dre_pipeline.pipeline.placement import Placement
+    from dre_pipeline.pipeline.stages import features
+
+    loaded, real_load = [], features.load_model
+    monkeypatch.setattr(features, "load_model",
+                        lambda llm, device, quantization="none": loaded.append(quantization) or real_load(llm, device, quantization))
+    store, data = Store(tmp_path), load_dataset("synthetic", None, tmp_path / "data")
+    plain = features.run("llm", data, str(tiny_llm), store, quiet=True)
+    quantized = features.run("llm", data, str(tiny_llm), store, quiet=True, placement=Placement.resolve("cpu", "8bit"))
+    again = features.run("llm", data, str(tiny_llm), store, quiet=True, placement=Placement.resolve("cpu", "8bit"))
+    assert loaded == ["none", "8bit"] and again.cached and again.key == quantized.key != plain.key
+    assert quantized.manifest["quantization"] == "8bit" and "quantization" not in plain.manifest
+    assert quantized.manifest["dtype"] == plain.manifest["dtype"] == "float32"
+    # auto quantizes on CUDA only: on the CPU it is the unquantized model, and its cache
+    assert features.run("llm", data, str(tiny_llm), store, placement=Placement.resolve("cpu", "auto")).key == plain.key
+
+
+def test_4bit_llm_features_the_cpu_cannot_run_stop_with_exit_code_2(tmp_path, tiny_llm):
+    """The tiny Llama is 32 wide: bitsandbytes' CPU nf4 kernels need multiples of 64 (finetune refuses it alike)."""
+    from typer.testing import CliRunner
+
+    from dre_pipeline.cli import app
+
+    result = CliRunner().invoke(app, ["encode", "--dataset", "synthetic", "--features", "llm", "--llm-path",
+                                      str(tiny_llm), "--device", "cpu", "--quantization", "4bit", "--store",
+                                      str(tmp_path), "--quiet"])
+    assert result.exit_code == 2 and "multiples of 64" in result.output
+    bad = CliRunner().invoke(app, ["encode", "--dataset", "synthetic", "--quantization", "3bit", "--store",
+                                   str(tmp_path), "--quiet"])
+    assert bad.exit_code == 2 and "--quantization must be one of" in bad.output

@@ -741,7 +741,9 @@ def test_table_bases_and_their_legitimately_odd_variants_load(tmp_path, kind, va
     write_tables(tmp_path / variant, nodes, edges, kind)
     data = load_dataset(str(tmp_path / variant), None, tmp_path / "cache")
     assert data.num_nodes == len(nodes["node_id"]) and data.num_classes == 2
-    assert (make_split(data, "random", 0) >= 0).all()
+    n = data.num_nodes  # every node in exactly one part, cut at the rounded 60 % and 80 %
+    assert np.bincount(make_split(data, "random", 0), minlength=3).tolist() == [
+        round(0.6 * n), round(0.8 * n) - round(0.6 * n), n - round(0.8 * n)]
 
 
 def test_npz_base_loads(tmp_path):

@@ -43,7 +43,7 @@ def test_quantization_on_cpu_where_bitsandbytes_can(tiny_llm, tmp_path):
 
 def test_device_resolution():
     assert resolve_device("cpu").type == "cpu"
-    with pytest.raises(InputError):
+    with pytest.raises(InputError, match="--device must be auto, cpu or cuda\\[:N\\], got 'tpu'"):
         resolve_device("tpu")
 
 

@@ -63,9 +63,11 @@ def test_predictions_are_always_class_names(run):
     assert all(len(s) == len(names) for s in table["scores"])
     metrics = json.loads((artifact.path / "metrics.json").read_text())
     for part in ("val", "test"):
-        report = metrics["final"][part]
-        assert 0 <= report["accuracy"] <= 1 and 0 <= report["macro_f1"] <= 1
-        assert np.array(report["confusion"]).shape == (len(names), len(names))
+        report, confusion = metrics["final"][part], np.array(metrics["final"][part]["confusion"])
+        assert confusion.shape == (len(names), len(names))
+        assert confusion.sum() == table["split"].count(part)  # one entry per scored node
+        assert report["accuracy"] == pytest.approx(np.trace(confusion) / confusion.sum())
+        assert 0 <= report["macro_f1"] <= 1
     assert all(h["seconds"] > 0 for h in metrics["finetune"]["history"])
 
 
@@ -375,25 +377,32 @@ def test_same_seed_same_codes_and_predictions(run, tmp_path):
 
 
 def test_isolated_nodes_get_codes_like_any_other(run, tmp_path):
+    """An isolated node's codes are what the trained GNN gives its own features with no neighbour at all:
+    no message reaches it from another node's row or chunk, and no uninitialised code is left in its place."""
     import pyarrow as pa
 
     from dre_pipeline.data import load_dataset
 
     cfg, store, artifact = run
     graph = load_dataset("synthetic", None, tmp_path)
-    extra = 5  # nodes with no edge at all
+    extra = 5  # nodes with no edge at all, each with the features of a connected node
     folder = tmp_path / "isolated"
     folder.mkdir()
-    features = np.concatenate([graph.x.numpy(), np.zeros((extra, graph.x.size(1)), np.float32)])
+    features = np.concatenate([graph.x.numpy(), graph.x.numpy()[:extra]])
     pq.write_table(pa.table({"node_id": np.arange(graph.num_nodes + extra),
-                             "label": np.concatenate([graph.y.numpy(), np.zeros(extra, np.int64)]),
+                             "label": np.concatenate([graph.y.numpy(), graph.y.numpy()[:extra]]),
                              "features": list(features)}), folder / "nodes.parquet")
     src, dst = graph.edge_index.numpy()
     pq.write_table(pa.table({"src": src, "dst": dst}), folder / "edges.parquet")
-    encoded = encode.run(replace(subset(cfg, EncodeConfig), dataset=str(folder), epochs=2, patience=2), store,
-                         quiet=True)
+    isolated_cfg = replace(cfg, dataset=str(folder), epochs=2, patience=2)
+    encoded = encode.run(subset(isolated_cfg, EncodeConfig), store, quiet=True)
     codes = workspace.codes_from_table(pq.read_table(encoded.path / "codes.parquet"), cfg.num_views)
-    assert codes.shape[0] == graph.num_nodes + extra and (codes[-extra:] >= 0).all()
+    assert codes.shape[0] == graph.num_nodes + extra
+
+    ws = workspace.prepare(isolated_cfg, store, quiet=True)
+    alone, _, _ = workspace.stage_one_model(ws).inference(ws.data.x[-extra:], torch.empty(2, 0, dtype=torch.long))
+    np.testing.assert_array_equal(codes[-extra:], alone.numpy())
+    assert (codes[-extra:] < len(ws.codebook.token_ids)).all()
 
 
 def test_predict_never_reads_a_damaged_adapter(run, tmp_path):
@@ -475,3 +484,87 @@ def test_finetune_on_two_processes_matches_one(tiny_llm, tmp_path):
     saved = {r["node_id"]: r for r in pq.read_table(runs[1].path / "predictions.parquet").to_pylist()}
     assert [r["node_id"] for r in rows] == [0, 1, 2, 3, 4]
     assert all(r["prediction"] == saved[r["node_id"]]["prediction_name"] for r in rows if r["node_id"] in saved)
+
+
+# --- stage one's memory, bounded ------------------------------------------------------------------
+
+@pytest.mark.parametrize("nodes, edges, features, width, batched", [
+    (2_708, 10_556, 1_433, 576, False),  # Cora
+    (2_995, 16_316, 2_879, 576, False),  # Cora-ML
+    (19_717, 88_648, 500, 576, False),  # PubMed
+    (200_000, 2_000_000, 128, 576, False),  # where the 200,000-node threshold was set, at SmolLM2's width
+    (300_000, 3_000_000, 128, 576, True),  # bench --scale's 300k graph, batched before too
+    (169_343, 2_315_598, 128, 576, False),  # ogbn-arxiv at 576: full batch, as before
+    (169_343, 2_315_598, 128, 4_096, True),  # ogbn-arxiv at a 7B model's 4,096: 121 GB a full-batch step
+])
+def test_full_or_mini_batch_is_chosen_by_a_steps_memory(nodes, edges, features, width, batched):
+    cfg = EncodeConfig()
+    assert encode.mini_batch_size(cfg, nodes, edges, features, width) == (256 if batched else 0)
+    assert encode.mini_batch_size(replace(cfg, batch_nodes=512), nodes, edges, features, width) == 512
+
+
+def random_pairs_graph(num_nodes=60, num_edges=500, width=16, seed=0):
+    from torch_geometric.utils import to_undirected
+
+    generator = torch.Generator().manual_seed(seed)
+    edge_index = to_undirected(torch.randint(num_nodes, (2, num_edges), generator=generator), num_nodes=num_nodes)
+    return torch.randn(num_nodes, width, generator=generator, requires_grad=True), edge_index
+
+
+def adjacency_value_and_gradient(z, edge_index, chunk):
+    from dre_pipeline.model import losses
+    from dre_pipeline.pipeline.runtime import seed_everything
+
+    seed_everything(1)  # the same sampled negatives for both (PyG draws them with Python's and torch's generators)
+    loss = losses.adjacency_loss(z, edge_index, z.size(0), chunk)
+    (gradient,) = torch.autograd.grad(loss, z)
+    return loss.detach(), gradient
+
+
+def test_adjacency_loss_in_chunks_has_the_unchunked_value_and_gradient():
+    z, edge_index = random_pairs_graph()
+    whole = adjacency_value_and_gradient(z, edge_index, chunk=edge_index.size(1))
+    chunked = adjacency_value_and_gradient(z, edge_index, chunk=37)
+    assert torch.allclose(chunked[0], whole[0], atol=1e-6, rtol=0)
+    assert torch.allclose(chunked[1], whole[1], atol=1e-6, rtol=0)
+
+
+def test_adjacency_loss_never_holds_more_than_a_chunk_of_pair_rows():
+    """Every [rows, d] tensor any op makes, forward and backward, recorded: none is [E, d], only [N, d] and a chunk's."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    z, edge_index = random_pairs_graph()
+    (n, d), e, chunk = z.shape, edge_index.size(1), 32
+
+    class Largest(TorchDispatchMode):
+        numel = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            for t in out if isinstance(out, (tuple, list)) else [out]:
+                if isinstance(t, torch.Tensor) and t.dim() == 2 and t.size(1) == d:  # rows of z, not [2, E] indices
+                    Largest.numel = max(Largest.numel, t.numel())
+            return out
+
+    for size, bound in ((e, e * d), (chunk, max(n, chunk) * d)):
+        Largest.numel = 0
+        with Largest():
+            adjacency_value_and_gradient(z, edge_index, chunk=size)
+        assert Largest.numel == bound if size == e else Largest.numel <= bound < e * d
+
+
+def test_joint_pass_codes_of_the_whole_graph_in_node_chunks_are_the_whole_graphs(tiny_llm, tmp_path):
+    from types import SimpleNamespace
+
+    from dre_pipeline.model.codebook import Codebook
+
+    cfg, store = EncodeConfig(llm_path=str(tiny_llm), dataset="synthetic", epochs=4, patience=4), Store(tmp_path)
+    artifact = encode.run(cfg, store, quiet=True)
+    data, _ = encode.load_graph(cfg, store)
+    codebook = Codebook.load(store.find("codebook", artifact.manifest["codebook"]).path)
+    ws = SimpleNamespace(cfg=cfg, data=data, encode=artifact, codebook=codebook)  # what the GNN in the loop reads
+    loop = node_tokens.GraphInTheLoop(ws, workspace.stage_one_model(ws), codebook.vectors, soft=False)
+    loop.encoder.eval()
+    with torch.no_grad():
+        whole = torch.stack([v.codes for v in loop.encoder(data.x, data.edge_index)], dim=1).numpy()
+    assert np.array_equal(loop.all_codes(chunk=41), whole) and np.array_equal(loop.all_codes(), whole)

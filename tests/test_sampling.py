@@ -66,8 +66,10 @@ def test_inference_hop_by_hop_in_chunks_matches_the_whole_graph_forward(tiny_llm
 def test_mini_batch_stage_one_trains_and_writes_codes(tiny_llm, tmp_path):
     cfg, store, whole = stage_one(tiny_llm, tmp_path)
     mini_cfg = replace(cfg, batch_nodes=64, num_neighbors="5,3", epochs=30, patience=30)  # 3 views: 5,3,3
-    assert encode.mini_batch_size(mini_cfg, 300) == 64 and encode.mini_batch_size(cfg, 300) == 0
-    assert encode.mini_batch_size(replace(cfg, batch_nodes=300), 300) == 0  # one batch of all: full batch
+    data = load_dataset("synthetic", None, tmp_path / "data")
+    sizes = (data.num_nodes, data.edge_index.size(1), data.x.size(1), 64)
+    assert encode.mini_batch_size(mini_cfg, *sizes) == 64 and encode.mini_batch_size(cfg, *sizes) == 0
+    assert encode.mini_batch_size(replace(cfg, batch_nodes=300), *sizes) == 0  # one batch of all: full batch
     mini = encode.run(mini_cfg, store, quiet=True)
     assert mini.key != whole.key
     table = pq.read_table(mini.path / "codes.parquet")

@@ -94,12 +94,13 @@ def run_row(row: str, settings: dict, store_root: str, quiet: bool) -> dict:
     started = time.time()
     if spec.kind == "gnn":
         from .baselines import train_gnn
-        from ..pipeline.llm import resolve_device
+        from ..pipeline.placement import Placement
         from ..pipeline.stages.encode import load_graph
 
         model = row.split("-")[0]  # the -bow, -sbert and -llm rows: the same model on those text features
-        # the device the finetune rows take, where the -llm rows' text features are embedded
-        result = train_gnn(model, *load_graph(cfg, store, quiet, device=resolve_device("auto")), cfg.seed)
+        # as the finetune rows place the LLM, so the -llm rows read the text features they read
+        result = train_gnn(model, *load_graph(cfg, store, quiet, placement=Placement.resolve("auto", cfg.quantization)),
+                           cfg.seed)
         out = {"val_accuracy": result["val"]["accuracy"],
                "test_accuracy": result["test"]["accuracy"], "test_macro_f1": result["test"]["macro_f1"],
                "seconds": {"train": round(result["train_seconds"], 2)},
@@ -458,7 +459,7 @@ def per_seed_markdown(results: list) -> list:
 
 
 def targets_markdown(payload: dict) -> list:
-    """Wall time of ``make all`` and ``make test`` per CPU class (benchmarks/time-targets.sh)."""
+    """Wall time of ``make all`` and ``make test`` per CPU class (benchmarks/time_targets.py)."""
     lines = ["## Wall-time targets per CPU class", "", f"- command: `{payload['command']}`",
              f"- date: {payload['date']}", f"- note: {payload['note']}", "",
              "| CPU class | CPU | capability | native bf16 | target | seconds | limit | exit code |",

@@ -25,6 +25,7 @@ from ..pipeline.config import FinetuneConfig
 from ..errors import InputError
 from ..pipeline.stages.finetune import workspace
 from ..pipeline.stages.finetune import predict as predict_stage
+from ..pipeline.placement import Placement
 
 TOP_WORDS = 10
 DPI = 110
@@ -270,7 +271,8 @@ def write_report(cfg: FinetuneConfig, store: Store, out: Path, explain_nodes: in
     """Render the report of the fine-tuned model these settings name (never trains); return index.html."""
     if explain_nodes < 0:
         raise InputError(f"--explain-nodes must be 0 or more, got {explain_nodes}")
-    ws = workspace.prepare(cfg, store, quiet, cached_only=True)
+    ws = workspace.prepare(cfg, store, quiet, cached_only=True,
+                           placement=Placement.resolve(device, cfg.quantization))
     finetune = store.find("finetune", ws.key)
     if finetune is None:
         raise InputError("no fine-tuned model for these settings: run `dre-pipeline finetune` with the same options first")

@@ -68,7 +68,8 @@ def measure_size(num_nodes: int, settings: dict, store_root: str, steps: int, qu
     torch.manual_seed(0)
     model = encode.build_model(cfg, data, codebook)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    batch_nodes = encode.mini_batch_size(cfg, num_nodes) or encode.AUTO_BATCH_NODES
+    batch_nodes = encode.mini_batch_size(cfg, data.num_nodes, data.edge_index.size(1), data.x.size(1),
+                                         codebook.vectors.size(1)) or encode.AUTO_BATCH_NODES
     sampler = NeighborSampler(data.edge_index, num_nodes, cfg.neighbors(), seed=0)
     seconds, sizes = [], []
     model.train()
@@ -128,8 +129,8 @@ def markdown(payload: dict, out_dir: Path) -> list:
              f"- machine: {payload['machine']}; {payload['results'][0]['threads']} torch thread(s) per size",
              f"- date: {payload['date']}",
              f"- graph: about {EDGES_PER_NODE} edges per node, {FEATURES}-dim features, {CLASSES} classes; "
-             "codebook of the LLM below; training steps as `encode` takes them above "
-             "200,000 nodes (mini-batches of sampled neighbourhoods); the epoch is steps x seconds per step",
+             "codebook of the LLM below; training steps as `encode` takes them where a full-batch step exceeds "
+             "its memory budget (mini-batches of sampled neighbourhoods); the epoch is steps x seconds per step",
              "- encode: every node's codes, hop by hop over whole neighbourhoods, in chunks of target nodes",
              "- search: the code search's equivalent GFLOP/s (one product per level) against a plain product of "
              "level 1's shape, same process, same dtype",

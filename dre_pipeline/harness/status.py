@@ -28,6 +28,7 @@ from ..pipeline.llm import embedded_gguf, gguf_identity, resolve_llm
 from ..pipeline.stages import encode as encode_stage
 from ..pipeline.stages import features as features_stage
 from ..pipeline.stages.finetune import workspace
+from ..pipeline.placement import Placement
 
 STAGES = ("llm", "features", "codebook", "encode", "finetune")  # upstream first: a key depends on those before it
 # What interrupted writes and training runs leave behind: .tmp-<key>-<pid>, .old-<key>-<pid> (Store.writing),
@@ -137,14 +138,17 @@ def current_keys(cfg: FinetuneConfig, store: Store) -> Current:
         return Current({}, False, str(error))
     # From here an InputError can only be a cached-only miss: an upstream artifact is not built.
     try:
-        data, text_features = features_stage.load(cfg.features, data, cfg.llm_path, store, cached_only=True)
+        placement = Placement.resolve("auto", cfg.quantization)
+        data, text_features = features_stage.load(cfg.features, data, cfg.llm_path, store, cached_only=True,
+                                                  placement=placement)
         if text_features is not None:
             keys["features"] = text_features.key
         codebook = encode_stage.codebook_for(cfg, data, store, cached_only=True)
         keys["codebook"] = codebook.key
         keys["encode"] = encode_stage.encode_key(cfg, codebook, data)
         graph = (data, make_split(data, cfg.split, cfg.seed))
-        keys["finetune"] = workspace.prepare(cfg, store, quiet=True, cached_only=True, graph=graph, llm=llm).key
+        keys["finetune"] = workspace.prepare(cfg, store, quiet=True, cached_only=True, placement=placement, graph=graph,
+                                             llm=llm).key
     except InputError as error:
         return Current(keys, True, str(error))
     return Current(keys, True)

@@ -174,7 +174,8 @@ class EncodeConfig(DataConfig, CodebookConfig):
         default=0,
         metadata=_help(
             "Seed nodes per stage-one step, each with its sampled neighbourhood (--num-neighbors). 0: full batch "
-            "up to 200,000 nodes, batches of 256 above. A value at or above the node count trains full batch.",
+            "where a step would hold up to 20 GiB (ogbn-arxiv at 576 dimensions; not at 4,096), batches of 256 "
+            "above. A value at or above the node count trains full batch.",
             check="non-negative", neutral=0),
     )
     num_neighbors: str = field(
@@ -402,7 +403,7 @@ class BenchConfig(LLMConfig):
 # Named bundles of settings (``--preset``). An option given on the command line wins over its preset.
 PRESETS = {
     # The reference run (Llama-2-7B on a GPU): batch 4, 20 epochs, LLM lr 1e-4, GNN lr 8e-4, 8-bit
-    # weights, LoRA on every layer. Our CPU defaults differ for the reasons in the README.
+    # weights, LoRA on every layer. Our CPU defaults differ for the reasons in docs/design.md.
     "paper": {"batch_size": 4, "ft_epochs": 20, "llm_lr": 1e-4, "lr": 8e-4, "gnn_lr": 8e-4,
               "quantization": "8bit", "lora_layers": 0},
 }

@@ -11,6 +11,7 @@ ends as an uninterrupted one would.
 
 import math
 import time
+from dataclasses import replace
 
 import numpy as np
 import pyarrow as pa
@@ -27,38 +28,62 @@ from ...model.grounding import hop_keyword_targets, keyword_loss, seed_rows
 from ...model.quantizer import perplexity
 from ...model.evaluation import split_accuracy
 from ...model.sampling import NeighborSampler
+from ..placement import CPU, Placement
 from ..runtime import (EarlyStopping, checkpoint_seconds, log, progress, rng_state, seed_everything, set_rng_state,
                        snapshot)
 from . import codebook as codebook_stage
 
-# Above this many nodes, stage one trains on sampled mini-batches of AUTO_BATCH_NODES seeds
-# (a full-batch step on N nodes holds several [N, d] activations and their gradients; d = 576 for SmolLM2).
-# 256 seeds with 15,10,5 neighbours reach about 150k nodes on a 1M-node graph of degree 10: a few GB a step.
-FULL_BATCH_MAX_NODES = 200_000
+# Above FULL_BATCH_BYTES for a full-batch step (:func:`full_batch_bytes`), stage one trains on sampled
+# mini-batches of AUTO_BATCH_NODES seeds. 256 seeds with 15,10,5 neighbours reach about 150k nodes on a 1M-node
+# graph of degree 10: a few GB a step. The budget is the graph's, never the machine's: the choice changes the
+# result and the key does not hold it. 20 GiB keeps what the former 200,000-node threshold chose at SmolLM2's
+# 576 dimensions (ogbn-arxiv: 17 GB, full batch; bench --scale's 300k nodes: 28 GB, batched); ogbn-arxiv at a
+# 7B model's 4,096 (121 GB) is batched.
+FULL_BATCH_BYTES = 20 * 2**30
 AUTO_BATCH_NODES = 256
+# What a full-batch step keeps for backward per view, in [N, d] tensors: the convolution's aggregate and output,
+# dropout's output and mask, ELU's, the normalised view, the quantizer's residual and straight-through output,
+# the next hop's input, the decoders' share of their concatenation.
+TENSORS_PER_VIEW = 10
 # Keyword fitting moves the views far from where they start: at stage one's 1e-3 they barely
 # moved in 50 full-batch steps (Cora-ML, cosine to the target 0.1), at 1e-2 200 steps reach 0.7.
 KEYWORD_LR = 1e-2
 
 
 def load_graph(cfg: EncodeConfig, store: Store, quiet: bool = False, cached_only: bool = False,
-               device: torch.device = torch.device("cpu")):
-    """The dataset (with the node features ``--features`` names) and its split: (data, split [N] int8).
+               placement: Placement = CPU):
+    """The dataset (with the node features ``--features`` names) and its split: (data, split [N] int8), on the CPU.
 
     ``cached_only``: text features must already be in the store (``status`` computes nothing).
-    ``device``: the command's, where ``--features llm`` runs the LLM.
+    ``placement``: the command's, where and how ``--features llm`` runs the LLM.
     """
     from . import features
 
     data = load_dataset(cfg.dataset, cfg.data_dir, store.root / "data", seed=cfg.seed)
     split = make_split(data, cfg.split, cfg.seed)
-    data, _ = features.load(cfg.features, data, cfg.llm_path, store, quiet, cached_only, device)
+    data, _ = features.load(cfg.features, data, cfg.llm_path, store, quiet, cached_only, placement)
     return data, split
 
 
-def mini_batch_size(cfg: EncodeConfig, num_nodes: int) -> int:
-    """Seed nodes per stage-one step, or 0 for full batch (``--batch-nodes``, by default chosen by the graph's size)."""
-    size = cfg.batch_nodes or (AUTO_BATCH_NODES if num_nodes > FULL_BATCH_MAX_NODES else 0)
+def full_batch_bytes(num_nodes: int, num_edges: int, num_features: int, width: int, num_views: int) -> int:
+    r"""Bytes a full-batch step of stage one holds, in fp32:
+
+    .. math:: 4\,\big(N\,(c\,T\,d + 3F) + E\,\max(F, d)\big)
+
+    with :data:`TENSORS_PER_VIEW` :math:`c` activations of width d per view, the features, their
+    reconstruction and its gradient (:math:`3F`), and one hop's messages, one per edge. The adjacency
+    loss adds a bounded chunk (:func:`~dre_pipeline.model.losses.pair_chunk`), not a term in N or E.
+    """
+    per_node = TENSORS_PER_VIEW * num_views * width + 3 * num_features
+    return 4 * (num_nodes * per_node + num_edges * max(num_features, width))
+
+
+def mini_batch_size(cfg: EncodeConfig, num_nodes: int, num_edges: int, num_features: int, width: int) -> int:
+    """Seed nodes per stage-one step, or 0 for full batch: ``--batch-nodes``, by default :data:`AUTO_BATCH_NODES`
+    where a full-batch step on codebook width ``width`` would exceed :data:`FULL_BATCH_BYTES` (a graph's sizes
+    only, so that ``plan`` decides as ``encode`` will)."""
+    step = full_batch_bytes(num_nodes, num_edges, num_features, width, cfg.num_views)
+    size = cfg.batch_nodes or (AUTO_BATCH_NODES if step > FULL_BATCH_BYTES else 0)
     return size if size < num_nodes else 0
 
 
@@ -79,14 +104,16 @@ def train_step(model: StageOneModel, optimizer, data: GraphData, train_mask: tor
 
 
 def training_batches(data: GraphData, sampler, batch_nodes: int):
-    """(nodes, edges, number of seeds) per step. Full batch: the whole graph, every node a seed.
-    Mini-batch: every node once as a seed per epoch, with its sampled neighbourhood; only the
-    seeds' outputs are exact up to sampling, so only seeds' labels count."""
+    """(nodes, edges, number of seeds) per step, on ``data``'s device. Full batch: the whole graph, every node a
+    seed. Mini-batch: every node once as a seed per epoch, with its sampled neighbourhood; only the seeds'
+    outputs are exact up to sampling, so only seeds' labels count. The sampler draws on the CPU, so a
+    device draws the batches a CPU run draws."""
     if sampler is None:  # a slice: the whole graph's tensors as views, not copies
         yield slice(None), data.edge_index, data.num_nodes
         return
     for seeds in torch.randperm(data.num_nodes, generator=sampler.generator).split(batch_nodes):
-        yield *sampler.sample(seeds), len(seeds)
+        nodes, edges = sampler.sample(seeds)
+        yield nodes.to(data.x.device), edges.to(data.x.device), len(seeds)
 
 
 def fit_keywords(model: StageOneModel, data: GraphData, sampler, batch_nodes: int, targets: list, epochs: int,
@@ -103,11 +130,6 @@ def fit_keywords(model: StageOneModel, data: GraphData, sampler, batch_nodes: in
             loss.backward()
             optimizer.step()
     log.info("encode: views fitted to their keywords in %d epochs (keyword loss %.3f)", epochs, loss.item())
-
-
-# Stage one trains, and its model is built, on the CPU (its cost is the code search, sized for CPU caches: see
-# bench --speed); stage two moves the GNN onto the LLM's device when it runs it inside the loop.
-STAGE_ONE_DEVICE = torch.device("cpu")
 
 
 def codebook_for(cfg: EncodeConfig, data: GraphData, store: Store, cached_only: bool = False) -> Artifact:
@@ -127,13 +149,18 @@ def build_model(cfg: EncodeConfig, data: GraphData, codebook: Codebook) -> Stage
     return StageOneModel(encoder, data.x.size(1), data.num_classes)
 
 
+def on_device(data: GraphData, device: torch.device) -> GraphData:
+    """The graph's features, edges and labels on ``device`` (the same tensors where they are there already)."""
+    return replace(data, x=data.x.to(device), edge_index=data.edge_index.to(device), y=data.y.to(device))
+
+
 def run(cfg: EncodeConfig, store: Store, force: bool = False, quiet: bool = False,
-        cached_only: bool = False, device: torch.device = torch.device("cpu"), graph: tuple = None) -> Artifact:
-    """Stage one (or its cached result); ``device`` is only where ``--features llm`` embeds the text: stage one
-    itself trains on :data:`STAGE_ONE_DEVICE`. ``graph``: ``(data, split)`` as :func:`load_graph` gave them
-    to the caller, else loaded here."""
+        cached_only: bool = False, placement: Placement = CPU, graph: tuple = None) -> Artifact:
+    """Stage one (or its cached result), trained on ``placement``'s stage-one device; the artifact is the same
+    whatever the device (its key does not hold it), and on the CPU bit for bit. ``graph``: ``(data, split)``
+    as :func:`load_graph` gave them to the caller, else loaded here."""
     # a graph that cannot load stops before any work
-    data, split_np = graph or load_graph(cfg, store, quiet, cached_only, device)
+    data, split_np = graph or load_graph(cfg, store, quiet, cached_only, placement)
     codebook_artifact = codebook_for(cfg, data, store, cached_only)
     key = encode_key(cfg, codebook_artifact, data)
     if found := store.lookup("encode", key, force, cached_only):
@@ -141,42 +168,47 @@ def run(cfg: EncodeConfig, store: Store, force: bool = False, quiet: bool = Fals
     log.info("encode: %s (%d nodes), codebook %s", data.name, data.num_nodes, codebook_artifact.path)
 
     codebook = Codebook.load(codebook_artifact.path)
+    device = placement.stage_one_device
     seed_everything(cfg.seed)
-    model = build_model(cfg, data, codebook)
+    model = build_model(cfg, data, codebook).to(device)  # initialised on the CPU: the same weights on any device
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    x, edge_index, y = data.x, data.edge_index, data.y
-    split = torch.from_numpy(split_np).long()
+    graph = on_device(data, device)
+    x, edge_index, y = graph.x, graph.edge_index, graph.y
+    split = torch.from_numpy(split_np).long().to(device)
     train_mask = split == 0
-    batch_nodes = mini_batch_size(cfg, data.num_nodes)
-    sampler = NeighborSampler(edge_index, data.num_nodes, cfg.neighbors(), cfg.seed) if batch_nodes else None
+    batch_nodes = mini_batch_size(cfg, data.num_nodes, data.edge_index.size(1), data.x.size(1),
+                                  codebook.vectors.size(1))
+    sampler = NeighborSampler(data.edge_index, data.num_nodes, cfg.neighbors(), cfg.seed) if batch_nodes else None
     if sampler:
         log.info("encode: mini-batches of %d nodes, %s neighbours sampled per hop", batch_nodes, cfg.num_neighbors)
+    log.info("encode: training on %s", device)
 
     keyword_targets = None
     if cfg.keyword_weight and data.text is not None:
-        keyword_targets = hop_keyword_targets(data.text, codebook.words, model.encoder.quantizer.words, edge_index,
-                                              data.num_nodes, cfg.num_views, cfg.codes_per_view)
+        keyword_targets = [target.to(device) for target in hop_keyword_targets(
+            data.text, codebook.words, model.encoder.quantizer.words.cpu(), data.edge_index, data.num_nodes,
+            cfg.num_views, cfg.codes_per_view)]
     history, losses_since_eval = [], []
     # Patience is in epochs; the stopper counts evaluations.
     stopper = EarlyStopping(math.ceil(cfg.patience / cfg.eval_epochs), lambda: snapshot(model.state_dict()))
     start_epoch, seconds_before = 0, 0.0
     started = last_checkpoint = time.time()
-    if resumed := store.load_checkpoint("encode", key, STAGE_ONE_DEVICE):
+    if resumed := store.load_checkpoint("encode", key, device):
         model.load_state_dict(resumed["model"])
         optimizer.load_state_dict(resumed["optimizer"])
         stopper.load_state_dict(resumed["stopper"])
         history, start_epoch, seconds_before = resumed["history"], resumed["epoch"], resumed["seconds"]
-        set_rng_state(resumed["rng"], STAGE_ONE_DEVICE)
+        set_rng_state(resumed["rng"], device)
         if sampler:
             sampler.generator.set_state(resumed["sampler_rng"])
         log.info("encode: resuming an interrupted run after epoch %d", start_epoch)
     elif keyword_targets is not None:  # a resumed run has fitted them already
-        fit_keywords(model, data, sampler, batch_nodes, keyword_targets, cfg.keyword_epochs, quiet)
+        fit_keywords(model, graph, sampler, batch_nodes, keyword_targets, cfg.keyword_epochs, quiet)
     bar = progress(range(start_epoch, cfg.epochs), quiet=quiet, desc="encode epoch")
     for epoch in bar:
         model.train()
-        for nodes, edges, num_seeds in training_batches(data, sampler, batch_nodes):
-            losses_since_eval.append(train_step(model, optimizer, data, train_mask, nodes, edges, num_seeds, cfg,
+        for nodes, edges, num_seeds in training_batches(graph, sampler, batch_nodes):
+            losses_since_eval.append(train_step(model, optimizer, graph, train_mask, nodes, edges, num_seeds, cfg,
                                                 keyword_targets))
         if (epoch + 1) % cfg.eval_epochs and epoch + 1 < cfg.epochs:
             continue
@@ -193,7 +225,7 @@ def run(cfg: EncodeConfig, store: Store, force: bool = False, quiet: bool = Fals
             store.save_checkpoint("encode", key, {
                 "model": model.state_dict(), "optimizer": optimizer.state_dict(), "stopper": stopper.state_dict(),
                 "history": history, "epoch": epoch + 1, "seconds": seconds_before + time.time() - started,
-                "rng": rng_state(STAGE_ONE_DEVICE), "sampler_rng": sampler.generator.get_state() if sampler else None})
+                "rng": rng_state(device), "sampler_rng": sampler.generator.get_state() if sampler else None})
             last_checkpoint = time.time()
         if stopper.stop:
             break
@@ -217,10 +249,10 @@ def run(cfg: EncodeConfig, store: Store, force: bool = False, quiet: bool = Fals
         "num_nodes": data.num_nodes, "class_names": data.class_names, "seconds": round(time.time() - started, 2),
     }
     with store.writing("encode", key, manifest) as out:
-        write_codes(out / "codes.parquet", data, split_np, [codes[:, t].numpy() for t in range(codes.size(1))],
+        write_codes(out / "codes.parquet", data, split_np, [codes[:, t].cpu().numpy() for t in range(codes.size(1))],
                     codebook)
         write_json(out / "metrics.json", metrics)
-        save_torch({"state_dict": model.state_dict()}, out / "gnn.pt")
+        save_torch({"state_dict": {name: t.cpu() for name, t in model.state_dict().items()}}, out / "gnn.pt")
     log.info("encode: label head accuracy train %.4f val %.4f test %.4f; perplexity per view %s; %.1fs → %s",
              acc["train"], acc["val"], acc["test"], [round(p, 1) for p in metrics["perplexity"]], train_seconds,
              store.root / "encode" / key)

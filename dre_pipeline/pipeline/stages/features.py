@@ -15,6 +15,9 @@ Three ways to turn node i's text :math:`s_i` into its feature vector :math:`x_i`
 text, takes ``TEXT_DEFAULT``, chosen on validation across Cora-text and Cora-ML
 (``benchmarks/VALIDATION.md``). Each kind is computed once, with a progress bar, and cached
 in the store under ``features/<key>`` (the graph's fingerprint and the encoder's identity), as zarr.
+``llm`` features come from the LLM as the command places it (:mod:`~dre_pipeline.pipeline.placement`): on its
+device, and under ``--quantization`` from the k-bit model, which is another encoder and so another key
+(on a GPU too small for the unquantized model, the quantized one is the only one that loads).
 """
 
 import time
@@ -28,6 +31,7 @@ from ..artifacts import Artifact, Store, artifact_key, digest, read_matrix, writ
 from ...data import GraphData
 from ...errors import InputError
 from ..llm import load_model, load_tokenizer, resolve_llm
+from ..placement import CPU, Placement
 from ..runtime import log, progress
 
 KINDS = ("bow", "sbert", "llm")
@@ -52,20 +56,20 @@ def resolve_kind(requested: str, data: GraphData) -> str:
 
 
 def load(requested: str, data: GraphData, llm_path, store: Store, quiet: bool = False,
-         cached_only: bool = False, device: torch.device = torch.device("cpu")) -> tuple:
+         cached_only: bool = False, placement: Placement = CPU) -> tuple:
     """``data`` with the features ``--features`` names, and their artifact (None for the graph's own).
 
-    ``device``: the command's, where ``--features llm`` runs the LLM.
+    ``placement``: the command's, where and how ``--features llm`` runs the LLM.
     """
     kind = resolve_kind(requested, data)
     if kind == "raw":
         return data, None
-    artifact = run(kind, data, llm_path, store, quiet, cached_only, device)
+    artifact = run(kind, data, llm_path, store, quiet, cached_only, placement)
     return with_features(data, artifact), artifact
 
 
 def run(kind: str, data: GraphData, llm_path, store: Store, quiet: bool = False,
-        cached_only: bool = False, device: torch.device = torch.device("cpu")) -> Artifact:
+        cached_only: bool = False, placement: Placement = CPU) -> Artifact:
     """Node features of ``kind`` from ``data.text``, computed once and cached."""
     llm = resolve_llm(llm_path, store) if kind == "llm" else None
     if kind == "bow":
@@ -74,7 +78,8 @@ def run(kind: str, data: GraphData, llm_path, store: Store, quiet: bool = False,
         identity = {"kind": kind, "model": f"{SBERT_PACKAGE}=={_sbert_version()}", "pooling": "mean-normalised",
                     "max_tokens": SBERT_MAX_TOKENS}
     else:  # the key it had before the other kinds existed, so its cache stays valid
-        identity = {"llm": llm.identity, "pooling": "mean-last-hidden", "max_tokens": LLM_MAX_TOKENS}
+        identity = {"llm": llm.identity, "pooling": "mean-last-hidden", "max_tokens": LLM_MAX_TOKENS,
+                    **({"quantization": placement.quantization} if placement.quantization != "none" else {})}
     key = artifact_key({"data": data.fingerprint, **identity})
     if found := store.lookup("features", key, force=False, cached_only=cached_only):
         return found
@@ -84,9 +89,11 @@ def run(kind: str, data: GraphData, llm_path, store: Store, quiet: bool = False,
     elif kind == "sbert":
         features = _sentence_embeddings(data.text, quiet)
     else:
-        features = _llm_embeddings(data.text, llm, device, quiet)
+        features = _llm_embeddings(data.text, llm, placement, quiet)
     manifest = {"dataset": data.name, "fingerprint": data.fingerprint, **identity, "kind": kind,
                 "shape": list(features.shape), "seconds": round(time.time() - started, 2)}
+    if kind == "llm":  # how it ran, not what it is: bf16 on a GPU, fp32 on a CPU, the same key
+        manifest["dtype"] = str(placement.llm_dtype).removeprefix("torch.")
     with store.writing("features", key, manifest) as out:
         write_matrix(out / "features.zarr", features)
     log.info("features: %d nodes' text as %s features (%d dimensions) in %.1fs", data.num_nodes, kind,
@@ -136,8 +143,9 @@ def _sentence_embeddings(texts: list, quiet: bool) -> torch.Tensor:
                         lambda batch: model(**batch).last_hidden_state, normalise=True)
 
 
-def _llm_embeddings(texts: list, llm, device: torch.device, quiet: bool) -> torch.Tensor:
-    tokenizer, model = load_tokenizer(llm), load_model(llm, device).eval()
+def _llm_embeddings(texts: list, llm, placement: Placement, quiet: bool) -> torch.Tensor:
+    device = placement.device
+    tokenizer, model = load_tokenizer(llm), load_model(llm, device, placement.quantization).eval()
     return _mean_pooled(texts, tokenizer, model, LLM_MAX_TOKENS, quiet, "llm features",
                         lambda batch: model.model(**{k: v.to(device) for k, v in batch.items()}).last_hidden_state,
                         normalise=False)

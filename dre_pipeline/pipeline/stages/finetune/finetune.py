@@ -21,6 +21,7 @@ from ....data import split_names
 from ...llm import attach_lora, load_model, lora_targets, quantization_config, resolve_device, resolve_llm
 from ...runtime import log, peak_memory_mb, reset_peak_memory, seed_everything
 from .. import encode as encode_stage
+from ...placement import Placement
 from .node_tokens import GraphInTheLoop, StoredWords, graph_in_the_loop, sampled_codes
 from .training import evaluate, train
 from .workspace import Workspace, codes_from_table, head_distribution, predictor_for, prepare, with_settings
@@ -33,25 +34,26 @@ def run(cfg: FinetuneConfig, store: Store, force: bool = False, quiet: bool = Fa
     Under ``torchrun`` every process runs this; the first decides on the cache and writes.
     """
     device = distributed.setup(resolve_device(device))
+    placement = Placement.resolve(device, cfg.quantization)
     quiet = quiet or not distributed.is_main()
     llm = resolve_llm(cfg.llm_path, store)
     quantization_config(cfg.quantization, device, llm)  # an impossible setting stops before any work
     targets = lora_targets(llm, cfg.lora_targets)
-    return _run(prepare(cfg, store, quiet, device=device, llm=llm), targets, store, force, quiet, device)
+    return _run(prepare(cfg, store, quiet, placement=placement, llm=llm), targets, store, force, quiet, placement)
 
 
-def _run(ws: Workspace, targets: list, store: Store, force: bool, quiet: bool, device: torch.device) -> Artifact:
-    cfg, llm = ws.cfg, ws.llm
+def _run(ws: Workspace, targets: list, store: Store, force: bool, quiet: bool, placement: Placement) -> Artifact:
+    cfg, llm, device = ws.cfg, ws.llm, placement.device
     found = store.lookup("finetune", ws.key, force) if distributed.is_main() else None
     if distributed.agree(found is not None):
         return found or store.find("finetune", ws.key)
     # the joint pass starts from the plain run of the same workspace: stage one is not entered again
-    base = _run(with_settings(ws, replace(cfg, joint=False)), targets, store, False, quiet, device) if cfg.joint else None
+    base = _run(with_settings(ws, replace(cfg, joint=False)), targets, store, False, quiet, placement) if cfg.joint else None
     log.info("finetune: reading %s", base.path if base else ws.encode.path)
     started = time.time()
     reset_peak_memory(device)  # this run's own GPU peak, not the plain run's before a joint pass
     seed_everything(cfg.seed)
-    model = load_model(llm, device, cfg.quantization)
+    model = load_model(llm, device, placement.quantization)
     if base:
         from peft import PeftModel
 

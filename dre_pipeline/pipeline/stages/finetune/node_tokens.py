@@ -21,6 +21,7 @@ from torch_geometric.utils import k_hop_subgraph
 from ....model import losses
 from ....model.predictor import GraphWordPredictor
 from ....model.quantizer import straight_through_words
+from ....model.gnn import INFERENCE_CHUNK
 from .workspace import Workspace, stage_one_model, suffixes_for
 
 
@@ -108,10 +109,11 @@ class GraphInTheLoop(nn.Module):
         position = torch.tensor([p for row in positions for view in row for p in view])
         return suffixes, (row_index, position, vectors.flatten(0, 1))
 
-    @torch.no_grad()
-    def all_codes(self) -> np.ndarray:
-        self.encoder.eval()
-        return torch.stack([v.codes for v in self.encoder(self.x, self.edge_index)], dim=1).cpu().numpy()
+    def all_codes(self, chunk: int = INFERENCE_CHUNK) -> np.ndarray:
+        """``[N, T, K]`` every node's codes as the GNN now picks them (no dropout), ``chunk`` target nodes at a
+        time (:meth:`~dre_pipeline.model.gnn.StageOneModel.inference`): the whole graph's messages are never held."""
+        codes, _, _ = self.stage_one.inference(self.x, self.edge_index, chunk)
+        return codes.cpu().numpy()
 
 
 def graph_in_the_loop(ws: Workspace, predictor: GraphWordPredictor, soft: bool,

@@ -11,6 +11,7 @@ from ....data import split_names, title_and_rest
 from ....errors import InputError
 from ...llm import load_model, resolve_device
 from ....model.prompts import render
+from ...placement import Placement
 from .node_tokens import StoredWords, graph_in_the_loop
 from .training import score
 from .workspace import codes_from_table, predictor_for, prepare
@@ -25,7 +26,8 @@ def run(cfg: FinetuneConfig, store: Store, node_ids: list, device: str = "auto",
 
     device = distributed.setup(resolve_device(device))
     quiet = quiet or not distributed.is_main()
-    ws = prepare(cfg, store, quiet, cached_only=True)
+    placement = Placement.resolve(device, cfg.quantization)
+    ws = prepare(cfg, store, quiet, cached_only=True, placement=placement)
     found = store.lookup("finetune", ws.key, force=False, cached_only=True)  # missing or damaged: refused
     position = {str(node): i for i, node in enumerate(ws.data.node_ids.tolist())}  # ids as the command line spells them
     unknown = [n for n in node_ids if str(n) not in position]
@@ -34,7 +36,7 @@ def run(cfg: FinetuneConfig, store: Store, node_ids: list, device: str = "auto",
         raise InputError(f"unknown node ids {unknown[:5]}: {ws.data.name} has ids such as {', '.join(map(str, known[:3]))}")
     nodes = np.array([position[str(n)] for n in node_ids], dtype=np.int64)
 
-    model = PeftModel.from_pretrained(load_model(ws.llm, device, cfg.quantization),
+    model = PeftModel.from_pretrained(load_model(ws.llm, device, placement.quantization),
                                       found.path / "adapter")
     predictor = predictor_for(ws, model)
     if cfg.node_tokens == "soft":

@@ -19,6 +19,7 @@ from ...llm import ResolvedLLM, load_tokenizer, resolve_llm
 from ....model.predictor import FullPromptPredictor, GraphWordPredictor
 from ....model.prompts import PromptTemplate, build_template, node_suffix, node_text
 from .. import encode as encode_stage
+from ...placement import Placement
 
 
 @dataclass
@@ -38,18 +39,20 @@ class Workspace:
 
 
 def prepare(cfg: FinetuneConfig, store: Store, quiet: bool = False, cached_only: bool = False,
-            device: torch.device = torch.device("cpu"), graph: tuple = None, llm: ResolvedLLM = None) -> Workspace:
+            placement: Placement = None, graph: tuple = None, llm: ResolvedLLM = None) -> Workspace:
     """The graph is loaded once, here or by the caller (``graph``: ``(data, split)``), and handed to stage one;
     ``llm``: the command's, where it has resolved it already.
 
-    ``device``: the command's, where ``--features llm`` runs the LLM if stage one has yet to run.
+    ``placement``: the command's, where stage one trains and ``--features llm`` runs the LLM if they have yet
+    to run; by default this machine's (``--device auto``) with ``cfg.quantization``, as ``finetune`` resolves it.
     """
-    data, split = graph or encode_stage.load_graph(cfg, store, quiet, cached_only, device)
+    placement = placement or Placement.resolve("auto", cfg.quantization)
+    data, split = graph or encode_stage.load_graph(cfg, store, quiet, cached_only, placement)
     use_text = cfg.use_text and data.text is not None
     if cfg.node_tokens == "none" and not use_text:  # refused before stage one runs
         raise InputError(f"--node-tokens none prompts with the node's text alone, and {data.name!r} has no text")
-    encode = encode_stage.run(subset(cfg, EncodeConfig), store, quiet=quiet, cached_only=cached_only, device=device,
-                              graph=(data, split))
+    encode = encode_stage.run(subset(cfg, EncodeConfig), store, quiet=quiet, cached_only=cached_only,
+                              placement=placement, graph=(data, split))
     llm = llm or resolve_llm(cfg.llm_path, store)
     codebook_artifact = store.find("codebook", encode.manifest["codebook"])
     if codebook_artifact is None or codebook_artifact.manifest["llm"]["identity"] != llm.identity:
@@ -114,9 +117,10 @@ def predictor_for(ws: Workspace, model) -> GraphWordPredictor:
 
 
 def stage_one_model(ws: Workspace) -> nn.Module:
-    """The GNN stage one trained, as it was saved, on the device stage one runs on."""
+    """The GNN stage one trained, as it was saved, on the CPU (with ``ws.data``); the GNN in the loop moves it
+    onto the LLM's device."""
     model = encode_stage.build_model(subset(ws.cfg, EncodeConfig), ws.data, ws.codebook)
-    model.load_state_dict(load_torch(ws.encode.path / "gnn.pt", encode_stage.STAGE_ONE_DEVICE)["state_dict"])
+    model.load_state_dict(load_torch(ws.encode.path / "gnn.pt", torch.device("cpu"))["state_dict"])
     return model
 
 

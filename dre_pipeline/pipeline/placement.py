@@ -1,0 +1,49 @@
+"""Where each stage computes and in what, decided once per command from ``--device`` and ``--quantization``.
+
+- Stage one (the GNN and residual VQ, :mod:`~dre_pipeline.pipeline.stages.encode`) trains on the command's device in
+  fp32, its code search in :func:`~dre_pipeline.model.quantizer.search_dtype` of that device. Its artifact is the
+  same whatever the device: the device stays out of every key, and so does anything chosen from the
+  machine's memory (see :func:`~dre_pipeline.pipeline.stages.encode.mini_batch_size`).
+- The LLM (``--features llm``, stage two) loads on the same device in :func:`~dre_pipeline.pipeline.llm.compute_dtype`,
+  with ``--quantization``'s k-bit layers. Quantized weights are another model: their text features are
+  cached under a key of their own (:mod:`~dre_pipeline.pipeline.stages.features`).
+"""
+
+from dataclasses import dataclass
+
+import torch
+
+from .config import FinetuneConfig
+from ..errors import InputError
+from .llm import compute_dtype, resolve_device
+
+QUANTIZATIONS = FinetuneConfig.__dataclass_fields__["quantization"].metadata["choices"]
+
+
+@dataclass(frozen=True)
+class Placement:
+    """``device``: the command's; ``quantization``: none, 8bit or 4bit (``auto`` already resolved)."""
+
+    device: torch.device
+    quantization: str = "none"
+
+    @classmethod
+    def resolve(cls, device="auto", quantization: str = "none") -> "Placement":
+        """``--device`` and ``--quantization`` as given; ``auto`` quantizes (4-bit) on CUDA only."""
+        device = resolve_device(device)
+        if quantization not in QUANTIZATIONS:
+            raise InputError(f"--quantization must be one of {', '.join(QUANTIZATIONS)}, got {quantization!r}")
+        if quantization == "auto":
+            quantization = "4bit" if device.type == "cuda" else "none"
+        return cls(device, quantization)
+
+    @property
+    def stage_one_device(self) -> torch.device:
+        return self.device
+
+    @property
+    def llm_dtype(self) -> torch.dtype:
+        return compute_dtype(self.device)
+
+
+CPU = Placement(torch.device("cpu"))
