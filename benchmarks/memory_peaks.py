@@ -2,7 +2,7 @@
 
 Each run is a fresh Python process: it imports everything the stage imports, notes its resident size
 (the *baseline*: interpreter, torch, transformers, PEFT), runs the stage's CLI command with ``--force``
-(the upstream stages already in the store), and reports ``ru_maxrss`` (the process's peak resident
+(the upstream stages already in the store), and reports ``VmHWM`` (the process's peak resident
 size) less the baseline. That difference is what the plan estimates: the memory the stage's own
 tensors and objects take above a loaded interpreter.
 
@@ -41,7 +41,10 @@ baseline = resident()
 try:
     dre_pipeline.cli.app(sys.argv[1:], standalone_mode=False)
 finally:
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    # VmHWM, not ru_maxrss: Linux keeps ru_maxrss across execve, so a child of a large process (pytest amid
+    # the full suite) would report its parent's peak; VmHWM belongs to this process's own address space.
+    with open('/proc/self/status') as f:
+        peak = next(int(l.split()[1]) for l in f if l.startswith('VmHWM:')) * 1024
     print('MEMORY ' + json.dumps({'baseline_mb': baseline / 2**20, 'peak_mb': peak / 2**20}), flush=True)
 """
 

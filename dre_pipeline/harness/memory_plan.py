@@ -5,7 +5,7 @@ file's metadata) through a model built on the meta device, the graph's from its 
 ``--nodes/--edges/--feature-dim/--classes``. :func:`plan` is pure arithmetic over those shapes.
 
 "Peak" is the largest sum of live tensors (and the few large Python objects) a stage holds at once,
-above a loaded interpreter: what ``ru_maxrss`` grows by over the resident size after imports on a CPU,
+above a loaded interpreter: what ``VmHWM`` grows by over the resident size after imports on a CPU,
 and what ``torch.cuda.max_memory_allocated`` reports on a GPU (the CUDA context, which it does not
 count, is added as its own line before the fit is judged).
 
