@@ -1,5 +1,6 @@
-"""Run-time helpers every stage shares: seeds, progress bars, logging."""
+"""Run-time helpers every stage shares: seeds, progress bars, logging, early stopping, resumable training."""
 
+import json
 import logging
 import math
 import os
@@ -7,6 +8,7 @@ import random
 import sys
 import time
 import warnings
+from typing import Optional
 
 import numpy as np
 import torch
@@ -199,3 +201,57 @@ class EarlyStopping:
     @property
     def stop(self) -> bool:
         return self.stale >= self.patience
+
+
+class TrainingState:
+    """What a training loop needs to resume a killed run and end as an uninterrupted one would.
+
+    Each part is saved under its name: an object with ``state_dict`` / ``load_state_dict`` (a model,
+    optimizer, scheduler, :class:`EarlyStopping`), a torch generator, a numpy one (its state as JSON
+    text, the form stage two's checkpoints have always held), or None (a part this run lacks). With
+    them go the generators a step draws from (:func:`rng_state`, the device's too), the training time
+    so far, and the loop's own counters (:meth:`save`'s keywords, what :meth:`resume` returns).
+
+    Args:
+        store (Store): keeps the checkpoint under (``stage``, ``key``); None: no checkpoints.
+        device: the run's device: the checkpoint loads onto it and its generator is saved.
+        saves (bool): whether this process writes the checkpoint; under ``torchrun`` only the
+            first does, and every process resumes from it.
+    """
+
+    def __init__(self, store, stage: str, key: str, device: torch.device, saves: bool = True, **parts):
+        self.store, self.stage, self.key, self.device, self.saves, self.parts = store, stage, key, device, saves, parts
+        self.seconds_before, self.started = 0.0, time.time()
+        self.last_saved = self.started
+
+    @property
+    def seconds(self) -> float:
+        """Training time so far, over this run and every run it resumes."""
+        return self.seconds_before + time.time() - self.started
+
+    def resume(self) -> Optional[dict]:
+        """Restore every part from the checkpoint a killed run left: that run's counters, or None (there is none)."""
+        state = self.store and self.store.load_checkpoint(self.stage, self.key, self.device)
+        if not state:
+            return None
+        for name, part in self.parts.items():
+            if isinstance(part, torch.Generator):
+                part.set_state(state[name])
+            elif isinstance(part, np.random.Generator):
+                part.bit_generator.state = json.loads(state[name])
+            elif part is not None:
+                part.load_state_dict(state[name])
+        set_rng_state(state.pop("rng"), self.device)
+        self.seconds_before = state.pop("seconds")
+        return {name: value for name, value in state.items() if name not in self.parts}
+
+    def save(self, **counters) -> None:
+        """Checkpoint the parts and ``counters``, at most every :func:`checkpoint_seconds`."""
+        if not (self.store and self.saves) or time.time() - self.last_saved < checkpoint_seconds():
+            return
+        parts = {name: part.get_state() if isinstance(part, torch.Generator)
+                 else json.dumps(part.bit_generator.state) if isinstance(part, np.random.Generator)
+                 else part.state_dict() if part is not None else None for name, part in self.parts.items()}
+        self.store.save_checkpoint(self.stage, self.key, {
+            **parts, **counters, "rng": rng_state(self.device), "seconds": self.seconds})
+        self.last_saved = time.time()

@@ -29,8 +29,7 @@ from ...model.quantizer import perplexity
 from ...model.evaluation import split_accuracy
 from ...model.sampling import NeighborSampler
 from ..placement import CPU, Placement
-from ..runtime import (EarlyStopping, checkpoint_seconds, log, progress, rng_state, seed_everything, set_rng_state,
-                       snapshot)
+from ..runtime import EarlyStopping, TrainingState, log, progress, seed_everything, snapshot
 from . import codebook as codebook_stage
 
 # Above FULL_BATCH_BYTES for a full-batch step (:func:`full_batch_bytes`), stage one trains on sampled
@@ -169,74 +168,17 @@ def run(cfg: EncodeConfig, store: Store, force: bool = False, quiet: bool = Fals
 
     codebook = Codebook.load(codebook_artifact.path)
     device = placement.stage_one_device
-    seed_everything(cfg.seed)
-    model = build_model(cfg, data, codebook).to(device)  # initialised on the CPU: the same weights on any device
-    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     graph = on_device(data, device)
-    x, edge_index, y = graph.x, graph.edge_index, graph.y
     split = torch.from_numpy(split_np).long().to(device)
-    train_mask = split == 0
-    batch_nodes = mini_batch_size(cfg, data.num_nodes, data.edge_index.size(1), data.x.size(1),
-                                  codebook.vectors.size(1))
-    sampler = NeighborSampler(data.edge_index, data.num_nodes, cfg.neighbors(), cfg.seed) if batch_nodes else None
-    if sampler:
-        log.info("encode: mini-batches of %d nodes, %s neighbours sampled per hop", batch_nodes, cfg.num_neighbors)
-    log.info("encode: training on %s", device)
+    started = time.time()
+    model, history, train_seconds = train(cfg, data, graph, split, codebook, store, key, quiet)
 
-    keyword_targets = None
-    if cfg.keyword_weight and data.text is not None:
-        keyword_targets = [target.to(device) for target in hop_keyword_targets(
-            data.text, codebook.words, model.encoder.quantizer.words.cpu(), data.edge_index, data.num_nodes,
-            cfg.num_views, cfg.codes_per_view)]
-    history, losses_since_eval = [], []
-    # Patience is in epochs; the stopper counts evaluations.
-    stopper = EarlyStopping(math.ceil(cfg.patience / cfg.eval_epochs), lambda: snapshot(model.state_dict()))
-    start_epoch, seconds_before = 0, 0.0
-    started = last_checkpoint = time.time()
-    if resumed := store.load_checkpoint("encode", key, device):
-        model.load_state_dict(resumed["model"])
-        optimizer.load_state_dict(resumed["optimizer"])
-        stopper.load_state_dict(resumed["stopper"])
-        history, start_epoch, seconds_before = resumed["history"], resumed["epoch"], resumed["seconds"]
-        set_rng_state(resumed["rng"], device)
-        if sampler:
-            sampler.generator.set_state(resumed["sampler_rng"])
-        log.info("encode: resuming an interrupted run after epoch %d", start_epoch)
-    elif keyword_targets is not None:  # a resumed run has fitted them already
-        fit_keywords(model, graph, sampler, batch_nodes, keyword_targets, cfg.keyword_epochs, quiet)
-    bar = progress(range(start_epoch, cfg.epochs), quiet=quiet, desc="encode epoch")
-    for epoch in bar:
-        model.train()
-        for nodes, edges, num_seeds in training_batches(graph, sampler, batch_nodes):
-            losses_since_eval.append(train_step(model, optimizer, graph, train_mask, nodes, edges, num_seeds, cfg,
-                                                keyword_targets))
-        if (epoch + 1) % cfg.eval_epochs and epoch + 1 < cfg.epochs:
-            continue
-
-        codes, logits, _ = model.inference(x, edge_index)
-        acc = split_accuracy(logits.argmax(-1), y, split)
-        mean_losses = {k: float(np.mean([step[k] for step in losses_since_eval])) for k in losses_since_eval[0]}
-        losses_since_eval = []
-        history.append({"epoch": epoch + 1, **mean_losses, "accuracy": acc,
-                        "perplexity": [perplexity(codes[:, t], len(codebook)) for t in range(codes.size(1))]})
-        bar.set_postfix(loss=f"{mean_losses['loss']:.3f}", val=f"{acc['val']:.3f}")
-        stopper.update(acc["val"])
-        if time.time() - last_checkpoint >= checkpoint_seconds() and not stopper.stop:
-            store.save_checkpoint("encode", key, {
-                "model": model.state_dict(), "optimizer": optimizer.state_dict(), "stopper": stopper.state_dict(),
-                "history": history, "epoch": epoch + 1, "seconds": seconds_before + time.time() - started,
-                "rng": rng_state(device), "sampler_rng": sampler.generator.get_state() if sampler else None})
-            last_checkpoint = time.time()
-        if stopper.stop:
-            break
-    train_seconds = seconds_before + time.time() - started
-
-    model.load_state_dict(stopper.best_state)
-    codes, logits, shrink = model.inference(x, edge_index)  # shrink: residual norm per level, over views and nodes
-    acc = split_accuracy(logits.argmax(-1), y, split)
+    # shrink: the residual norm per level, over views and nodes
+    codes, logits, shrink = model.inference(graph.x, graph.edge_index)
+    acc = split_accuracy(logits.argmax(-1), graph.y, split)
     metrics = {
         "label_head_accuracy": acc,
-        "perplexity": [perplexity(codes[:, t], len(codebook)) for t in range(codes.size(1))],
+        "perplexity": view_perplexities(codes, len(codebook)),
         "residual_norm_by_level": shrink.tolist(),
         "best_epoch": max(history, key=lambda h: h["accuracy"]["val"])["epoch"],
         "epochs_run": history[-1]["epoch"],
@@ -257,6 +199,84 @@ def run(cfg: EncodeConfig, store: Store, force: bool = False, quiet: bool = Fals
              acc["train"], acc["val"], acc["test"], [round(p, 1) for p in metrics["perplexity"]], train_seconds,
              store.root / "encode" / key)
     return store.find("encode", key, cached=False)
+
+
+def train(cfg: EncodeConfig, data: GraphData, graph: GraphData, split: torch.Tensor, codebook: Codebook,
+          store: Store, key: str, quiet: bool) -> tuple:
+    """Stage one's loop on ``graph`` (``data`` on the training device; ``split`` [N] there too), resumed from the
+    checkpoint a killed run left under ``key``: (the model at its best validation, the history, the training
+    seconds over every run it resumes)."""
+    device = graph.x.device
+    seed_everything(cfg.seed)
+    model = build_model(cfg, data, codebook).to(device)  # initialised on the CPU: the same weights on any device
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    sampler, batch_nodes = batch_sampler(cfg, data, codebook)
+    log.info("encode: training on %s", device)
+    keyword_targets = keyword_targets_for(cfg, data, codebook, model, device)
+    # Patience is in epochs; the stopper counts evaluations.
+    stopper = EarlyStopping(math.ceil(cfg.patience / cfg.eval_epochs), lambda: snapshot(model.state_dict()))
+    state = TrainingState(store, "encode", key, device, model=model, optimizer=optimizer, stopper=stopper,
+                          sampler_rng=sampler.generator if sampler else None)
+    history, start_epoch, losses_since_eval, train_mask = [], 0, [], split == 0
+    if resumed := state.resume():
+        history, start_epoch = resumed["history"], resumed["epoch"]
+        log.info("encode: resuming an interrupted run after epoch %d", start_epoch)
+    elif keyword_targets is not None:  # a resumed run has fitted them already
+        fit_keywords(model, graph, sampler, batch_nodes, keyword_targets, cfg.keyword_epochs, quiet)
+    bar = progress(range(start_epoch, cfg.epochs), quiet=quiet, desc="encode epoch")
+    for epoch in bar:
+        model.train()
+        for nodes, edges, num_seeds in training_batches(graph, sampler, batch_nodes):
+            losses_since_eval.append(train_step(model, optimizer, graph, train_mask, nodes, edges, num_seeds, cfg,
+                                                keyword_targets))
+        if (epoch + 1) % cfg.eval_epochs and epoch + 1 < cfg.epochs:
+            continue
+        history.append(evaluation(model, graph, split, len(codebook), epoch + 1, losses_since_eval))
+        losses_since_eval = []
+        bar.set_postfix(loss=f"{history[-1]['loss']:.3f}", val=f"{history[-1]['accuracy']['val']:.3f}")
+        stopper.update(history[-1]["accuracy"]["val"])
+        if stopper.stop:  # no checkpoint: the run ends here
+            break
+        state.save(history=history, epoch=epoch + 1)
+    train_seconds = state.seconds
+    model.load_state_dict(stopper.best_state)
+    return model, history, train_seconds
+
+
+def batch_sampler(cfg: EncodeConfig, data: GraphData, codebook: Codebook) -> tuple:
+    """(the neighbour sampler, seeds per step) of mini-batch training, or (None, 0): full batch. It samples the
+    CPU graph ``data``, so that every device trains on the batches a CPU run draws."""
+    batch_nodes = mini_batch_size(cfg, data.num_nodes, data.edge_index.size(1), data.x.size(1),
+                                  codebook.vectors.size(1))
+    sampler = NeighborSampler(data.edge_index, data.num_nodes, cfg.neighbors(), cfg.seed) if batch_nodes else None
+    if sampler:
+        log.info("encode: mini-batches of %d nodes, %s neighbours sampled per hop", batch_nodes, cfg.num_neighbors)
+    return sampler, batch_nodes
+
+
+def keyword_targets_for(cfg: EncodeConfig, data: GraphData, codebook: Codebook, model: StageOneModel,
+                        device: torch.device):
+    """Under ``--keyword-weight`` on a graph with text, each hop's keyword targets on ``device``; else None."""
+    if not cfg.keyword_weight or data.text is None:
+        return None
+    return [target.to(device) for target in hop_keyword_targets(
+        data.text, codebook.words, model.encoder.quantizer.words.cpu(), data.edge_index, data.num_nodes,
+        cfg.num_views, cfg.codes_per_view)]
+
+
+def evaluation(model: StageOneModel, graph: GraphData, split: torch.Tensor, codebook_size: int, epochs: int,
+               step_losses: list) -> dict:
+    """The history's entry after ``epochs``: each loss's mean over ``step_losses`` (the steps since the last
+    entry), the label head's accuracy per split, each view's code perplexity."""
+    codes, logits, _ = model.inference(graph.x, graph.edge_index)
+    mean_losses = {k: float(np.mean([step[k] for step in step_losses])) for k in step_losses[0]}
+    return {"epoch": epochs, **mean_losses, "accuracy": split_accuracy(logits.argmax(-1), graph.y, split),
+            "perplexity": view_perplexities(codes, codebook_size)}
+
+
+def view_perplexities(codes: torch.Tensor, codebook_size: int) -> list:
+    """Per view, the perplexity of its codes (``codes`` [N, T, K])."""
+    return [perplexity(codes[:, t], codebook_size) for t in range(codes.size(1))]
 
 
 CODES_ROW_GROUP = 65536

@@ -5,7 +5,6 @@ score validation every ``eval_every`` steps or each epoch, keep the best state, 
 :func:`score` / :func:`evaluate` rank the class names for given nodes (predict uses them too).
 """
 
-import json
 import math
 import time
 from typing import Optional
@@ -20,7 +19,7 @@ from ...config import FinetuneConfig
 from ....data import SPLIT_NAMES
 from ....model.evaluation import classification_report
 from ....model.predictor import GraphWordPredictor
-from ...runtime import EarlyStopping, checkpoint_seconds, log, progress, rng_state, set_rng_state, snapshot
+from ...runtime import EarlyStopping, TrainingState, log, progress, snapshot
 from .workspace import Workspace
 
 
@@ -70,122 +69,137 @@ def train(predictor: GraphWordPredictor, node_tokens: nn.Module, ws: Workspace, 
     validation sets then trains too, toward its row, at weight ``--distill-weight`` (GLEM's pseudo-labels).
     Under ``torchrun`` each process trains on its share of every batch (:mod:`..distributed`).
     """
-    cfg, model = ws.cfg, predictor.model
-    groups = [{"params": [p for p in model.parameters() if p.requires_grad], "lr": cfg.llm_lr}]
-    gnn_params = [p for p in node_tokens.parameters() if p.requires_grad]
-    if gnn_params:
-        groups.append({"params": gnn_params, "lr": cfg.gnn_lr})
-    trained_params = [p for group in groups for p in group["params"]]
-    distributed.same_start(trained_params)
-    optimizer = torch.optim.AdamW(groups, weight_decay=cfg.ft_weight_decay)
+    cfg, trained = ws.cfg, TrainedParameters(predictor.model)
     targets, weights = training_targets(ws, pseudo_labels)
     train_nodes = np.flatnonzero(weights > 0)
-    scheduler = lr_scheduler(optimizer, cfg, epochs * math.ceil(len(train_nodes) / cfg.batch_size))
-
-    def trained_state() -> dict:
-        # Not model.state_dict(): on CPU, bitsandbytes' 4-bit layers come out of it changed in place (measured: class
-        # scores moved by 10 nats), so a checkpoint taken that way broke the model it was taken from.
-        return {name: p for name, p in model.named_parameters() if p.requires_grad}
-
-    stopper = EarlyStopping(cfg.ft_patience, lambda: (snapshot(trained_state()), snapshot(node_tokens.state_dict())))
+    optimizer, scheduler = optimizer_for(trained, node_tokens, cfg,
+                                         epochs * math.ceil(len(train_nodes) / cfg.batch_size))
+    stopper = EarlyStopping(cfg.ft_patience,
+                            lambda: (snapshot(trained.state_dict()), snapshot(node_tokens.state_dict())))
     generator = np.random.default_rng(seed)
-    history, step, trained_tokens, trained_prompts, gnn_grad_norms = [], 0, 0, 0, []
-
-    def checkpoint(epoch: int, losses: list, seconds: float) -> None:
-        _, _, reports = evaluate(predictor, node_tokens, ws, quiet, parts=("val",))
-        history.append({"epoch": epoch + 1, "step": step, "train_loss": float(np.mean(losses)),
-                        "val_accuracy": reports["val"]["accuracy"], "val_macro_f1": reports["val"]["macro_f1"],
-                        "seconds": round(seconds, 2)})
-        stopper.update(reports["val"]["accuracy"])
-        log.info("%s: epoch %d step %d loss %.4f val accuracy %.4f", phase, epoch + 1, step,
-                 history[-1]["train_loss"], history[-1]["val_accuracy"])
-
-    start_accuracy, start_epoch, seconds_before = None, 0, 0.0
-    if resumed := store and store.load_checkpoint("finetune", ws.key, predictor.device):
-        model.load_state_dict(resumed["trainable"], strict=False)
-        node_tokens.load_state_dict(resumed["node_tokens"])
-        optimizer.load_state_dict(resumed["optimizer"])
-        scheduler.load_state_dict(resumed["scheduler"])
-        stopper.load_state_dict(resumed["stopper"])
-        history, step, trained_tokens, trained_prompts, gnn_grad_norms = (
-            resumed[k] for k in ("history", "step", "tokens", "prompts", "gnn_norms"))
-        start_accuracy, start_epoch, seconds_before = resumed["start_accuracy"], resumed["epoch"], resumed["seconds"]
-        generator.bit_generator.state = json.loads(resumed["batches_rng"])
-        if node_tokens.generator is not None:
-            node_tokens.generator.bit_generator.state = json.loads(resumed["node_tokens_rng"])
-        set_rng_state(resumed["rng"], predictor.device)
+    state = TrainingState(store, "finetune", ws.key, predictor.device, distributed.is_main(), trainable=trained,
+                          node_tokens=node_tokens, optimizer=optimizer, scheduler=scheduler, stopper=stopper,
+                          batches_rng=generator, node_tokens_rng=node_tokens.generator)
+    history, step, tokens, prompts, gnn_norms, start_epoch, start_accuracy = [], 0, 0, 0, [], 0, None
+    if resumed := state.resume():
+        history, step, tokens, prompts, gnn_norms, start_epoch, start_accuracy = (resumed[k] for k in (
+            "history", "step", "tokens", "prompts", "gnn_norms", "epoch", "start_accuracy"))
         log.info("%s: resuming an interrupted run after epoch %d", phase, start_epoch)
     elif keep_start:
         start_accuracy = evaluate(predictor, node_tokens, ws, quiet, parts=("val",))[2]["val"]["accuracy"]
         stopper.update(start_accuracy)
-    started = last_checkpoint = time.time()
     for epoch in range(start_epoch, epochs):
-        epoch_start, losses = time.time(), []
-        for batch in progress(train_batches(train_nodes, cfg.batch_size, generator), quiet=quiet,
-                              desc=f"{phase} epoch {epoch + 1}"):
-            model.train()
-            node_tokens.train()
-            optimizer.zero_grad(set_to_none=True)
-            mine, batch_loss, batch_tokens = distributed.shard(batch), 0.0, 0
-            if len(mine):  # a process can be left without a row of the last, short batch
-                suffixes, words = node_tokens.tokens(mine)
-                loss = predictor.loss(suffixes, targets[mine], words, kind=cfg.ft_loss, weights=weights[mine])
-                if node_tokens.stage_one_loss is not None:
-                    loss = loss + cfg.joint_stage_one_weight * node_tokens.stage_one_loss
-                share = len(mine) / len(batch)  # summed over the processes, the shares make the batch mean
-                (loss * share).backward()
-                batch_loss = loss.item() * share
-                batch_tokens = predictor.tokens_run(suffixes)
-            distributed.sum_gradients(trained_params)
-            if gnn_params:
-                gnn_grad_norms.append(float(torch.norm(torch.stack(
-                    [p.grad.norm() for p in gnn_params if p.grad is not None]))))
-            if cfg.max_grad_norm:
-                torch.nn.utils.clip_grad_norm_(trained_params, cfg.max_grad_norm)
-            optimizer.step()
-            scheduler.step()
-            batch_loss, batch_tokens = distributed.total([batch_loss, batch_tokens])
-            losses.append(batch_loss)
-            trained_tokens += batch_tokens
-            trained_prompts += len(batch)
-            step += 1
-            if cfg.eval_every and step % cfg.eval_every == 0:
-                checkpoint(epoch, losses, time.time() - epoch_start)
+        epoch_start, losses, batches = time.time(), [], train_batches(train_nodes, cfg.batch_size, generator)
+        for i, batch in enumerate(progress(batches, quiet=quiet, desc=f"{phase} epoch {epoch + 1}"), start=1):
+            loss, batch_tokens, gnn_norm = train_step(predictor, node_tokens, optimizer, scheduler, batch,
+                                                      targets, weights, cfg)
+            losses.append(loss)
+            if gnn_norm is not None:
+                gnn_norms.append(gnn_norm)
+            tokens, prompts, step = tokens + batch_tokens, prompts + len(batch), step + 1
+            if cfg.eval_every and step % cfg.eval_every == 0 or i == len(batches):  # every epoch ends evaluated
+                history.append(validation(predictor, node_tokens, ws, quiet, phase, epoch, step, losses, epoch_start))
+                stopper.update(history[-1]["val_accuracy"])
                 if stopper.stop:
                     break
         if stopper.stop:
             break
-        if not cfg.eval_every or step % cfg.eval_every:  # every epoch ends evaluated
-            checkpoint(epoch, losses, time.time() - epoch_start)
-        if stopper.stop:
-            break
-        if store and distributed.is_main() and time.time() - last_checkpoint >= checkpoint_seconds():
-            store.save_checkpoint("finetune", ws.key, {
-                "trainable": trained_state(),
-                "node_tokens": node_tokens.state_dict(), "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(), "stopper": stopper.state_dict(), "history": history,
-                "step": step, "tokens": trained_tokens, "prompts": trained_prompts, "gnn_norms": gnn_grad_norms,
-                "epoch": epoch + 1,
-                "start_accuracy": start_accuracy, "seconds": seconds_before + time.time() - started,
-                "batches_rng": json.dumps(generator.bit_generator.state), "rng": rng_state(predictor.device),
-                "node_tokens_rng": json.dumps(node_tokens.generator.bit_generator.state)
-                if node_tokens.generator is not None else None})
-            last_checkpoint = time.time()
-    train_seconds = seconds_before + time.time() - started
+        state.save(history=history, step=step, tokens=tokens, prompts=prompts, gnn_norms=gnn_norms, epoch=epoch + 1,
+                   start_accuracy=start_accuracy)
+    train_seconds = state.seconds
     lora, tokens_state = stopper.best_state
-    model.load_state_dict(lora, strict=False)
+    trained.load_state_dict(lora)
     node_tokens.load_state_dict(tokens_state)
-    metrics = {"history": history, "train_seconds": round(train_seconds, 2), "steps": step,
-               "trained_tokens_per_second": round(trained_tokens / max(train_seconds, 1e-9), 1),
-               "trained_prompts_per_second": round(trained_prompts / max(train_seconds, 1e-9), 2)}
-    if keep_start:
+    return training_metrics(history, train_seconds, step, tokens, prompts, gnn_norms, start_accuracy, phase)
+
+
+class TrainedParameters:
+    """The parameters a run trains (``requires_grad``), by name: what early stopping and the checkpoint keep.
+
+    Not ``model.state_dict()``: on CPU, bitsandbytes' 4-bit layers come out of it changed in place
+    (measured: class scores moved by 10 nats), so a checkpoint taken that way broke the model it was taken from.
+    """
+
+    def __init__(self, model: nn.Module):
+        self.model = model
+
+    def state_dict(self) -> dict:
+        return {name: p for name, p in self.model.named_parameters() if p.requires_grad}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.model.load_state_dict(state, strict=False)
+
+
+def optimizer_for(trained: TrainedParameters, node_tokens: nn.Module, cfg: FinetuneConfig,
+                  total_steps: int) -> tuple:
+    """AdamW over the LoRA parameters at ``--llm-lr`` and, in a second group where there are any, the node tokens'
+    own at ``--gnn-lr``, every process starting from the same values; and its schedule: (optimizer, scheduler)."""
+    groups = [{"params": list(trained.state_dict().values()), "lr": cfg.llm_lr}]
+    gnn_params = [p for p in node_tokens.parameters() if p.requires_grad]
+    if gnn_params:
+        groups.append({"params": gnn_params, "lr": cfg.gnn_lr})
+    distributed.same_start([p for group in groups for p in group["params"]])
+    optimizer = torch.optim.AdamW(groups, weight_decay=cfg.ft_weight_decay)
+    return optimizer, lr_scheduler(optimizer, cfg, total_steps)
+
+
+def train_step(predictor: GraphWordPredictor, node_tokens: nn.Module, optimizer, scheduler, batch: np.ndarray,
+               targets: torch.Tensor, weights: torch.Tensor, cfg: FinetuneConfig) -> tuple:
+    """One optimiser step on ``batch``, this process's share of it: (the batch's loss, its prompt tokens, over
+    every process; the node tokens' gradient norm before clipping, or None where they train nothing)."""
+    predictor.model.train()
+    node_tokens.train()
+    optimizer.zero_grad(set_to_none=True)
+    mine, batch_loss, batch_tokens = distributed.shard(batch), 0.0, 0
+    if len(mine):  # a process can be left without a row of the last, short batch
+        suffixes, words = node_tokens.tokens(mine)
+        loss = predictor.loss(suffixes, targets[mine], words, kind=cfg.ft_loss, weights=weights[mine])
+        if node_tokens.stage_one_loss is not None:
+            loss = loss + cfg.joint_stage_one_weight * node_tokens.stage_one_loss
+        share = len(mine) / len(batch)  # summed over the processes, the shares make the batch mean
+        (loss * share).backward()
+        batch_loss = loss.item() * share
+        batch_tokens = predictor.tokens_run(suffixes)
+    trained_params = [p for group in optimizer.param_groups for p in group["params"]]
+    distributed.sum_gradients(trained_params)
+    gnn_norm = None
+    if len(optimizer.param_groups) > 1:  # the node tokens' group (:func:`optimizer_for`)
+        gnn_norm = float(torch.norm(torch.stack(
+            [p.grad.norm() for p in optimizer.param_groups[1]["params"] if p.grad is not None])))
+    if cfg.max_grad_norm:
+        torch.nn.utils.clip_grad_norm_(trained_params, cfg.max_grad_norm)
+    optimizer.step()
+    scheduler.step()
+    batch_loss, batch_tokens = distributed.total([batch_loss, batch_tokens])
+    return batch_loss, batch_tokens, gnn_norm
+
+
+def validation(predictor: GraphWordPredictor, node_tokens: nn.Module, ws: Workspace, quiet: bool, phase: str,
+               epoch: int, step: int, losses: list, epoch_start: float) -> dict:
+    """The history's entry after ``step``: the mean of the epoch's ``losses`` so far and validation's scores."""
+    _, _, reports = evaluate(predictor, node_tokens, ws, quiet, parts=("val",))
+    entry = {"epoch": epoch + 1, "step": step, "train_loss": float(np.mean(losses)),
+             "val_accuracy": reports["val"]["accuracy"], "val_macro_f1": reports["val"]["macro_f1"],
+             "seconds": round(time.time() - epoch_start, 2)}
+    log.info("%s: epoch %d step %d loss %.4f val accuracy %.4f", phase, epoch + 1, step, entry["train_loss"],
+             entry["val_accuracy"])
+    return entry
+
+
+def training_metrics(history: list, seconds: float, steps: int, tokens: int, prompts: int, gnn_norms: list,
+                     start_accuracy: Optional[float], phase: str) -> dict:
+    """The run's metrics; ``start_accuracy``: under ``keep_start``, the starting state's validation accuracy."""
+    metrics = {"history": history, "train_seconds": round(seconds, 2), "steps": steps,
+               "trained_tokens_per_second": round(tokens / max(seconds, 1e-9), 1),
+               "trained_prompts_per_second": round(prompts / max(seconds, 1e-9), 2)}
+    if start_accuracy is not None:
         metrics["val_accuracy_at_start"] = start_accuracy
         metrics["kept_start"] = not any(h["val_accuracy"] > start_accuracy for h in history)
         if metrics["kept_start"]:
             log.info("%s: no evaluation beat the starting validation accuracy %.4f; the starting state is kept",
                      phase, start_accuracy)
-    if gnn_grad_norms:
-        metrics["gnn_grad_norm_mean"] = float(np.mean(gnn_grad_norms))
+    if gnn_norms:
+        metrics["gnn_grad_norm_mean"] = float(np.mean(gnn_norms))
     return metrics
 
 
