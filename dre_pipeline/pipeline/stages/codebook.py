@@ -6,17 +6,23 @@ from ..artifacts import Artifact, Store, artifact_key, digest
 from ...model.codebook import Codebook, refine_vocabulary
 from ..config import CodebookConfig, key_fields
 from ...errors import InputError
-from ..llm import load_embeddings, load_tokenizer, resolve_llm
+from ..llm import ResolvedLLM, load_embeddings, load_tokenizer
 from ..runtime import log
 
+# What the codebook's key holds besides the LLM's identity and the vocabulary it is narrowed to.
+KEY_FIELDS = ("refine", "min_chars", "word_start_only", "whole_words", "drop_function_words", "max_codes")
 
-def run(cfg: CodebookConfig, store: Store, force: bool = False, cached_only: bool = False,
-        vocabulary: frozenset = None) -> Artifact:
-    """``vocabulary``: keep only these words (a graph's own text vocabulary); None keeps any word."""
-    llm = resolve_llm(cfg.llm_path, store)
-    settings = key_fields(cfg, exclude=("llm_path",))
+
+def codebook_key(cfg: CodebookConfig, llm: ResolvedLLM, vocabulary: frozenset = None) -> str:
     narrowed = {"vocabulary": digest(sorted(vocabulary))} if vocabulary is not None else {}
-    key = artifact_key({"llm": llm.identity, "settings": settings, **narrowed})
+    return artifact_key({"llm": llm.identity, "settings": key_fields(cfg, KEY_FIELDS), **narrowed})
+
+
+def run(cfg: CodebookConfig, llm: ResolvedLLM, store: Store, vocabulary: frozenset = None, force: bool = False,
+        cached_only: bool = False) -> Artifact:
+    """The codebook of ``llm`` (the command's, resolved once); ``vocabulary``: keep only these words (a graph's
+    own text vocabulary), None keeps any word."""
+    key = codebook_key(cfg, llm, vocabulary)
     if found := store.lookup("codebook", key, force, cached_only):
         return found
     started = time.time()
@@ -32,7 +38,7 @@ def run(cfg: CodebookConfig, store: Store, force: bool = False, cached_only: boo
     codebook = Codebook(embeddings[token_ids].contiguous(), token_ids, [word for _, word in kept])
     manifest = {
         "llm": {"name": llm.name, "identity": llm.identity, "folder": str(llm.folder)},
-        "settings": settings,
+        "settings": key_fields(cfg, KEY_FIELDS),
         "kept": len(kept),
         "total": embeddings.shape[0],
         "vocabulary_words": len(vocabulary) if vocabulary is not None else None,
