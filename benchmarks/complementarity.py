@@ -22,7 +22,8 @@ from dre_pipeline.pipeline.artifacts import Store
 from dre_pipeline.harness.bench import ROWS
 from dre_pipeline.pipeline.config import FinetuneConfig
 from dre_pipeline.errors import InputError
-from dre_pipeline.pipeline.stages.finetune.workspace import head_distribution, prepare
+from dre_pipeline.pipeline import commands
+from dre_pipeline.pipeline.stages.finetune.workspace import head_distribution
 
 BENCH_EPOCHS = 2  # bench's --ft-epochs, which names the rows' artifacts
 
@@ -34,7 +35,7 @@ def predictions(cfg: FinetuneConfig, store: Store):
     """(workspace, each node's class log-probabilities [N, C]) of the fine-tuned LLM under ``cfg``, or None
     if not in the store (rows of nodes it did not score are NaN)."""
     try:
-        ws = prepare(cfg, store, quiet=True, cached_only=True)
+        ws = commands.workspace(cfg, store, quiet=True, cached_only=True)
     except InputError:
         return None
     found = store.find("finetune", ws.key)

@@ -21,7 +21,7 @@ from dre_pipeline.harness.speed import CPU_CLASSES, cpu_name
 
 REPO = Path(__file__).resolve().parents[1]
 LIMITS = {"make all": 1200, "make test": 600}  # seconds, the targets on a 2-core AVX2-only CPU
-PROBE = ("import json, torch; from dre_pipeline.pipeline.runtime import native_bf16; print(json.dumps("
+PROBE = ("import json, torch; from dre_pipeline.hardware import native_bf16; print(json.dumps("
          "{'capability': torch.backends.cpu.get_cpu_capability(), 'native_bf16': native_bf16(torch.device('cpu'))}))")
 
 

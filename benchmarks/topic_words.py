@@ -29,7 +29,8 @@ import pyarrow.parquet as pq
 from dre_pipeline.pipeline.artifacts import Store
 from dre_pipeline.model.codebook import WORDS, text_vocabulary
 from dre_pipeline.pipeline.config import EncodeConfig
-from dre_pipeline.pipeline.stages import encode
+from dre_pipeline.pipeline import commands
+from dre_pipeline.pipeline.resolve import resolve
 
 LIFT = 2.0
 MIN_CLASS_PAPERS = 5  # a word in fewer training papers of a class is not called its topic
@@ -70,8 +71,8 @@ def main() -> None:
         options = CODEBOOKS[name]
         for seed in range(args.seeds):
             cfg = EncodeConfig(dataset=args.dataset, seed=seed, **options)
-            data, _ = encode.load_graph(cfg, store)
-            artifact = encode.run(cfg, store, quiet=True)
+            data = resolve(cfg, store).data
+            artifact = commands.encode(cfg, store, quiet=True)
             table = pq.read_table(artifact.path / "codes.parquet")
             labels, split = table["label"].to_numpy(), np.asarray(table["split"].to_pylist())
             topics = topic_words(data.text, labels, split == "train")

@@ -20,8 +20,8 @@ from sklearn.linear_model import LogisticRegression
 
 from dre_pipeline.pipeline.artifacts import Store
 from dre_pipeline.pipeline.config import EncodeConfig
-from dre_pipeline.pipeline.stages import encode
-from dre_pipeline.pipeline.stages.finetune.workspace import codes_from_table
+from dre_pipeline.pipeline import commands
+from dre_pipeline.pipeline.stages.code_table import read_codes
 
 STRENGTHS = (0.1, 0.3, 1.0, 3.0, 10.0)
 
@@ -45,9 +45,9 @@ def main() -> None:
     for name in args.datasets.split(","):
         for seed in range(3):
             cfg = EncodeConfig(dataset=name, seed=seed)
-            artifact = encode.run(cfg, store, quiet=True)
+            artifact = commands.encode(cfg, store, quiet=True)
             table = pq.read_table(artifact.path / "codes.parquet")
-            features = bag_of_codes(codes_from_table(table, cfg.num_views))
+            features = bag_of_codes(read_codes(artifact.path / "codes.parquet", cfg.num_views))
             labels, split = table["label"].to_numpy(), np.asarray(table["split"].to_pylist())
             train, val, test = split == "train", split == "val", split == "test"
             fits = [LogisticRegression(C=c, max_iter=2000).fit(features[train], labels[train]) for c in STRENGTHS]

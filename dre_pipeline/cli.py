@@ -19,7 +19,7 @@ from typing import Callable, Optional
 import typer
 
 from .pipeline.artifacts import Store
-from .pipeline.config import PRESETS, BenchConfig, CodebookConfig, EncodeConfig, FinetuneConfig
+from .pipeline.config import PRESETS, BenchConfig, CodebookConfig, EncodeConfig, FinetuneConfig, StoreConfig
 from .errors import InputError
 from .pipeline.runtime import check_environment, setup_logging
 
@@ -92,10 +92,10 @@ def user_errors():
         signal.signal(signal.SIGTERM, previous)
 
 
-def stage_command(name: str, config_cls, extra: tuple = (), computes: bool = True) -> Callable:
+def stage_command(name: str, config_cls, extra: tuple = (), computes: bool = True, presets: bool = True) -> Callable:
     """Register ``body(cfg, store, quiet=, [force=,] **extra)`` as a command with options from ``config_cls``.
 
-    ``computes``: the command produces artifacts, so it takes ``--force``.
+    ``computes``: the command produces artifacts, so it takes ``--force``; ``presets``: it takes ``--preset``.
     """
 
     def register(body: Callable) -> Callable:
@@ -105,7 +105,7 @@ def stage_command(name: str, config_cls, extra: tuple = (), computes: bool = Tru
             setup_logging(kwargs["quiet"])
             with user_errors():
                 check_environment()
-                cfg = config_cls(**with_preset({k: kwargs[k] for k in config_names}, kwargs["preset"], ctx))
+                cfg = config_cls(**with_preset({k: kwargs[k] for k in config_names}, kwargs.get("preset", "none"), ctx))
                 if "device" in kwargs:  # a device this machine lacks stops here, not after the work before it
                     from .pipeline.llm import resolve_device
 
@@ -116,8 +116,8 @@ def stage_command(name: str, config_cls, extra: tuple = (), computes: bool = Tru
         params = [_option(f.name, f.type, f.default if f.default is not MISSING else f.default_factory(),
                           f.metadata["help"]) for f in fields(config_cls)]
         context = inspect.Parameter("ctx", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=typer.Context)
-        command.__signature__ = inspect.Signature([context] + params + RUN_OPTIONS + [PRESET] + ([FORCE] if computes else [])
-                                                  + list(extra))
+        command.__signature__ = inspect.Signature([context] + params + RUN_OPTIONS + ([PRESET] if presets else [])
+                                                  + ([FORCE] if computes else []) + list(extra))
         command.__doc__ = body.__doc__
         app.command(name)(command)
         return body
@@ -128,9 +128,10 @@ def stage_command(name: str, config_cls, extra: tuple = (), computes: bool = Tru
 @stage_command("codebook", CodebookConfig)
 def codebook(cfg: CodebookConfig, store: Store, force: bool, quiet: bool):
     """Refine the LLM's vocabulary into the VQ codebook (token-level alignment)."""
+    from .pipeline.llm import resolve_llm
     from .pipeline.stages import codebook as stage
 
-    artifact = stage.run(cfg, store, force=force)
+    artifact = stage.run(cfg, resolve_llm(cfg.llm_path, store), store, force=force)
     typer.echo(f"codebook: kept {artifact.manifest['kept']}/{artifact.manifest['total']} tokens → {artifact.path}")
 
 
@@ -144,10 +145,10 @@ QUANTIZATION = _option("quantization", str, "none", "--features llm: the LLM's w
 @stage_command("encode", EncodeConfig, extra=(DEVICE, QUANTIZATION))
 def encode(cfg: EncodeConfig, store: Store, force: bool, quiet: bool, device, quantization: str):
     """Stage one: multi-view GNN with dual-level residual VQ; writes codes.parquet."""
+    from .pipeline import commands
     from .pipeline.placement import Placement
-    from .pipeline.stages import encode as stage
 
-    artifact = stage.run(cfg, store, force=force, quiet=quiet, placement=Placement.resolve(device, quantization))
+    artifact = commands.encode(cfg, store, force, quiet, Placement.resolve(device, quantization))
     acc = artifact.manifest["label_head_accuracy"]
     typer.echo(f"encode: label head test accuracy {acc['test']:.4f} (val {acc['val']:.4f}) → {artifact.path}")
 
@@ -155,10 +156,9 @@ def encode(cfg: EncodeConfig, store: Store, force: bool, quiet: bool, device, qu
 @stage_command("finetune", FinetuneConfig, extra=(DEVICE,))
 def finetune(cfg: FinetuneConfig, store: Store, force: bool, quiet: bool, device: str):
     """Stage two: LoRA-finetune the LLM on graph-word prompts (runs missing upstream stages)."""
-    from .pipeline import distributed
-    from .pipeline.stages.finetune import finetune as stage
+    from .pipeline import commands, distributed
 
-    artifact = stage.run(cfg, store, force=force, quiet=quiet, device=device)
+    artifact = commands.finetune(cfg, store, force, quiet, device)
     if distributed.is_main():  # under torchrun, one summary
         typer.echo(summary_table(store, artifact))
 
@@ -216,11 +216,10 @@ def _check_format(format: str) -> None:
 def predict(cfg: FinetuneConfig, store: Store, quiet: bool, node_ids: Optional[str],
             node_file: Optional[Path], format: str, device: str):
     """Answer for some nodes with the saved adapter of the same settings, without retraining."""
-    from .pipeline import distributed
-    from .pipeline.stages.finetune import predict as stage
+    from .pipeline import commands, distributed
 
     _check_format(format)
-    rows = stage.run(cfg, store, _node_ids(node_ids, node_file), device=device, quiet=quiet)
+    rows = commands.predict(cfg, store, _node_ids(node_ids, node_file), device, quiet)
     if not distributed.is_main():  # under torchrun, one answer
         return
     if format == "json":
@@ -241,10 +240,10 @@ def predict(cfg: FinetuneConfig, store: Store, quiet: bool, node_ids: Optional[s
 def explain(cfg: FinetuneConfig, store: Store, quiet: bool, node_id: str, format: str, device: str):
     """One node: its words per hop, its text, the prompt, the prediction with per-class scores, the true label."""
     from .harness.report import explanation_text
-    from .pipeline.stages.finetune import predict as stage
+    from .pipeline import commands
 
     _check_format(format)
-    row = stage.run(cfg, store, _node_ids(node_id, None), device=device, quiet=quiet)[0]
+    row = commands.predict(cfg, store, _node_ids(node_id, None), device, quiet)[0]
     typer.echo(json.dumps(row, indent=2) if format == "json" else explanation_text(row))
 
 
@@ -262,9 +261,10 @@ def report(cfg: FinetuneConfig, store: Store, quiet: bool, out: Optional[Path], 
     typer.echo(f"report: {index}")
 
 
-@stage_command("status", FinetuneConfig, computes=False)
-def status(cfg: FinetuneConfig, store: Store, quiet: bool):
-    """The artifact store at a glance: keys, sizes, headline metrics, and which are stale for these settings."""
+@stage_command("status", StoreConfig, computes=False, presets=False)
+def status(cfg: StoreConfig, store: Store, quiet: bool):
+    """The artifact store at a glance: keys, sizes, headline metrics, and which artifacts were built from an older
+    version of this graph or LLM (stale) or from another (other)."""
     from .harness.status import inventory, status_text
 
     typer.echo(status_text(inventory(cfg, store), store.root))
@@ -273,9 +273,9 @@ def status(cfg: FinetuneConfig, store: Store, quiet: bool):
 @stage_command("clean", FinetuneConfig, extra=(
     _option("dry_run", bool, False, "Only list what would be removed."),
     _option("stage", Optional[str], None, "Only this stage: llm | codebook | encode | finetune."),
-    _option("stale_only", bool, False, "Only artifacts that are stale for these settings."),
-), computes=False)
-def clean(cfg: FinetuneConfig, store: Store, quiet: bool, dry_run: bool, stage: Optional[str],
+    _option("stale_only", bool, False, "Only artifacts that are stale for this graph and LLM (see status)."),
+), computes=False, presets=False)
+def clean(cfg: StoreConfig, store: Store, quiet: bool, dry_run: bool, stage: Optional[str],
           stale_only: bool):
     """Remove artifact folders and leftovers of interrupted runs (all, one stage's, or the stale ones);
     what a live run uses is kept. Exit code 1 when something could not be removed."""

@@ -101,18 +101,17 @@ def test_a_store_that_cannot_be_written_is_refused_first(tmp_path, tiny_llm):
 
 
 def test_preset_paper_fills_what_the_command_line_left_at_its_default(tmp_path, monkeypatch):
-    from dre_pipeline.harness import status
+    from dre_pipeline.harness import report
     from dre_pipeline.pipeline.config import PRESETS
 
     seen = []
-    monkeypatch.setattr(status, "inventory", lambda cfg, store: seen.append(cfg) or [])
-    monkeypatch.setattr(status, "status_text", lambda rows, root: "")
-    assert invoke("status", "--preset", "paper", "--batch-size", "8", store=tmp_path).exit_code == 0
+    monkeypatch.setattr(report, "write_report", lambda cfg, store, *args, **kwargs: seen.append(cfg) or tmp_path)
+    assert invoke("report", "--preset", "paper", "--batch-size", "8", store=tmp_path).exit_code == 0
     cfg = seen[0]
     assert cfg.batch_size == 8  # given: wins over the preset
     assert all(getattr(cfg, k) == v for k, v in PRESETS["paper"].items() if k != "batch_size")
-    assert invoke("status", store=tmp_path).exit_code == 0 and seen[1].quantization == "none"  # no preset
-    result = invoke("status", "--preset", "fast", store=tmp_path)
+    assert invoke("report", store=tmp_path).exit_code == 0 and seen[1].quantization == "none"  # no preset
+    result = invoke("report", "--preset", "fast", store=tmp_path)
     assert result.exit_code == 2 and "--preset must be one of none, paper" in result.output
 
 

@@ -17,8 +17,9 @@ from dre_pipeline.pipeline import distributed
 from dre_pipeline.pipeline.artifacts import Store, load_torch, save_torch
 from dre_pipeline.pipeline.config import FinetuneConfig
 from dre_pipeline.pipeline.llm import compute_dtype, load_model, resolve_llm
-from dre_pipeline.pipeline.runtime import native_bf16, peak_memory_mb, reset_peak_memory, rng_state, set_rng_state
-from dre_pipeline.pipeline.stages.finetune import finetune, predict
+from dre_pipeline.hardware import native_bf16
+from dre_pipeline.pipeline.runtime import peak_memory_mb, reset_peak_memory, rng_state, set_rng_state
+from dre_pipeline.pipeline import commands
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 CUDA = torch.device("cuda")
@@ -53,10 +54,10 @@ def test_finetune_and_predict_on_cuda(tmp_path, smollm2_store, quantization):
     store.root.mkdir()
     (store.root / "llm").symlink_to(smollm2_store.root / "llm")  # the de-quantized SmolLM2, shared
     cfg = FinetuneConfig(dataset="synthetic", epochs=5, patience=5, ft_epochs=1, quantization=quantization)
-    artifact = finetune.run(cfg, store, quiet=True, device="cuda")
+    artifact = commands.finetune(cfg, store, quiet=True, device="cuda")
     metrics = artifact.manifest
     assert 0 <= metrics["test_accuracy"] <= 1 and metrics["peak_memory_mb"]["cuda"] > 0
-    row = predict.run(replace(cfg), store, [0], device="cuda", quiet=True)[0]
+    row = commands.predict(replace(cfg), store, [0], device="cuda", quiet=True)[0]
     assert row["prediction"] in metrics["class_names"]
 
 
@@ -65,10 +66,10 @@ def test_soft_tokens_trained_on_the_gpu_predict_on_the_cpu(tmp_path, smollm2_sto
     store.root.mkdir()
     (store.root / "llm").symlink_to(smollm2_store.root / "llm")
     cfg = FinetuneConfig(dataset="synthetic", epochs=5, patience=5, ft_epochs=1, node_tokens="soft")
-    artifact = finetune.run(cfg, store, quiet=True, device="cuda")
+    artifact = commands.finetune(cfg, store, quiet=True, device="cuda")
     saved = torch.load(artifact.path / "graph_in_the_loop.pt", weights_only=True)
     assert all(t.is_cuda for t in saved.values())  # as a CPU machine receives it
-    row = predict.run(replace(cfg), store, [0], device="cpu", quiet=True)[0]
+    row = commands.predict(replace(cfg), store, [0], device="cpu", quiet=True)[0]
     assert row["prediction"] in artifact.manifest["class_names"]
 
 

@@ -15,11 +15,14 @@ import torch.distributed as dist
 from torch._subclasses.fake_tensor import DataDependentOutputException, FakeTensorMode
 
 import dre_pipeline
+from dre_pipeline.hardware import native_bf16
 from dre_pipeline.pipeline import distributed, llm, runtime
 from dre_pipeline.pipeline.artifacts import Store, load_torch, save_torch
 from dre_pipeline.harness.bench import economy_markdown
 from dre_pipeline.pipeline.config import FinetuneConfig
 from dre_pipeline.pipeline.llm import compute_dtype, quantization_config
+from dre_pipeline.pipeline import commands
+from dre_pipeline.pipeline.llm import resolve_llm
 from dre_pipeline.pipeline.stages.finetune import finetune, predict
 
 CPU, META = torch.device("cpu"), torch.device("meta")
@@ -90,7 +93,7 @@ def gpus(monkeypatch):
 
 def test_bf16_only_on_the_gpu_given_that_multiplies_it_natively(gpus):
     t4, a100 = gpus
-    assert not runtime.native_bf16(t4) and runtime.native_bf16(a100)
+    assert not native_bf16(t4) and native_bf16(a100)
     assert compute_dtype(t4) == torch.float32 and compute_dtype(a100) == torch.bfloat16
     assert quantization_config("4bit", t4).bnb_4bit_compute_dtype == torch.float32
 
@@ -148,14 +151,14 @@ def test_predict_on_a_cpu_reads_soft_tokens_a_gpu_run_saved(tmp_path, monkeypatc
             save_torch(state, path)
 
     monkeypatch.setattr(finetune, "save_torch", as_on_a_gpu)  # the soft tokens' GNN and projector
-    artifact = finetune.run(cfg, store, quiet=True, device="cpu")
+    artifact = commands.finetune(cfg, store, quiet=True, device="cpu")
     with pytest.raises(RuntimeError, match="CUDA"):
         torch.load(artifact.path / "graph_in_the_loop.pt", weights_only=True)
     loads = []
     real_load = torch.load
     monkeypatch.setattr(torch, "load", lambda *args, **kwargs: loads.append(kwargs) or real_load(*args, **kwargs))
     saved = pq.read_table(artifact.path / "predictions.parquet").to_pydict()
-    rows = predict.run(cfg, store, saved["node_id"][:3], device="cpu", quiet=True)
+    rows = commands.predict(cfg, store, saved["node_id"][:3], device="cpu", quiet=True)
     assert [r["prediction"] for r in rows] == saved["prediction_name"][:3]
     assert len(loads) >= 2 and all(kwargs.get("map_location") is not None for kwargs in loads)  # gnn.pt too
 
@@ -241,9 +244,9 @@ def test_8bit_training_and_predict_keep_the_compute_dtype_and_score_alike(tmp_pa
     store = Store(tmp_path)
     cfg = FinetuneConfig(llm_path=str(tiny_llm), dataset="synthetic", epochs=5, patience=5, ft_epochs=1,
                          batch_size=16, lora_layers=1, quantization="8bit")
-    artifact = finetune.run(cfg, store, quiet=True, device="cpu")
+    artifact = commands.finetune(cfg, store, quiet=True, device="cpu")
     saved = pq.read_table(artifact.path / "predictions.parquet").to_pydict()
-    rows = predict.run(cfg, store, saved["node_id"], device="cpu", quiet=True)  # the same nodes, batched alike
+    rows = commands.predict(cfg, store, saved["node_id"], device="cpu", quiet=True)  # the same nodes, batched alike
     trained, loaded = (unquantized_dtypes(models[stage.__name__]) for stage in (finetune, predict))
     assert trained and set(trained.values()) == {torch.bfloat16} and loaded == trained
     names = artifact.manifest["class_names"]
@@ -308,15 +311,15 @@ def test_stage_one_is_placed_on_the_commands_device(tmp_path, monkeypatch, tiny_
 
     placed = []
 
-    def run(cfg, store, force=False, quiet=False, cached_only=False, placement=None, graph=None):
-        placed.append(placement)
+    def run(plan, force=False):
+        placed.append(plan.placement)
         raise Stopped
 
     monkeypatch.setattr(encode, "run", run)
     result = CliRunner().invoke(app, [command, "--dataset", "synthetic", "--llm-path", str(tiny_llm), "--device",
                                       "cuda:1", "--quantization", "8bit", "--store", str(tmp_path), "--quiet"])
     assert isinstance(result.exception, Stopped), result.output
-    assert [(p.stage_one_device, p.quantization) for p in placed] == [(torch.device("cuda", 1), "8bit")]
+    assert [(p.device, p.quantization) for p in placed] == [(torch.device("cuda", 1), "8bit")]
 
 
 def test_stage_one_puts_model_graph_and_batches_on_its_device(tmp_path, monkeypatch, tiny_llm):
@@ -339,9 +342,9 @@ def test_stage_one_puts_model_graph_and_batches_on_its_device(tmp_path, monkeypa
     for batch_nodes in (0, 64):  # full batch, then sampled mini-batches
         cfg = EncodeConfig(llm_path=str(tiny_llm), dataset="synthetic", epochs=2, patience=2, batch_nodes=batch_nodes,
                            keyword_weight=0.5, keyword_epochs=1)
-        artifact = encode.run(cfg, Store(tmp_path), quiet=True, placement=placement)
+        artifact = commands.encode(cfg, Store(tmp_path), quiet=True, placement=placement)
         assert all(t.device == CPU for t in load_torch(artifact.path / "gnn.pt", META)["state_dict"].values())
-    assert asked == [placement.stage_one_device] * 2 and seen and all(s == {placement.stage_one_device} for s in seen)
+    assert asked == [placement.device] * 2 and seen and all(s == {placement.device} for s in seen)
 
 
 def test_stage_one_on_another_device_finds_the_artifact_a_cpu_run_wrote(tmp_path, tiny_llm, two_gpus):
@@ -351,8 +354,8 @@ def test_stage_one_on_another_device_finds_the_artifact_a_cpu_run_wrote(tmp_path
     from dre_pipeline.pipeline.stages import encode
 
     cfg, store = EncodeConfig(llm_path=str(tiny_llm), dataset="synthetic", epochs=2, patience=2), Store(tmp_path)
-    on_cpu = encode.run(cfg, store, quiet=True, placement=Placement.resolve("cpu"))
-    on_gpu = encode.run(cfg, store, quiet=True, placement=Placement.resolve("cuda:1"))
+    on_cpu = commands.encode(cfg, store, quiet=True, placement=Placement.resolve("cpu"))
+    on_gpu = commands.encode(cfg, store, quiet=True, placement=Placement.resolve("cuda:1"))
     assert on_gpu.cached and on_gpu.key == on_cpu.key
 
 
@@ -367,14 +370,14 @@ def test_quantized_llm_features_load_the_quantized_model_under_a_key_of_their_ow
     monkeypatch.setattr(features, "load_model",
                         lambda llm, device, quantization="none": loaded.append(quantization) or real_load(llm, device, quantization))
     store, data = Store(tmp_path), load_dataset("synthetic", None, tmp_path / "data")
-    plain = features.run("llm", data, str(tiny_llm), store, quiet=True)
-    quantized = features.run("llm", data, str(tiny_llm), store, quiet=True, placement=Placement.resolve("cpu", "8bit"))
-    again = features.run("llm", data, str(tiny_llm), store, quiet=True, placement=Placement.resolve("cpu", "8bit"))
+    plain = features.run("llm", data, resolve_llm(str(tiny_llm), store), store, quiet=True)
+    quantized = features.run("llm", data, resolve_llm(str(tiny_llm), store), store, quiet=True, placement=Placement.resolve("cpu", "8bit"))
+    again = features.run("llm", data, resolve_llm(str(tiny_llm), store), store, quiet=True, placement=Placement.resolve("cpu", "8bit"))
     assert loaded == ["none", "8bit"] and again.cached and again.key == quantized.key != plain.key
     assert quantized.manifest["quantization"] == "8bit" and "quantization" not in plain.manifest
     assert quantized.manifest["dtype"] == plain.manifest["dtype"] == "float32"
     # auto quantizes on CUDA only: on the CPU it is the unquantized model, and its cache
-    assert features.run("llm", data, str(tiny_llm), store, placement=Placement.resolve("cpu", "auto")).key == plain.key
+    assert features.run("llm", data, resolve_llm(str(tiny_llm), store), store, placement=Placement.resolve("cpu", "auto")).key == plain.key
 
 
 def test_4bit_llm_features_the_cpu_cannot_run_stop_with_exit_code_2(tmp_path, tiny_llm):

@@ -84,13 +84,12 @@ def test_an_edit_is_a_new_encode_key(tmp_path: Path, tiny_llm, split) -> None:
     was under ``--split public``), and so is a retitled node under either split."""
     from dre_pipeline.pipeline.artifacts import Store
     from dre_pipeline.pipeline.config import EncodeConfig
-    from dre_pipeline.pipeline.stages import encode as encode_stage
+    from dre_pipeline.pipeline.resolve import resolve
 
     folder, store = tmp_path / "graph", Store(tmp_path / "store")
     cfg = EncodeConfig(dataset=str(folder), llm_path=str(tiny_llm), split=split)
     keys = []
     for nodes in (NODES, EDITS["split reversed"], EDITS["title"]):
         write_tables(folder, nodes, EDGES, node_header=HEADER)
-        data = load_dataset(str(folder), None, store.root / "data")
-        keys.append(encode_stage.encode_key(cfg, encode_stage.codebook_for(cfg, data, store), data))
+        keys.append(resolve(cfg, store).keys["encode"])
     assert len(set(keys)) == 3

@@ -15,6 +15,7 @@ from dre_pipeline.pipeline.config import EncodeConfig
 from dre_pipeline.data.npz import _npz_csr
 from dre_pipeline.pipeline.llm import resolve_llm
 from dre_pipeline.pipeline.stages import codebook, encode
+from dre_pipeline.pipeline import commands
 
 from conftest import csr_arrays
 
@@ -34,7 +35,7 @@ def test_codebook_and_encode_on_cora(smollm2_store, datasets_root):
     assert book.manifest["total"] == 49152 and book.manifest["dim"] == 576
     assert book.manifest["kept"] == cfg.max_codes
 
-    artifact = encode.run(cfg, smollm2_store, quiet=True)
+    artifact = commands.encode(cfg, smollm2_store, quiet=True)
     table = pq.read_table(artifact.path / "codes.parquet")
     assert table.num_rows == 2708
     assert table.column("split").to_pylist().count("train") == 1625
@@ -44,7 +45,7 @@ def test_codebook_and_encode_on_cora(smollm2_store, datasets_root):
     assert metrics["epochs_run"] == 4 and len(metrics["perplexity"]) == 3
     assert metrics["label_head_accuracy"]["train"] > 1 / 7  # it learned something in four epochs
 
-    again = encode.run(cfg, smollm2_store, quiet=True)
+    again = commands.encode(cfg, smollm2_store, quiet=True)
     assert again.cached and again.path == artifact.path
 
 

@@ -10,6 +10,7 @@ from dre_pipeline.pipeline.artifacts import Store
 from dre_pipeline.errors import InputError
 from dre_pipeline.pipeline import llm
 from dre_pipeline.pipeline.llm import _check_gguf, embedded_gguf, quantization_config, resolve_device, resolve_llm
+from dre_pipeline.pipeline import commands
 
 
 def test_folder_resolves_to_itself_with_stable_identity(tmp_path, tiny_llm):
@@ -172,8 +173,7 @@ def test_one_finetune_loads_the_graph_once_and_identifies_the_model_once(tmp_pat
     from dre_pipeline.pipeline import llm as llm_module
     from dre_pipeline.pipeline.artifacts import Store
     from dre_pipeline.pipeline.config import FinetuneConfig
-    from dre_pipeline.pipeline.stages import encode
-    from dre_pipeline.pipeline.stages.finetune import finetune
+    from dre_pipeline.pipeline import resolve as resolve_module
 
     counts = {"graph": 0, "model": 0}
 
@@ -183,12 +183,12 @@ def test_one_finetune_loads_the_graph_once_and_identifies_the_model_once(tmp_pat
             return original(*args, **kwargs)
         return call
 
-    monkeypatch.setattr(encode, "load_dataset", counted("graph", encode.load_dataset))
+    monkeypatch.setattr(resolve_module, "load_dataset", counted("graph", resolve_module.load_dataset))
     monkeypatch.setattr(llm_module, "_folder_identity", counted("model", llm_module._folder_identity))
     llm_module._resolved_folder.cache_clear()
     cfg = FinetuneConfig(llm_path=str(tiny_llm), dataset="synthetic", epochs=2, ft_epochs=1, joint_epochs=1,
                          batch_size=16, joint=True, lora_layers=1)
-    finetune.run(cfg, Store(tmp_path), quiet=True, device="cpu")
+    commands.finetune(cfg, Store(tmp_path), quiet=True, device="cpu")
     assert counts == {"graph": 1, "model": 1}
 
 

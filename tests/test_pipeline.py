@@ -13,8 +13,12 @@ import torch
 from dre_pipeline.pipeline.artifacts import Store
 from dre_pipeline.pipeline.config import EncodeConfig, FinetuneConfig, subset
 from dre_pipeline.errors import InputError
-from dre_pipeline.pipeline.stages import encode
+from dre_pipeline.pipeline.stages import codebook as codebook_stage, encode
+from dre_pipeline.pipeline.stages.code_table import read_codes, write_codes
 from dre_pipeline.pipeline.stages.finetune import finetune, node_tokens, predict, training, workspace
+from dre_pipeline.pipeline import commands
+from dre_pipeline.pipeline.resolve import resolve
+from dre_pipeline.pipeline.llm import resolve_llm
 
 SETTINGS = dict(dataset="synthetic", epochs=30, patience=30, ft_epochs=2, batch_size=8, joint=True, lora_layers=1)
 
@@ -23,7 +27,7 @@ SETTINGS = dict(dataset="synthetic", epochs=30, patience=30, ft_epochs=2, batch_
 def run(tmp_path_factory, tiny_llm):
     store = Store(tmp_path_factory.mktemp("store"))
     cfg = FinetuneConfig(llm_path=str(tiny_llm), **SETTINGS)
-    artifact = finetune.run(cfg, store, quiet=True, device="cpu")
+    artifact = commands.finetune(cfg, store, quiet=True, device="cpu")
     return cfg, store, artifact
 
 
@@ -45,10 +49,10 @@ def test_codes_parquet(run):
 
 def test_codes_are_written_one_row_group_at_a_time(run, tmp_path):
     cfg, store, artifact = run
-    ws = workspace.prepare(cfg, store, quiet=True)
+    ws = commands.workspace(cfg, store, quiet=True)
     whole = pq.read_table(ws.encode.path / "codes.parquet")
-    codes = workspace.codes_from_table(whole, cfg.num_views)
-    encode.write_codes(tmp_path / "codes.parquet", ws.data, ws.split, [codes[:, t] for t in range(cfg.num_views)],
+    codes = read_codes(ws.encode.path / "codes.parquet", cfg.num_views)
+    write_codes(tmp_path / "codes.parquet", ws.data, ws.split, [codes[:, t] for t in range(cfg.num_views)],
                        ws.codebook, rows_per_group=64)
     assert pq.ParquetFile(tmp_path / "codes.parquet").metadata.num_row_groups == 5  # 300 nodes
     assert pq.read_table(tmp_path / "codes.parquet").equals(whole)
@@ -88,14 +92,14 @@ def test_predict_refuses_node_ids_the_graph_does_not_have(run):
 
     cfg, store, artifact = run
     with pytest.raises(InputError, match="unknown node ids \\[123456\\]"):
-        predict.run(cfg, store, [0, 123456], device="cpu", quiet=True)
+        commands.predict(cfg, store, [0, 123456], device="cpu", quiet=True)
 
 
 def test_predict_agrees_with_saved_predictions(run):
     cfg, store, artifact = run
     saved = pq.read_table(artifact.path / "predictions.parquet").to_pydict()
     ids = saved["node_id"][:5]
-    rows = predict.run(cfg, store, ids, device="cpu", quiet=True)
+    rows = commands.predict(cfg, store, ids, device="cpu", quiet=True)
     assert [r["node_id"] for r in rows] == ids
     assert [r["prediction"] for r in rows] == saved["prediction_name"][:5]
     assert all(len(r["words"]) == cfg.num_views for r in rows)
@@ -104,23 +108,23 @@ def test_predict_agrees_with_saved_predictions(run):
 def test_rerun_is_a_cache_hit(run):
     cfg, store, artifact = run
     started = time.time()
-    again = finetune.run(cfg, store, quiet=True, device="cpu")
+    again = commands.finetune(cfg, store, quiet=True, device="cpu")
     assert again.cached and again.key == artifact.key
     assert again.manifest["peak_memory_mb"]["cpu"] > 0  # the training run's peak, reported on a cache hit too
-    assert encode.run(subset(cfg, EncodeConfig), store, quiet=True).cached
+    assert commands.encode(subset(cfg, EncodeConfig), store, quiet=True).cached
     assert time.time() - started < 30
 
 
 def test_soft_prompt_baseline_trains_projector_and_predicts(run, tiny_llm):
     cfg, store, _ = run
     soft = FinetuneConfig(llm_path=str(tiny_llm), **{**SETTINGS, "joint": False}, node_tokens="soft")
-    artifact = finetune.run(soft, store, quiet=True, device="cpu")
+    artifact = commands.finetune(soft, store, quiet=True, device="cpu")
     metrics = json.loads((artifact.path / "metrics.json").read_text())
     assert metrics["finetune"]["gnn_grad_norm_mean"] > 0  # the loss reaches projector and GNN
     state = torch.load(artifact.path / "graph_in_the_loop.pt")
     assert "projector.weight" in state
     saved = pq.read_table(artifact.path / "predictions.parquet").to_pydict()
-    rows = predict.run(soft, store, saved["node_id"][:3], device="cpu", quiet=True)
+    rows = commands.predict(soft, store, saved["node_id"][:3], device="cpu", quiet=True)
     assert [r["prediction"] for r in rows] == saved["prediction_name"][:3]
 
 
@@ -152,8 +156,8 @@ def test_learning_rate_schedule_at_chosen_steps(schedule, expected):
 
 def test_code_samples_vary_training_prompts_but_never_evaluation(run):
     cfg, store, artifact = run
-    ws = workspace.prepare(replace(cfg, joint=False, code_samples=3), store, quiet=True)
-    codes = workspace.codes_from_table(pq.read_table(ws.encode.path / "codes.parquet"), cfg.num_views)
+    ws = commands.workspace(replace(cfg, joint=False, code_samples=3), store, quiet=True)
+    codes = read_codes(ws.encode.path / "codes.parquet", cfg.num_views)
     samples = node_tokens.sampled_codes(ws, 3, seed=0)
     assert len(samples) == 3 and all(s.shape == codes.shape for s in samples)
     assert any((s != codes).any() for s in samples)  # dropout changes some codes
@@ -169,7 +173,7 @@ def test_code_samples_vary_training_prompts_but_never_evaluation(run):
 
 def test_pseudo_labels_train_the_unlabelled_nodes_toward_the_head_and_leave_validation_unseen(run):
     cfg, store, artifact = run
-    ws = workspace.prepare(replace(cfg, joint=False, distill_weight=0.5), store, quiet=True)
+    ws = commands.workspace(replace(cfg, joint=False, distill_weight=0.5), store, quiet=True)
     train = ws.split == 0
     labels, weights = training.training_targets(ws, None)
     assert torch.equal(labels, ws.data.y) and torch.equal(weights, torch.from_numpy(train.astype(np.float32)))
@@ -181,7 +185,7 @@ def test_pseudo_labels_train_the_unlabelled_nodes_toward_the_head_and_leave_vali
     unlabelled = ~train & ~val
     assert torch.equal(targets[unlabelled], head[unlabelled])  # the head's distribution, not the label
     assert torch.all(weights[train] == 1) and torch.all(weights[unlabelled] == 0.5) and torch.all(weights[val] == 0)
-    artifact = finetune.run(replace(cfg, joint=False, distill_weight=0.5, ft_epochs=1), store, quiet=True,
+    artifact = commands.finetune(replace(cfg, joint=False, distill_weight=0.5, ft_epochs=1), store, quiet=True,
                             device="cpu")
     steps = json.loads((artifact.path / "metrics.json").read_text())["finetune"]["steps"]
     assert steps == -(-int((~val).sum()) // cfg.batch_size)
@@ -189,7 +193,7 @@ def test_pseudo_labels_train_the_unlabelled_nodes_toward_the_head_and_leave_vali
 
 def test_joint_pass_carries_the_stage_one_loss_at_its_weight(run):
     cfg, store, artifact = run
-    ws = workspace.prepare(cfg, store, quiet=True)
+    ws = commands.workspace(cfg, store, quiet=True)
     predictor = type("Predictor", (), {"embed": torch.nn.Embedding(1, 16), "device": torch.device("cpu")})()
     module = node_tokens.graph_in_the_loop(ws, predictor, soft=False)
     train_nodes = np.flatnonzero(ws.split == 0)[:8]
@@ -203,7 +207,7 @@ def test_joint_pass_carries_the_stage_one_loss_at_its_weight(run):
     module.eval()
     module.tokens(train_nodes)
     assert module.stage_one_loss is None  # evaluation computes none
-    ws_off = workspace.prepare(replace(cfg, joint_stage_one_weight=0.0), store, quiet=True)
+    ws_off = commands.workspace(replace(cfg, joint_stage_one_weight=0.0), store, quiet=True)
     off = node_tokens.graph_in_the_loop(ws_off, predictor, soft=False).train()
     off.tokens(train_nodes)
     assert off.stage_one_loss is None
@@ -216,15 +220,15 @@ def test_text_goes_in_the_prompt_by_default_where_the_graph_has_text(run, tmp_pa
 
     cfg, store, artifact = run
     plain = replace(cfg, joint=False)
-    ws = workspace.prepare(plain, store, quiet=True)  # the synthetic graph has text
+    ws = commands.workspace(plain, store, quiet=True)  # the synthetic graph has text
     assert "own text" in ws.template.instruction and all(len(ids) for ids in ws.text_ids)
-    codes = workspace.codes_from_table(pq.read_table(ws.encode.path / "codes.parquet"), cfg.num_views)
+    codes = read_codes(ws.encode.path / "codes.parquet", cfg.num_views)
     suffix = ws.tokenizer.decode(workspace.suffixes_for(ws, codes[:1], [0])[0][0])
     assert suffix.index("3-hop") < suffix.index("Its own text:")  # graph words first, then the text
     assert "Its own text: " + ws.data.text[0].split()[0] in suffix  # its first word, as a word
-    off = workspace.prepare(replace(plain, use_text=False), store, quiet=True)
+    off = commands.workspace(replace(plain, use_text=False), store, quiet=True)
     assert not any(off.text_ids) and off.key != ws.key
-    short = workspace.prepare(replace(plain, max_text_tokens=3), store, quiet=True)  # text cut to its first tokens
+    short = commands.workspace(replace(plain, max_text_tokens=3), store, quiet=True)  # text cut to its first tokens
     assert [ids[:3] for ids in ws.text_ids] == short.text_ids and short.key != ws.key
     assert max(map(len, ws.text_ids)) > 3
 
@@ -236,7 +240,7 @@ def test_text_goes_in_the_prompt_by_default_where_the_graph_has_text(run, tmp_pa
     src, dst = graph.edge_index.numpy()
     pq.write_table(pa.table({"src": src, "dst": dst}), folder / "edges.parquet")
     quick = replace(plain, dataset=str(folder), epochs=2, patience=2)
-    keys = {workspace.prepare(replace(quick, use_text=u, max_text_tokens=m), store, quiet=True).key
+    keys = {commands.workspace(replace(quick, use_text=u, max_text_tokens=m), store, quiet=True).key
             for u, m in ((True, 64), (False, 64), (True, 8))}
     assert len(keys) == 1  # text settings do not split the cache of a graph without text
 
@@ -245,18 +249,18 @@ def test_llm_text_features_are_computed_once_and_feed_stage_one(run):
     from dre_pipeline.pipeline.stages import features
 
     cfg, store, artifact = run
-    data, _ = encode.load_graph(cfg, store)
-    first = features.run("llm", data, cfg.llm_path, store, quiet=True)
-    again = features.run("llm", data, cfg.llm_path, store, quiet=True)
+    data = resolve(cfg, store).data
+    first = features.run("llm", data, resolve_llm(cfg.llm_path, store), store, quiet=True)
+    again = features.run("llm", data, resolve_llm(cfg.llm_path, store), store, quiet=True)
     assert not first.cached and again.cached and again.path == first.path
     llm_cfg = replace(subset(cfg, EncodeConfig), features="llm", epochs=2, patience=2)
-    with_features, _ = encode.load_graph(llm_cfg, store)
+    with_features = resolve(llm_cfg, store).data
     hidden = json.loads((first.path / "manifest.json").read_text())["shape"][1]
     assert with_features.x.shape == (data.num_nodes, hidden) and torch.isfinite(with_features.x).all()
     # standardised per dimension: the hidden states' shared direction would give every node the same words
     assert with_features.x.mean(0).abs().max() < 1e-4 and torch.allclose(with_features.x.std(0), torch.ones(hidden))
     assert with_features.fingerprint != data.fingerprint
-    assert encode.run(llm_cfg, store, quiet=True).manifest["fingerprint"] == with_features.fingerprint
+    assert commands.encode(llm_cfg, store, quiet=True).manifest["fingerprint"] == with_features.fingerprint
 
 
 @pytest.mark.parametrize("kind, width", [("bow", None), ("sbert", 384)])
@@ -264,12 +268,12 @@ def test_text_features_are_cached_under_their_own_keys(run, kind, width):
     from dre_pipeline.pipeline.stages import features
 
     cfg, store, _ = run
-    data, _ = encode.load_graph(cfg, store)
-    first = features.run(kind, data, cfg.llm_path, store, quiet=True)
-    again = features.run(kind, data, cfg.llm_path, store, quiet=True)
+    data = resolve(cfg, store).data
+    first = features.run(kind, data, resolve_llm(cfg.llm_path, store), store, quiet=True)
+    again = features.run(kind, data, resolve_llm(cfg.llm_path, store), store, quiet=True)
     assert not first.cached and again.cached and again.path == first.path
-    assert first.key != features.run("llm", data, cfg.llm_path, store, quiet=True).key
-    with_features, _ = encode.load_graph(replace(subset(cfg, EncodeConfig), features=kind), store)
+    assert first.key != features.run("llm", data, resolve_llm(cfg.llm_path, store), store, quiet=True).key
+    with_features = resolve(replace(subset(cfg, EncodeConfig), features=kind), store).data
     x = with_features.x
     if kind == "bow":  # 0/1 over the graph's words, stop words out
         assert set(x.unique().tolist()) <= {0.0, 1.0} and x.sum(1).min() > 0
@@ -295,23 +299,27 @@ def test_auto_features_keep_a_graphs_own_and_embed_a_graph_of_text_alone(tmp_pat
         features.resolve_kind("sbert", replace(data, text=None))
 
 
-def test_text_codebook_narrows_the_codes_to_the_graphs_own_words(run):
-    from dre_pipeline.model.codebook import Codebook, text_vocabulary
+def test_text_codebook_narrows_the_codes_to_the_graphs_own_words(run, monkeypatch):
+    from dre_pipeline.model.codebook import text_vocabulary
 
     cfg, store, artifact = run
     narrowed_cfg = replace(subset(cfg, EncodeConfig), text_codebook=True, epochs=2, patience=2)
-    data, _ = encode.load_graph(narrowed_cfg, store)
-    vocabulary = text_vocabulary(data.text)
-    narrowed = encode.run(narrowed_cfg, store, quiet=True)
-    book = Codebook.load(store.find("codebook", narrowed.manifest["codebook"]).path)
+    plan = resolve(narrowed_cfg, store)
+    vocabulary = text_vocabulary(plan.data.text)
+    narrowed = commands.encode(narrowed_cfg, store, quiet=True)
+    book = codebook_stage.load(store.find("codebook", narrowed.manifest["codebook"]))
     full_key = store.find("encode", artifact.manifest["encode"]).manifest["codebook"]
-    full = Codebook.load(store.find("codebook", full_key).path)
+    full = codebook_stage.load(store.find("codebook", full_key))
     assert 0 < len(book) < len(full) and {w.lower() for w in book.words} <= vocabulary
     table = pq.read_table(narrowed.path / "codes.parquet")
     assert {w.lower() for t in range(1, cfg.num_views + 1) for row in table[f"view{t}_words"].to_pylist()
             for w in row} <= vocabulary
     # a graph without text keeps the whole codebook: the option has nothing to narrow to
-    assert encode.codebook_for(narrowed_cfg, replace(data, text=None), store).key == full_key
+    from dre_pipeline.pipeline import resolve as resolve_module
+
+    real = resolve_module.load_dataset
+    monkeypatch.setattr(resolve_module, "load_dataset", lambda *args, **kwargs: replace(real(*args, **kwargs), text=None))
+    assert resolve(narrowed_cfg, store).keys["codebook"] == full_key
 
 
 def test_keyword_loss_makes_the_codes_the_words_of_their_hops(run):
@@ -319,7 +327,7 @@ def test_keyword_loss_makes_the_codes_the_words_of_their_hops(run):
 
     cfg, store, artifact = run
     plain_cfg = replace(subset(cfg, EncodeConfig), text_codebook=True, epochs=2, patience=2)
-    data, _ = encode.load_graph(plain_cfg, store)
+    data = resolve(plain_cfg, store).data
     own_words = [set(WORDS.findall(text.lower())) for text in data.text]
 
     def share_in_own_text(enc) -> float:  # of the first view's words (1 hop: the node's text weighs most)
@@ -327,7 +335,7 @@ def test_keyword_loss_makes_the_codes_the_words_of_their_hops(run):
         return np.mean([word.lower() in own_words[i] for i, row in enumerate(rows) for word in row])
 
     keyword_cfg = replace(plain_cfg, keyword_weight=1.0, keyword_epochs=30)
-    grounded, plain = encode.run(keyword_cfg, store, quiet=True), encode.run(plain_cfg, store, quiet=True)
+    grounded, plain = commands.encode(keyword_cfg, store, quiet=True), commands.encode(plain_cfg, store, quiet=True)
     assert grounded.key != plain.key
     assert share_in_own_text(grounded) > 2 * share_in_own_text(plain)
     metrics = json.loads((grounded.path / "metrics.json").read_text())
@@ -336,9 +344,9 @@ def test_keyword_loss_makes_the_codes_the_words_of_their_hops(run):
 
 def test_text_only_prompts_hold_no_graph_words(run):
     cfg, store, artifact = run
-    ws = workspace.prepare(replace(cfg, joint=False, node_tokens="none"), store, quiet=True)
+    ws = commands.workspace(replace(cfg, joint=False, node_tokens="none"), store, quiet=True)
     assert ws.template.view_ids == [] and "hop" not in ws.template.instruction
-    codes = workspace.codes_from_table(pq.read_table(ws.encode.path / "codes.parquet"), cfg.num_views)
+    codes = read_codes(ws.encode.path / "codes.parquet", cfg.num_views)
     suffix = ws.tokenizer.decode(workspace.suffixes_for(ws, codes[:1], [0])[0][0])
     assert suffix.startswith("Its own text:") and "hop" not in suffix
     with pytest.raises(Exception, match="needs --use-text"):
@@ -357,7 +365,7 @@ def test_codes_built_on_another_llms_vocabulary_are_refused(run, tmp_path):
     manifest["llm"].update(identity="another", name="another-llm")
     (book / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(InputError, match="built on another-llm's vocabulary"):
-        workspace.prepare(replace(cfg, joint=False), copy, quiet=True)
+        commands.workspace(replace(cfg, joint=False), copy, quiet=True)
 
 
 def test_same_seed_same_codes_and_predictions(run, tmp_path):
@@ -365,7 +373,7 @@ def test_same_seed_same_codes_and_predictions(run, tmp_path):
     plain = replace(cfg, joint=False, ft_epochs=1)
     outputs = []
     for attempt in ("first", "second"):  # two stores: nothing cached is shared
-        artifact = finetune.run(plain, Store(tmp_path / attempt), quiet=True, device="cpu")
+        artifact = commands.finetune(plain, Store(tmp_path / attempt), quiet=True, device="cpu")
         encoded = Store(tmp_path / attempt).find("encode", artifact.manifest["encode"])
         outputs.append((pq.read_table(encoded.path / "codes.parquet"),
                         pq.read_table(artifact.path / "predictions.parquet")))
@@ -395,11 +403,11 @@ def test_isolated_nodes_get_codes_like_any_other(run, tmp_path):
     src, dst = graph.edge_index.numpy()
     pq.write_table(pa.table({"src": src, "dst": dst}), folder / "edges.parquet")
     isolated_cfg = replace(cfg, dataset=str(folder), epochs=2, patience=2)
-    encoded = encode.run(subset(isolated_cfg, EncodeConfig), store, quiet=True)
-    codes = workspace.codes_from_table(pq.read_table(encoded.path / "codes.parquet"), cfg.num_views)
+    encoded = commands.encode(subset(isolated_cfg, EncodeConfig), store, quiet=True)
+    codes = read_codes(encoded.path / "codes.parquet", cfg.num_views)
     assert codes.shape[0] == graph.num_nodes + extra
 
-    ws = workspace.prepare(isolated_cfg, store, quiet=True)
+    ws = commands.workspace(isolated_cfg, store, quiet=True)
     alone, _, _ = workspace.stage_one_model(ws).inference(ws.data.x[-extra:], torch.empty(2, 0, dtype=torch.long))
     np.testing.assert_array_equal(codes[-extra:], alone.numpy())
     assert (codes[-extra:] < len(ws.codebook.token_ids)).all()
@@ -415,16 +423,16 @@ def test_predict_never_reads_a_damaged_adapter(run, tmp_path):
     adapter = next((copy.root / "finetune" / artifact.key / "adapter").glob("*.safetensors"))
     adapter.write_bytes(adapter.read_bytes()[:-64])  # truncated
     with pytest.raises(InputError, match="run `dre-pipeline finetune` first"):
-        predict.run(cfg, copy, [0], device="cpu", quiet=True)
+        commands.predict(cfg, copy, [0], device="cpu", quiet=True)
 
 
 def test_8bit_fine_tuning_runs_on_cpu_and_predict_reloads_it(run):
     cfg, store, _ = run
     quantized = replace(cfg, joint=False, ft_epochs=1, quantization="8bit")
-    artifact = finetune.run(quantized, store, quiet=True, device="cpu")
+    artifact = commands.finetune(quantized, store, quiet=True, device="cpu")
     assert artifact.manifest["settings"]["quantization"] == "8bit"
     saved = pq.read_table(artifact.path / "predictions.parquet").to_pylist()
-    row = predict.run(quantized, store, [3], device="cpu", quiet=True)[0]
+    row = commands.predict(quantized, store, [3], device="cpu", quiet=True)[0]
     assert row["prediction"] in artifact.manifest["class_names"]
     assert row["prediction"] == next(r["prediction_name"] for r in saved if r["node_id"] == 3)
 
@@ -439,12 +447,12 @@ def test_4bit_fine_tuning_on_cpu_keeps_the_model_it_checkpoints(tmp_path, monkey
     llm = build_tiny_llama(tmp_path / "tiny-64", width=64)
     store = Store(tmp_path / "store")
     cfg = FinetuneConfig(llm_path=str(llm), **{**SETTINGS, "joint": False, "ft_epochs": 3}, quantization="4bit")
-    artifact = finetune.run(cfg, store, quiet=True, device="cpu")
+    artifact = commands.finetune(cfg, store, quiet=True, device="cpu")
     history = json.loads((artifact.path / "metrics.json").read_text())["finetune"]["history"]
     assert artifact.manifest["val_accuracy"] == max(h["val_accuracy"] for h in history)  # the best evaluation's model
     saved = {r["node_id"]: r["scores"] for r in pq.read_table(artifact.path / "predictions.parquet").to_pylist()}
     nodes = sorted(saved)[:8]
-    answers = predict.run(cfg, store, nodes, device="cpu", quiet=True)
+    answers = commands.predict(cfg, store, nodes, device="cpu", quiet=True)
     names = artifact.manifest["class_names"]
     again = torch.tensor([[row["scores"][name] for name in names] for row in answers])
     assert torch.allclose(again, torch.tensor([saved[n] for n in nodes]), atol=1e-3)
@@ -556,12 +564,10 @@ def test_adjacency_loss_never_holds_more_than_a_chunk_of_pair_rows():
 def test_joint_pass_codes_of_the_whole_graph_in_node_chunks_are_the_whole_graphs(tiny_llm, tmp_path):
     from types import SimpleNamespace
 
-    from dre_pipeline.model.codebook import Codebook
-
     cfg, store = EncodeConfig(llm_path=str(tiny_llm), dataset="synthetic", epochs=4, patience=4), Store(tmp_path)
-    artifact = encode.run(cfg, store, quiet=True)
-    data, _ = encode.load_graph(cfg, store)
-    codebook = Codebook.load(store.find("codebook", artifact.manifest["codebook"]).path)
+    artifact = commands.encode(cfg, store, quiet=True)
+    data = resolve(cfg, store).data
+    codebook = codebook_stage.load(store.find("codebook", artifact.manifest["codebook"]))
     ws = SimpleNamespace(cfg=cfg, data=data, encode=artifact, codebook=codebook)  # what the GNN in the loop reads
     loop = node_tokens.GraphInTheLoop(ws, workspace.stage_one_model(ws), codebook.vectors, soft=False)
     loop.encoder.eval()

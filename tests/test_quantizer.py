@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 
 from dre_pipeline.model import quantizer as quantizer_module
-from dre_pipeline.pipeline import runtime
+from dre_pipeline.hardware import native_bf16
 from dre_pipeline.model.gnn import MultiViewSAGE, StageOneModel
 from dre_pipeline.model.quantizer import ResidualVQ, perplexity, search_dtype, straight_through_words
 
@@ -74,7 +74,7 @@ def test_search_precision_follows_cpu_capability(monkeypatch, capability, avx512
     monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: avx512_bf16)
     monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx)
     cpu = torch.device("cpu")
-    assert runtime.native_bf16(cpu) is native
+    assert native_bf16(cpu) is native
     expected = torch.bfloat16 if native else torch.float32
     assert search_dtype(cpu) == expected
     vq = ResidualVQ(codebook(), num_codes=2)

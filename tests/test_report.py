@@ -11,7 +11,7 @@ from dre_pipeline.pipeline.artifacts import Store
 from dre_pipeline.cli import app
 from dre_pipeline.pipeline.config import FinetuneConfig
 from dre_pipeline.harness.report import class_shares, explanation_text, write_report
-from dre_pipeline.pipeline.stages.finetune import finetune, predict
+from dre_pipeline.pipeline import commands
 
 SETTINGS = dict(dataset="synthetic", max_codes=300, epochs=3, patience=3, ft_epochs=1, batch_size=32)
 FIGURES = ("perplexity.png", "stage_one.png", "stage_two.png", "confusion.png", "words_per_view.png",
@@ -23,7 +23,7 @@ runner = CliRunner()
 def run(tmp_path_factory, tiny_llm):
     store = Store(tmp_path_factory.mktemp("store"))
     cfg = FinetuneConfig(llm_path=str(tiny_llm), **SETTINGS)
-    return cfg, store, finetune.run(cfg, store, quiet=True, device="cpu")
+    return cfg, store, commands.finetune(cfg, store, quiet=True, device="cpu")
 
 
 def cli(cfg, store, command, *args, **changed):
@@ -52,7 +52,7 @@ def test_report_writes_the_page_and_every_figure(run, tmp_path):
 
 def test_explain_shows_words_prompt_and_scores(run):
     cfg, store, artifact = run
-    row = predict.run(cfg, store, [5], device="cpu", quiet=True)[0]
+    row = commands.predict(cfg, store, [5], device="cpu", quiet=True)[0]
     assert [len(words) for words in row["words"]] == [cfg.codes_per_view] * cfg.num_views
     assert " ".join(row["words"][0]) in row["prompt"]
     assert list(row["scores"]) == artifact.manifest["class_names"]
@@ -66,15 +66,42 @@ def test_explain_shows_words_prompt_and_scores(run):
     assert json.loads(cli(cfg, store, "explain", "5", format="json", device="cpu")) == row
 
 
-def test_status_marks_artifacts_stale_when_settings_change(run):
+def store_cli(cfg, store, command, *args, **data_options):
+    """``status`` or ``clean`` on the run's graph and LLM: they take those options, no training setting."""
+    options = []
+    for name, value in {"llm_path": cfg.llm_path, "dataset": cfg.dataset, **data_options}.items():
+        options += [f"--{name.replace('_', '-')}", str(value)]
+    result = runner.invoke(app, [command, *args, *options, "--store", str(store.root), "--quiet"])
+    assert result.exit_code == 0, result.output
+    return result.output
+
+
+def test_status_marks_artifacts_stale_when_the_graph_they_were_built_from_changes(run):
     cfg, store, artifact = run
-    same = cli(cfg, store, "status")
+    same = store_cli(cfg, store, "status")
     assert artifact.key in same and same.count(" current ") == 3 and " stale " not in same
-    changed = cli(cfg, store, "status", codes_per_view=2)
+    changed = store_cli(cfg, store, "status", seed=1)  # the synthetic graph is drawn from its seed: another graph
     rows = {line.split()[0]: line for line in changed.splitlines() if line.split()[:1] in (["codebook"], ["encode"], ["finetune"])}
-    assert " current " in rows["codebook"]
+    assert " current " in rows["codebook"]  # the same LLM
     assert " stale " in rows["encode"] and " stale " in rows["finetune"]
-    assert "codes_per_view 4 → 2" in changed
+    assert "built from other data: seed 0 → 1" in changed
+    other = store_cli(cfg, store, "status", dataset="cora-ml", data_dir="/nonexistent")
+    assert "these options:" in other and " ? " in other  # options that cannot be resolved: no verdict
+
+
+def test_status_and_clean_take_no_training_setting(run):
+    cfg, store, _ = run
+    result = runner.invoke(app, ["status", "--codes-per-view", "2", "--store", str(store.root)])
+    assert result.exit_code == 2 and "No such option: --codes-per-view" in result.output
+
+
+def test_an_artifact_whose_upstream_is_gone_is_stale(run, tmp_path):
+    cfg, store, artifact = run
+    copy = Store(shutil.copytree(store.root, tmp_path / "store"))
+    shutil.rmtree(copy.root / "codebook")
+    rows = {line.split()[0]: line for line in store_cli(cfg, copy, "status").splitlines()
+            if line.split()[:1] in (["encode"], ["finetune"])}
+    assert " stale " in rows["encode"] and " stale " in rows["finetune"]
 
 
 def test_clean_dry_run_keeps_everything_and_clean_removes(run, tmp_path):
@@ -86,13 +113,13 @@ def test_clean_dry_run_keeps_everything_and_clean_removes(run, tmp_path):
     live.mkdir()
     before = sorted(p for p in copy.root.rglob("*"))
 
-    listed = cli(cfg, copy, "clean", "--dry-run", "--stale-only", codes_per_view=2)
+    listed = store_cli(cfg, copy, "clean", "--dry-run", "--stale-only", seed=1)
     assert sorted(p for p in copy.root.rglob("*")) == before
     assert "would remove 3 folders" in listed and str(dead) in listed and str(live) not in listed
 
-    cli(cfg, copy, "clean", "--stale-only", codes_per_view=2)
+    store_cli(cfg, copy, "clean", "--stale-only", seed=1)
     assert len(copy.list("codebook")) == 1 and not copy.list("encode") and not copy.list("finetune")
     assert not dead.exists() and live.exists()
 
-    cli(cfg, copy, "clean")
+    store_cli(cfg, copy, "clean")
     assert not copy.list("codebook")

@@ -7,11 +7,11 @@ import torch
 from torch_geometric.utils import to_undirected
 
 from dre_pipeline.pipeline.artifacts import Store
-from dre_pipeline.model.codebook import Codebook
 from dre_pipeline.pipeline.config import EncodeConfig
 from dre_pipeline.data import load_dataset
 from dre_pipeline.model.sampling import NeighborSampler
-from dre_pipeline.pipeline.stages import encode
+from dre_pipeline.pipeline.stages import codebook as codebook_stage, encode
+from dre_pipeline.pipeline import commands
 
 
 def random_graph(n=200, e=1500, seed=0):
@@ -45,13 +45,13 @@ def test_minus_one_takes_every_neighbour():
 def stage_one(tiny_llm, tmp_path, **settings):
     cfg = EncodeConfig(llm_path=str(tiny_llm), dataset="synthetic", epochs=6, patience=6, **settings)
     store = Store(tmp_path)
-    return cfg, store, encode.run(cfg, store, quiet=True)
+    return cfg, store, commands.encode(cfg, store, quiet=True)
 
 
 def test_inference_hop_by_hop_in_chunks_matches_the_whole_graph_forward(tiny_llm, tmp_path):
     cfg, store, artifact = stage_one(tiny_llm, tmp_path)
     data = load_dataset("synthetic", None, tmp_path / "data")
-    codebook = Codebook.load(store.find("codebook", artifact.manifest["codebook"]).path)
+    codebook = codebook_stage.load(store.find("codebook", artifact.manifest["codebook"]))
     model = encode.build_model(cfg, data, codebook)
     model.load_state_dict(torch.load(artifact.path / "gnn.pt", weights_only=True)["state_dict"])
     model.eval()
@@ -70,12 +70,12 @@ def test_mini_batch_stage_one_trains_and_writes_codes(tiny_llm, tmp_path):
     sizes = (data.num_nodes, data.edge_index.size(1), data.x.size(1), 64)
     assert encode.mini_batch_size(mini_cfg, *sizes) == 64 and encode.mini_batch_size(cfg, *sizes) == 0
     assert encode.mini_batch_size(replace(cfg, batch_nodes=300), *sizes) == 0  # one batch of all: full batch
-    mini = encode.run(mini_cfg, store, quiet=True)
+    mini = commands.encode(mini_cfg, store, quiet=True)
     assert mini.key != whole.key
     table = pq.read_table(mini.path / "codes.parquet")
     assert table.num_rows == 300
     history = (mini.path / "metrics.json").read_text()
     assert '"label"' in history
     assert mini.manifest["label_head_accuracy"]["train"] > 0.5  # 6 classes: chance is 0.17
-    again = encode.run(mini_cfg, Store(tmp_path / "again"), quiet=True)
+    again = commands.encode(mini_cfg, Store(tmp_path / "again"), quiet=True)
     assert pq.read_table(again.path / "codes.parquet").equals(table)  # same seed, same batches, same codes

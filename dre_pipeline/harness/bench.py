@@ -95,20 +95,20 @@ def run_row(row: str, settings: dict, store_root: str, quiet: bool) -> dict:
     if spec.kind == "gnn":
         from .baselines import train_gnn
         from ..pipeline.placement import Placement
-        from ..pipeline.stages.encode import load_graph
+        from ..pipeline.resolve import resolve
 
         model = row.split("-")[0]  # the -bow, -sbert and -llm rows: the same model on those text features
         # as the finetune rows place the LLM, so the -llm rows read the text features they read
-        result = train_gnn(model, *load_graph(cfg, store, quiet, placement=Placement.resolve("auto", cfg.quantization)),
-                           cfg.seed)
+        plan = resolve(cfg, store, Placement.resolve("auto", cfg.quantization), quiet)
+        result = train_gnn(model, plan.data, plan.split, cfg.seed)
         out = {"val_accuracy": result["val"]["accuracy"],
                "test_accuracy": result["test"]["accuracy"], "test_macro_f1": result["test"]["macro_f1"],
                "seconds": {"train": round(result["train_seconds"], 2)},
                "inference_nodes_per_second": round(result["inference_nodes_per_second"], 1)}
     else:
-        from ..pipeline.stages.finetune import finetune
+        from ..pipeline import commands
 
-        artifact = finetune.run(cfg, store, quiet=quiet, device="auto")
+        artifact = commands.finetune(cfg, store, quiet=quiet)
         metrics = json.loads((artifact.path / "metrics.json").read_text())
         recorded = artifact.manifest.get("peak_memory_mb", {})  # the peaks of the run that trained it
         encode = store.find("encode", artifact.manifest["encode"])

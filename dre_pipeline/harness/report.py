@@ -23,9 +23,8 @@ from matplotlib.ticker import MaxNLocator
 from ..pipeline.artifacts import Artifact, Store
 from ..pipeline.config import FinetuneConfig
 from ..errors import InputError
-from ..pipeline.stages.finetune import workspace
+from ..pipeline import commands
 from ..pipeline.stages.finetune import predict as predict_stage
-from ..pipeline.placement import Placement
 
 TOP_WORDS = 10
 DPI = 110
@@ -271,8 +270,7 @@ def write_report(cfg: FinetuneConfig, store: Store, out: Path, explain_nodes: in
     """Render the report of the fine-tuned model these settings name (never trains); return index.html."""
     if explain_nodes < 0:
         raise InputError(f"--explain-nodes must be 0 or more, got {explain_nodes}")
-    ws = workspace.prepare(cfg, store, quiet, cached_only=True,
-                           placement=Placement.resolve(device, cfg.quantization))
+    ws = commands.workspace(cfg, store, quiet, cached_only=True, device=device)
     finetune = store.find("finetune", ws.key)
     if finetune is None:
         raise InputError("no fine-tuned model for these settings: run `dre-pipeline finetune` with the same options first")
@@ -284,7 +282,7 @@ def write_report(cfg: FinetuneConfig, store: Store, out: Path, explain_nodes: in
     for name, fig, _ in figures:
         fig.savefig(out / name, dpi=DPI, bbox_inches="tight")
     chosen = pick_nodes(pq.read_table(finetune.path / "predictions.parquet").to_pydict(), explain_nodes)
-    explained = predict_stage.run(cfg, store, chosen, device=device, quiet=quiet) if chosen else []
+    explained = predict_stage.run(ws, chosen) if chosen else []
     page = render_html(f"Dr.E report: {finetune.manifest['dataset']}", summary_rows(finetune, ws.encode, metrics),
                        [(name, caption) for name, _, caption in figures], explained, cfg.num_views,
                        finetune.manifest["settings"])

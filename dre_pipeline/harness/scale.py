@@ -48,19 +48,20 @@ def measure_size(num_nodes: int, settings: dict, store_root: str, steps: int, qu
     import torch
 
     from ..pipeline.artifacts import Store
-    from ..model.codebook import Codebook
-    from ..pipeline.config import CodebookConfig, EncodeConfig, subset
+    from ..pipeline.config import EncodeConfig
     from ..data import make_split
     from ..model.quantizer import ResidualVQ, search_dtype
     from ..pipeline.runtime import host_peak_mb, log, setup_logging
     from ..model.sampling import NeighborSampler
     from .speed import timed
+    from ..pipeline.llm import resolve_llm
     from ..pipeline.stages import codebook as codebook_stage
     from ..pipeline.stages import encode
 
     setup_logging(quiet)
     cfg = EncodeConfig(**settings)
-    codebook = Codebook.load(codebook_stage.run(subset(cfg, CodebookConfig), Store(Path(store_root))).path)
+    store = Store(Path(store_root))
+    codebook = codebook_stage.load(codebook_stage.run(cfg, resolve_llm(cfg.llm_path, store), store))
     started = time.perf_counter()
     data = generated_graph(num_nodes)
     train_mask = torch.from_numpy(make_split(data, "random", 0)).long() == 0

@@ -72,20 +72,22 @@ def measure_class(cpu_class: str, settings: dict, store_root: str, repeat_second
     import torch
 
     from ..pipeline.artifacts import Store
-    from ..model.codebook import Codebook
-    from ..pipeline.config import CodebookConfig, EncodeConfig, subset
+    from ..pipeline import commands
+    from ..pipeline.config import EncodeConfig
+    from ..pipeline.resolve import resolve
     from ..model.quantizer import ResidualVQ
-    from ..pipeline.runtime import log, native_bf16, setup_logging
+    from ..hardware import native_bf16
+    from ..pipeline.runtime import log, setup_logging
     from ..pipeline.stages import codebook as codebook_stage
-    from ..pipeline.stages import encode
 
     setup_logging(quiet)
     cpu = torch.device("cpu")
     result = {"cpu_class": cpu_class, "cpu": cpu_name(), "capability": torch.backends.cpu.get_cpu_capability(),
               "native_bf16": native_bf16(cpu), "threads": torch.get_num_threads()}
     cfg, store = EncodeConfig(**settings), Store(Path(store_root))
-    codebook = Codebook.load(codebook_stage.run(subset(cfg, CodebookConfig), store).path)
-    num_nodes = encode.load_graph(cfg, store)[0].num_nodes
+    plan = resolve(cfg, store)
+    codebook = codebook_stage.load(codebook_stage.run(cfg, plan.llm, store))
+    num_nodes = plan.data.num_nodes
     (m, d), k = codebook.vectors.shape, cfg.codes_per_view
     h = torch.randn(num_nodes, d, generator=torch.Generator().manual_seed(0))
     unit_t, _ = ResidualVQ(codebook.vectors, k).search_tables(cpu, torch.float32)  # level 1's right-hand side
@@ -114,8 +116,8 @@ def measure_class(cpu_class: str, settings: dict, store_root: str, repeat_second
             for shared in ("llm", "codebook", "data"):  # reuse what is not being measured
                 if (store.root / shared).exists():
                     (scratch.root / shared).symlink_to((store.root / shared).resolve())
-            artifact = encode.run(EncodeConfig(**settings, **({"eval_epochs": 1} if before else {})), scratch,
-                                  quiet=quiet)
+            artifact = commands.encode(EncodeConfig(**settings, **({"eval_epochs": 1} if before else {})), scratch,
+                                       quiet=quiet)
             metrics = json.loads((artifact.path / "metrics.json").read_text())
         result["encode"].append({"name": name, "seconds": metrics["train_seconds"], "epochs": metrics["epochs_run"],
                                  "label_head_accuracy": metrics["label_head_accuracy"]})

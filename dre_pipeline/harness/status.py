@@ -1,36 +1,37 @@
 """``dre-pipeline status`` and ``clean``: the artifact store at a glance, and tidying it.
 
-An artifact is *stale* when the current settings resolve its stage to another key. The
-current keys are found without computing anything: the LLM's identity, the codebook
-through its cached-only lookup, the encode key from the codebook's key and the data's
-fingerprint, the finetune key from the cached encode artifact. When the artifact a stage
-needs upstream is not in the store, no artifact of that stage (or below) can be the one
-the current settings would use, so all of them count as stale. When the settings
-themselves cannot be resolved (a bad dataset, a GGUF not yet de-quantized here), the
-verdict is unknown and ``clean --stale-only`` refuses to guess.
+Each artifact is judged by what it was built from, against the graph and the LLM as the command's
+options (dataset, features, split, seed, LLM) load them now; no training setting enters:
+
+- *current*: built from them (an LLM of that identity; this graph, with these features, split and seed);
+- *stale*: built from an older version of them (the same LLM's name, another identity; the same dataset's
+  name, other contents or other data options), or from an artifact no longer in the store, or from a stale one;
+- *other*: another dataset or LLM, not judged (``clean --stale-only`` leaves it).
+
+Nothing is computed to tell: the LLM is identified without being de-quantized, the graph is loaded, and its
+text features are looked up in the store. Where the options themselves cannot be resolved (a bad dataset), the
+verdicts are unknown and ``clean --stale-only`` refuses to guess.
 
 ``clean`` removes only what no live process uses: it takes each key's use lock exclusively
-(see :mod:`.artifacts`) for as long as it removes what is under it, and keeps, and reports,
+(see :mod:`..pipeline.artifacts`) for as long as it removes what is under it, and keeps, and reports,
 whatever a live run holds.
 """
 
 import os
 import re
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Optional
 
 from ..pipeline.artifacts import Artifact, Store, damaged_files, remove_path
-from ..pipeline.config import FinetuneConfig
+from ..pipeline.config import DataConfig, StoreConfig
 from ..data import load_dataset, make_split
 from ..errors import InputError
 from ..pipeline.llm import embedded_gguf, gguf_identity, resolve_llm
-from ..pipeline.stages import encode as encode_stage
 from ..pipeline.stages import features as features_stage
-from ..pipeline.stages.finetune import workspace
-from ..pipeline.placement import Placement
 
 STAGES = ("llm", "features", "codebook", "encode", "finetune")  # upstream first: a key depends on those before it
+DATA_DEFAULTS = {f.name: f.default for f in fields(DataConfig)}  # what a manifest leaves out at its neutral value
 # What interrupted writes and training runs leave behind: .tmp-<key>-<pid>, .old-<key>-<pid> (Store.writing),
 # .ckpt-<key>.pt and .ckpt-<key>.pt.<pid>.tmp (Store.save_checkpoint).
 LEFTOVER = re.compile(r"\.(?:tmp|old)-(?P<folder_key>.+)-\d+|\.ckpt-(?P<checkpoint_key>.+?)\.pt(?:\.\d+\.tmp)?")
@@ -38,17 +39,23 @@ LEFTOVER = re.compile(r"\.(?:tmp|old)-(?P<folder_key>.+)-\d+|\.ckpt-(?P<checkpoi
 
 @dataclass
 class Current:
-    keys: dict  # stage -> the key the current settings resolve to (absent: not resolvable)
-    known: bool  # False when the settings themselves could not be resolved
-    note: Optional[str] = None  # why the chain of keys stops early
+    """What the options load now; ``known`` False where they could not be resolved (``note`` says why)."""
+
+    known: bool
+    llm: tuple = ()  # (name, identity)
+    dataset: Optional[str] = None  # the graph's name
+    raw_fingerprint: Optional[str] = None  # the graph's own, as text features record it
+    fingerprint: Optional[str] = None  # with its --features, where they are in the store
+    data: dict = field(default_factory=dict)  # the data options an encode artifact records: split, features, seed
+    note: Optional[str] = None
 
 
 @dataclass
 class Entry:
     artifact: Artifact
     size: int  # bytes
-    stale: Optional[bool]  # None: unknown (see Current.known)
-    differs: dict = field(default_factory=dict)  # setting -> (the artifact's value, the current value)
+    state: str  # current | stale | other | ? (unknown: see Current.known)
+    differs: dict = field(default_factory=dict)  # data option -> (the artifact's value, the current value)
     damage: list = field(default_factory=list)  # files that no longer match the manifest's checksums
 
     @property
@@ -115,49 +122,78 @@ def headline(artifact: Artifact) -> str:
     return f"{m['dataset']}: test accuracy {m['test_accuracy']:.4f}, macro-F1 {m['test_macro_f1']:.4f}{joint}"
 
 
-def _dequantization_pending(cfg: FinetuneConfig, store: Store) -> bool:
-    # resolve_llm would convert a GGUF not yet in the store (minutes, gigabytes for a large
-    # model); a GGUF's identity is its file digest, so checking costs one read of the file.
-    path = Path(cfg.llm_path).expanduser() if cfg.llm_path else embedded_gguf()
-    if not (path.is_file() and path.suffix == ".gguf"):
-        return False
-    found = store.find("llm", gguf_identity(path))
-    return found is None or found.manifest_problem is not None
+def llm_now(llm_path: Optional[str], store: Store) -> tuple:
+    """(name, identity) of the LLM ``--llm-path`` names, without de-quantizing a GGUF (minutes, gigabytes):
+    a GGUF's identity is its file digest."""
+    path = Path(llm_path).expanduser() if llm_path else embedded_gguf()
+    if path.is_file() and path.suffix == ".gguf":
+        return path.name, gguf_identity(path)
+    llm = resolve_llm(llm_path, store)
+    return llm.name, llm.identity
 
 
-def current_keys(cfg: FinetuneConfig, store: Store) -> Current:
-    """The key each stage would use under ``cfg``, found without training or converting anything."""
+def current_inputs(cfg: StoreConfig, store: Store) -> Current:
+    """The LLM and the graph as ``cfg`` loads them now, found without training or converting anything: the graph
+    is loaded once, and its text features are looked up in the store, not computed."""
     try:
-        if _dequantization_pending(cfg, store):
-            return Current({}, False, "the LLM is not de-quantized in this store yet (any stage command does it once)")
-        llm = resolve_llm(cfg.llm_path, store)
-        keys = {"llm": llm.identity}
+        name, identity = llm_now(cfg.llm_path, store)
         data = load_dataset(cfg.dataset, cfg.data_dir, store.root / "data", seed=cfg.seed)
+        make_split(data, cfg.split, cfg.seed)
         features_stage.resolve_kind(cfg.features, data)
+        llm = resolve_llm(cfg.llm_path, store) if cfg.features == "llm" else None
     except InputError as error:
-        return Current({}, False, str(error))
-    # From here an InputError can only be a cached-only miss: an upstream artifact is not built.
+        return Current(False, note=str(error))
+    current = Current(True, (name, identity), data.name, data.fingerprint, None,
+                      {"split": cfg.split, "features": cfg.features, "seed": cfg.seed})
     try:
-        placement = Placement.resolve("auto", cfg.quantization)
-        data, text_features = features_stage.load(cfg.features, data, cfg.llm_path, store, cached_only=True,
-                                                  placement=placement)
-        if text_features is not None:
-            keys["features"] = text_features.key
-        codebook = encode_stage.codebook_for(cfg, data, store, cached_only=True)
-        keys["codebook"] = codebook.key
-        keys["encode"] = encode_stage.encode_key(cfg, codebook, data)
-        graph = (data, make_split(data, cfg.split, cfg.seed))
-        keys["finetune"] = workspace.prepare(cfg, store, quiet=True, cached_only=True, placement=placement, graph=graph,
-                                             llm=llm).key
-    except InputError as error:
-        return Current(keys, True, str(error))
-    return Current(keys, True)
+        current.fingerprint = features_stage.load(cfg.features, data, llm, store, cached_only=True)[0].fingerprint
+    except InputError as error:  # its text features are not in the store: stage one's data cannot be compared
+        current.note = str(error)
+    return current
 
 
-def differing_settings(artifact: Artifact, cfg: FinetuneConfig) -> dict:
-    now = asdict(cfg)
-    return {name: (value, now[name]) for name, value in artifact.manifest.get("settings", {}).items()
-            if name in now and value != now[name]}
+def judge(artifact: Artifact, current: Current, states: dict) -> tuple:
+    """(state, differing data options) of ``artifact``; ``states``: (stage, key) -> state of those judged before it
+    (upstream first, :data:`STAGES`)."""
+    if not current.known:
+        return "?", {}
+    try:
+        return _judge(artifact, current, states)
+    except (AttributeError, TypeError):  # a hand-edited manifest: shown as damaged, judged as nothing
+        return "?", {}
+
+
+def _judge(artifact: Artifact, current: Current, states: dict) -> tuple:
+    m, (llm_name, llm_identity) = artifact.manifest, current.llm
+
+    def by_llm(name, identity) -> str:
+        return "current" if identity == llm_identity else "stale" if name == llm_name else "other"
+
+    def upstream(stage: str, key) -> str:
+        return states.get((stage, key), "stale")  # gone from the store: nothing can be rebuilt from it
+
+    if artifact.stage == "llm":
+        return by_llm(m.get("name"), artifact.key), {}
+    if artifact.stage == "codebook":
+        return by_llm(m.get("llm", {}).get("name"), m.get("llm", {}).get("identity")), {}
+    if artifact.stage == "features":
+        if m.get("dataset") != current.dataset:
+            return "other", {}
+        return ("current" if m.get("fingerprint") == current.raw_fingerprint else "stale"), {}
+    if artifact.stage == "encode":
+        state = upstream("codebook", m.get("codebook"))
+        if state == "stale" or m.get("dataset") != current.dataset:
+            return state, {}
+        recorded = m.get("settings", {})
+        differs = {k: (recorded.get(k, DATA_DEFAULTS[k]), v) for k, v in current.data.items()
+                   if recorded.get(k, DATA_DEFAULTS[k]) != v}
+        changed = current.fingerprint is not None and m.get("fingerprint") != current.fingerprint and not differs
+        if changed:
+            differs = {"graph": (m.get("fingerprint"), current.fingerprint)}
+        return ("stale" if differs else state), differs
+    state = upstream("encode", m.get("encode"))  # finetune: stage one's verdict, and the LLM it tuned
+    llm = m.get("llm", {})
+    return (by_llm(llm.get("name"), llm.get("identity")) if state == "current" else state), {}
 
 
 def _writer_alive(folder: Path) -> bool:
@@ -175,15 +211,15 @@ def _writer_alive(folder: Path) -> bool:
     return True
 
 
-def inventory(cfg: Optional[FinetuneConfig], store: Store) -> Inventory:
-    """Every artifact with its size and staleness; ``cfg=None`` skips staleness (unknown)."""
-    current = current_keys(cfg, store) if cfg is not None else Current({}, False)
-    entries, leftovers = [], []
+def inventory(cfg: Optional[StoreConfig], store: Store) -> Inventory:
+    """Every artifact with its size and state; ``cfg=None`` judges none (unknown)."""
+    current = current_inputs(cfg, store) if cfg is not None else Current(False)
+    entries, leftovers, states = [], [], {}
     for stage in STAGES:
         for artifact in store.list(stage):
-            stale = (artifact.key != current.keys.get(stage)) if current.known else None
-            differs = differing_settings(artifact, cfg) if cfg is not None else {}
-            entries.append(Entry(artifact, disk_size(artifact.path), stale, differs, damaged_files(artifact)))
+            state, differs = judge(artifact, current, states)
+            states[stage, artifact.key] = state
+            entries.append(Entry(artifact, disk_size(artifact.path), state, differs, damaged_files(artifact)))
         folder = store.root / stage
         if folder.is_dir():
             leftovers += [(p, disk_size(p)) for p in sorted(folder.iterdir()) if _left_over(store, p)]
@@ -205,11 +241,10 @@ def _left_over(store: Store, path: Path) -> bool:
 
 
 def status_text(inv: Inventory, root: Path) -> str:
-    state = {True: "stale", False: "current", None: "?"}
     total = sum(e.size for e in inv.entries) + sum(s for _, s in inv.leftovers + inv.others)
     lines = [f"store {root} ({human_size(total)})"]
     if inv.current.note:
-        lines.append(f"current settings: {inv.current.note}")
+        lines.append(f"these options: {inv.current.note}")
     if not inv.entries:
         lines.append("no artifacts")
     else:
@@ -217,19 +252,19 @@ def status_text(inv: Inventory, root: Path) -> str:
     for e in inv.entries:
         a = e.artifact
         lines.append(f"{a.stage:<9} {a.key:<16} {a.manifest.get('created', ''):<19} {human_size(e.size):>9} "
-                     f"{'damaged' if e.damage else state[e.stale]:<7} {e.headline}")
+                     f"{'damaged' if e.damage else e.state:<7} {e.headline}")
         if e.damage:
             lines.append(f"{'':<9} damaged: {'; '.join(e.damage)} (rebuilt on the next run that needs it)")
         if e.differs:
             changes = ", ".join(f"{k} {old!r} → {new!r}" for k, (old, new) in sorted(e.differs.items()))
-            lines.append(f"{'':<9} settings that differ: {changes}")
+            lines.append(f"{'':<9} built from other data: {changes}")
     lines += [f"leftover {p.relative_to(root)} ({human_size(s)}): `dre-pipeline clean` removes it"
               for p, s in inv.leftovers]
     lines += [f"other    {p.name}/ ({human_size(s)})" for p, s in inv.others]
     return "\n".join(lines)
 
 
-def clean(cfg: FinetuneConfig, store: Store, stage: Optional[str], stale_only: bool, dry_run: bool) -> list:
+def clean(cfg: StoreConfig, store: Store, stage: Optional[str], stale_only: bool, dry_run: bool) -> list:
     """Remove artifact folders (of one stage, only stale ones if asked) and leftovers that no live run uses.
 
     One :class:`Removal` per candidate, removed or kept; a failure to remove one is reported and the rest go on.
@@ -240,7 +275,7 @@ def clean(cfg: FinetuneConfig, store: Store, stage: Optional[str], stale_only: b
     if stale_only and not inv.current.known:
         raise InputError(f"--stale-only: cannot tell which artifacts are stale: {inv.current.note}")
     chosen = [(e.artifact.stage, e.artifact.key, e.artifact.path, e.size) for e in inv.entries
-              if (stage is None or e.artifact.stage == stage) and (not stale_only or e.stale)]
+              if (stage is None or e.artifact.stage == stage) and (not stale_only or e.state == "stale")]
     chosen += [(p.parent.name, leftover_key(p), p, s) for p, s in inv.leftovers
                if stage is None or p.parent.name == stage]
     store.close()  # this clean reads none of what it looked up to tell stale from current

@@ -16,14 +16,10 @@ own text (``text_vocabulary``): the codes then read as the corpus's words ("baye
 
 import re
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.parquet as pq
 import torch
 
-from ..pipeline.artifacts import read_matrix, write_matrix
 
 WORD_START_MARKERS = ("Ġ", "▁")  # byte-level BPE (GPT-2, SmolLM2) and SentencePiece (Llama)
 LETTERS = re.compile(r"^[A-Za-z]+$")
@@ -95,17 +91,3 @@ class Codebook:
 
     def __len__(self) -> int:
         return len(self.words)
-
-    @classmethod
-    def load(cls, folder: Path) -> "Codebook":
-        table = pq.read_table(folder / "tokens.parquet")
-        return cls(read_matrix(folder / "vectors.zarr"), table["token_id"].to_numpy(), table["token"].to_pylist())
-
-    def save(self, folder: Path) -> None:
-        write_matrix(folder / "vectors.zarr", self.vectors)
-        table = pa.table({
-            "code_id": np.arange(len(self), dtype=np.int64),
-            "token_id": np.asarray(self.token_ids, dtype=np.int64),
-            "token": self.words,
-        })
-        pq.write_table(table, folder / "tokens.parquet")

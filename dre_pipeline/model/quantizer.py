@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..pipeline.runtime import native_bf16
+from ..hardware import native_bf16
 
 # The Gram matrix of the incremental search holds M x M scores; above this size (e.g. the
 # whole 49k vocabulary) each level searches directly instead.

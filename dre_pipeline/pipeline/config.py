@@ -1,14 +1,14 @@
 """Every knob of every stage, with its default and help text, in one place.
 
-The CLI options and each artifact's cache key are derived from these dataclasses
-(as Hugging Face PEFT does with ``LoraConfig``), so a default is written exactly once.
-Fields that change *what* a stage computes enter its cache key; run-time settings
-(device, progress bars, ``--force``) live outside them. A field added after artifacts
-exist declares the value that reproduces what was computed before it (``neutral``); at
-that value it stays out of the key, so those artifacts remain valid.
+The CLI options are derived from these dataclasses (as Hugging Face PEFT does with
+``LoraConfig``), so a default is written exactly once. Each stage names the fields that enter
+its cache key (``KEY_FIELDS`` in its module; :mod:`.plan` says how the keys chain); run-time
+settings (device, progress bars, ``--force``) enter none. A field added after artifacts exist
+declares the value that reproduces what was computed before it (``neutral``); at that value it
+stays out of the key, so those artifacts remain valid.
 """
 
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field, fields
 from typing import Optional
 
 from ..errors import InputError
@@ -128,6 +128,12 @@ class DataConfig:
         metadata=_help("Seed of the random split and of every initialisation.", check="seed"),
     )
 
+
+
+@dataclass
+class StoreConfig(DataConfig, LLMConfig):
+    """``status`` and ``clean``: the store, judged against the graph and the LLM as these options load them
+    (no training setting: a run of any is judged by what it was built from)."""
 
 
 @dataclass
@@ -410,11 +416,14 @@ PRESETS = {
 
 
 def subset(cfg, cls):
-    """The part of ``cfg`` that ``cls`` declares: what an upstream stage's key depends on."""
+    """The part of ``cfg`` that ``cls`` declares (an encode artifact records its stage's settings, not stage two's)."""
     return cls(**{f.name: getattr(cfg, f.name) for f in fields(cls)})
 
 
-def key_fields(cfg, exclude=()) -> dict:
-    """The fields that identify an artifact, as plain JSON values."""
-    neutral = {f.name: f.metadata.get("neutral", NOT_NEUTRAL) for f in fields(cfg)}
-    return {k: v for k, v in asdict(cfg).items() if k not in exclude and v != neutral[k]}
+def key_fields(cfg, names: tuple = None) -> dict:
+    """The fields ``names`` (a stage's declared key fields; default: all of ``cfg``'s, for a manifest) as plain
+    JSON values, less those at their ``neutral`` value."""
+    declared = {f.name: f for f in fields(cfg)}
+    chosen = {name: getattr(cfg, name) for name in (names or declared)}
+    return {name: value for name, value in chosen.items()
+            if value != declared[name].metadata.get("neutral", NOT_NEUTRAL)}

@@ -21,7 +21,7 @@ import torch
 
 from .artifacts import Store, digest, file_digest
 from ..errors import InputError
-from .runtime import native_bf16
+from ..hardware import native_bf16
 
 log = logging.getLogger(__name__)
 
@@ -237,7 +237,7 @@ def resolve_device(device) -> torch.device:
 
 def compute_dtype(device: torch.device) -> torch.dtype:
     """The dtype the LLM is loaded and computes in on ``device``: bf16 on a GPU that multiplies it natively
-    (:func:`~dre_pipeline.pipeline.runtime.native_bf16`), fp32 everywhere else.
+    (:func:`~dre_pipeline.hardware.native_bf16`), fp32 everywhere else.
 
     Not fp16 on older GPUs (T4, V100): fp16's range (max 65504) lets activations of the frozen layers
     overflow and small gradients underflow, and this training loop has no loss scaler (``GradScaler``) to

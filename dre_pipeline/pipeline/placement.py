@@ -38,10 +38,6 @@ class Placement:
         return cls(device, quantization)
 
     @property
-    def stage_one_device(self) -> torch.device:
-        return self.device
-
-    @property
     def llm_dtype(self) -> torch.dtype:
         return compute_dtype(self.device)
 

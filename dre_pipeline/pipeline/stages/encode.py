@@ -14,23 +14,21 @@ import time
 from dataclasses import replace
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.parquet as pq
 import torch
 
 from ...model import losses
 from ..artifacts import Artifact, Store, artifact_key, save_torch, write_json
-from ...model.codebook import Codebook, text_vocabulary
-from ..config import CodebookConfig, EncodeConfig, key_fields, subset
-from ...data import GraphData, load_dataset, make_split, split_names
+from ...model.codebook import Codebook
+from ..config import EncodeConfig, key_fields, subset
+from ...data import GraphData
 from ...model.gnn import MultiViewSAGE, StageOneModel
 from ...model.grounding import hop_keyword_targets, keyword_loss, seed_rows
 from ...model.quantizer import perplexity
 from ...model.evaluation import split_accuracy
 from ...model.sampling import NeighborSampler
-from ..placement import CPU, Placement
 from ..runtime import EarlyStopping, TrainingState, log, progress, seed_everything, snapshot
 from . import codebook as codebook_stage
+from .code_table import write_codes
 
 # Above FULL_BATCH_BYTES for a full-batch step (:func:`full_batch_bytes`), stage one trains on sampled
 # mini-batches of AUTO_BATCH_NODES seeds. 256 seeds with 15,10,5 neighbours reach about 150k nodes on a 1M-node
@@ -47,21 +45,6 @@ TENSORS_PER_VIEW = 10
 # Keyword fitting moves the views far from where they start: at stage one's 1e-3 they barely
 # moved in 50 full-batch steps (Cora-ML, cosine to the target 0.1), at 1e-2 200 steps reach 0.7.
 KEYWORD_LR = 1e-2
-
-
-def load_graph(cfg: EncodeConfig, store: Store, quiet: bool = False, cached_only: bool = False,
-               placement: Placement = CPU):
-    """The dataset (with the node features ``--features`` names) and its split: (data, split [N] int8), on the CPU.
-
-    ``cached_only``: text features must already be in the store (``status`` computes nothing).
-    ``placement``: the command's, where and how ``--features llm`` runs the LLM.
-    """
-    from . import features
-
-    data = load_dataset(cfg.dataset, cfg.data_dir, store.root / "data", seed=cfg.seed)
-    split = make_split(data, cfg.split, cfg.seed)
-    data, _ = features.load(cfg.features, data, cfg.llm_path, store, quiet, cached_only, placement)
-    return data, split
 
 
 def full_batch_bytes(num_nodes: int, num_edges: int, num_features: int, width: int, num_views: int) -> int:
@@ -131,15 +114,15 @@ def fit_keywords(model: StageOneModel, data: GraphData, sampler, batch_nodes: in
     log.info("encode: views fitted to their keywords in %d epochs (keyword loss %.3f)", epochs, loss.item())
 
 
-def codebook_for(cfg: EncodeConfig, data: GraphData, store: Store, cached_only: bool = False) -> Artifact:
-    """The codebook stage for this graph: narrowed to the graph's own words under ``--text-codebook``."""
-    vocabulary = text_vocabulary(data.text) if cfg.text_codebook and data.text is not None else None
-    return codebook_stage.run(subset(cfg, CodebookConfig), store, cached_only=cached_only, vocabulary=vocabulary)
+# What stage one's key holds besides the codebook's key and the graph's fingerprint.
+KEY_FIELDS = ("dataset", "split", "features", "seed", "num_views", "codes_per_view", "text_codebook",
+              "keyword_weight", "keyword_epochs", "inter_residual", "word_scale", "dropout", "input_dropout",
+              "batch_nodes", "num_neighbors", "lr", "weight_decay", "epochs", "patience", "eval_epochs", "beta",
+              "feature_weight", "adjacency_weight", "label_weight")
 
 
-def encode_key(cfg: EncodeConfig, codebook: Artifact, data: GraphData) -> str:
-    settings = key_fields(subset(cfg, EncodeConfig), exclude=("data_dir", *CodebookConfig.__dataclass_fields__))
-    return artifact_key({"settings": settings, "codebook": codebook.key, "data": data.fingerprint})
+def encode_key(cfg: EncodeConfig, codebook_key: str, data: GraphData) -> str:
+    return artifact_key({"settings": key_fields(cfg, KEY_FIELDS), "codebook": codebook_key, "data": data.fingerprint})
 
 
 def build_model(cfg: EncodeConfig, data: GraphData, codebook: Codebook) -> StageOneModel:
@@ -153,21 +136,19 @@ def on_device(data: GraphData, device: torch.device) -> GraphData:
     return replace(data, x=data.x.to(device), edge_index=data.edge_index.to(device), y=data.y.to(device))
 
 
-def run(cfg: EncodeConfig, store: Store, force: bool = False, quiet: bool = False,
-        cached_only: bool = False, placement: Placement = CPU, graph: tuple = None) -> Artifact:
-    """Stage one (or its cached result), trained on ``placement``'s stage-one device; the artifact is the same
-    whatever the device (its key does not hold it), and on the CPU bit for bit. ``graph``: ``(data, split)``
-    as :func:`load_graph` gave them to the caller, else loaded here."""
-    # a graph that cannot load stops before any work
-    data, split_np = graph or load_graph(cfg, store, quiet, cached_only, placement)
-    codebook_artifact = codebook_for(cfg, data, store, cached_only)
-    key = encode_key(cfg, codebook_artifact, data)
+def run(plan: "Plan", force: bool = False) -> Artifact:
+    """Stage one of ``plan`` (:mod:`..plan`; or its cached result), trained on the plan's device; the artifact
+    is the same whatever the device (its key does not hold it), and on the CPU bit for bit."""
+    cfg, store, data, split_np = subset(plan.cfg, EncodeConfig), plan.store, plan.data, plan.split
+    quiet, cached_only = plan.quiet, plan.cached_only
+    codebook_artifact = codebook_stage.run(cfg, plan.llm, store, plan.vocabulary, cached_only=cached_only)
+    key = plan.keys["encode"]
     if found := store.lookup("encode", key, force, cached_only):
         return found
     log.info("encode: %s (%d nodes), codebook %s", data.name, data.num_nodes, codebook_artifact.path)
 
-    codebook = Codebook.load(codebook_artifact.path)
-    device = placement.stage_one_device
+    codebook = codebook_stage.load(codebook_artifact)
+    device = plan.placement.device
     graph = on_device(data, device)
     split = torch.from_numpy(split_np).long().to(device)
     started = time.time()
@@ -277,26 +258,3 @@ def evaluation(model: StageOneModel, graph: GraphData, split: torch.Tensor, code
 def view_perplexities(codes: torch.Tensor, codebook_size: int) -> list:
     """Per view, the perplexity of its codes (``codes`` [N, T, K])."""
     return [perplexity(codes[:, t], codebook_size) for t in range(codes.size(1))]
-
-
-CODES_ROW_GROUP = 65536
-
-
-def write_codes(path, data: GraphData, split: np.ndarray, codes: list, codebook: Codebook,
-                rows_per_group: int = CODES_ROW_GROUP) -> None:
-    """``codes.parquet``: node_id, split, label, and per view t ``view{t}_codes`` (code ids) and
-    ``view{t}_words``, one row group at a time, so the words of only one group are ever built
-    in memory (a word list per node and view is the bulk of the file on a large graph)."""
-    words = np.asarray(codebook.words, dtype=object)
-    labels, names = data.y.numpy(), split_names(split)
-    writer = None
-    for start in range(0, data.num_nodes, rows_per_group):
-        rows = slice(start, start + rows_per_group)
-        columns = {"node_id": data.node_ids[rows], "split": names[rows], "label": labels[rows]}
-        for t, view in enumerate(codes, start=1):
-            columns[f"view{t}_codes"] = pa.array(list(view[rows].astype(np.int32)), type=pa.list_(pa.int32()))
-            columns[f"view{t}_words"] = pa.array([list(w) for w in words[view[rows]]], type=pa.list_(pa.string()))
-        group = pa.table(columns)
-        writer = writer or pq.ParquetWriter(path, group.schema)
-        writer.write_table(group)
-    writer.close()

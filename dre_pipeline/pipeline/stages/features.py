@@ -30,7 +30,7 @@ import torch
 from ..artifacts import Artifact, Store, artifact_key, digest, read_matrix, write_matrix
 from ...data import GraphData
 from ...errors import InputError
-from ..llm import load_model, load_tokenizer, resolve_llm
+from ..llm import ResolvedLLM, load_model, load_tokenizer
 from ..placement import CPU, Placement
 from ..runtime import log, progress
 
@@ -55,23 +55,22 @@ def resolve_kind(requested: str, data: GraphData) -> str:
     return requested
 
 
-def load(requested: str, data: GraphData, llm_path, store: Store, quiet: bool = False,
+def load(requested: str, data: GraphData, llm: ResolvedLLM, store: Store, quiet: bool = False,
          cached_only: bool = False, placement: Placement = CPU) -> tuple:
     """``data`` with the features ``--features`` names, and their artifact (None for the graph's own).
 
-    ``placement``: the command's, where and how ``--features llm`` runs the LLM.
+    ``llm``, ``placement``: the command's; ``--features llm`` runs that LLM, where and how it is placed.
     """
     kind = resolve_kind(requested, data)
     if kind == "raw":
         return data, None
-    artifact = run(kind, data, llm_path, store, quiet, cached_only, placement)
+    artifact = run(kind, data, llm, store, quiet, cached_only, placement)
     return with_features(data, artifact), artifact
 
 
-def run(kind: str, data: GraphData, llm_path, store: Store, quiet: bool = False,
+def run(kind: str, data: GraphData, llm: ResolvedLLM, store: Store, quiet: bool = False,
         cached_only: bool = False, placement: Placement = CPU) -> Artifact:
-    """Node features of ``kind`` from ``data.text``, computed once and cached."""
-    llm = resolve_llm(llm_path, store) if kind == "llm" else None
+    """Node features of ``kind`` from ``data.text``, computed once and cached (``llm``: the one ``llm`` embeds with)."""
     if kind == "bow":
         identity = {"kind": kind, "words": BOW_WORDS, "stop_words": "english", "binary": True}
     elif kind == "sbert":

@@ -1,6 +1,6 @@
 """``dre-pipeline finetune``: LoRA-finetune the LLM on graph-word prompts; optional joint pass.
 
-:func:`run` resolves the inputs (:mod:`.workspace`), picks what fills each node's slots
+:func:`run` takes the command's workspace (:mod:`.workspace`), picks what fills each node's slots
 (:mod:`.node_tokens`), trains with the loop of :mod:`.training`, and writes the artifact:
 the adapter, the codes the model reads, predictions and metrics.
 """
@@ -16,39 +16,29 @@ import torch
 
 from ... import distributed
 from ...artifacts import Artifact, Store, save_torch, write_json
-from ...config import FinetuneConfig, key_fields
+from ...config import key_fields
 from ....data import split_names
-from ...llm import attach_lora, load_model, lora_targets, quantization_config, resolve_device, resolve_llm
+from ...llm import attach_lora, load_model
 from ...runtime import log, peak_memory_mb, reset_peak_memory, seed_everything
-from .. import encode as encode_stage
-from ...placement import Placement
+from ..code_table import read_codes, write_codes
 from .node_tokens import GraphInTheLoop, StoredWords, graph_in_the_loop, sampled_codes
 from .training import evaluate, train
-from .workspace import Workspace, codes_from_table, head_distribution, predictor_for, prepare, with_settings
+from .workspace import Workspace, head_distribution, predictor_for, with_settings
 
 
-def run(cfg: FinetuneConfig, store: Store, force: bool = False, quiet: bool = False,
-        device: str = "auto") -> Artifact:
-    """Fine-tune (or find the cached result); ``--joint`` continues from the plain run's adapter.
+def run(ws: Workspace, targets: list, force: bool = False) -> Artifact:
+    """Fine-tune on ``ws`` (or find the cached result); ``--joint`` continues from the plain run's adapter.
+    ``targets``: the modules LoRA adapts (:func:`~...llm.lora_targets`, checked by the command before any work).
 
     Under ``torchrun`` every process runs this; the first decides on the cache and writes.
     """
-    device = distributed.setup(resolve_device(device))
-    placement = Placement.resolve(device, cfg.quantization)
-    quiet = quiet or not distributed.is_main()
-    llm = resolve_llm(cfg.llm_path, store)
-    quantization_config(cfg.quantization, device, llm)  # an impossible setting stops before any work
-    targets = lora_targets(llm, cfg.lora_targets)
-    return _run(prepare(cfg, store, quiet, placement=placement, llm=llm), targets, store, force, quiet, placement)
-
-
-def _run(ws: Workspace, targets: list, store: Store, force: bool, quiet: bool, placement: Placement) -> Artifact:
-    cfg, llm, device = ws.cfg, ws.llm, placement.device
+    cfg, llm, store, placement, quiet = ws.cfg, ws.llm, ws.plan.store, ws.plan.placement, ws.plan.quiet
+    device = placement.device
     found = store.lookup("finetune", ws.key, force) if distributed.is_main() else None
     if distributed.agree(found is not None):
         return found or store.find("finetune", ws.key)
     # the joint pass starts from the plain run of the same workspace: stage one is not entered again
-    base = _run(with_settings(ws, replace(cfg, joint=False)), targets, store, False, quiet, placement) if cfg.joint else None
+    base = run(with_settings(ws, replace(cfg, joint=False)), targets) if cfg.joint else None
     log.info("finetune: reading %s", base.path if base else ws.encode.path)
     started = time.time()
     reset_peak_memory(device)  # this run's own GPU peak, not the plain run's before a joint pass
@@ -61,7 +51,7 @@ def _run(ws: Workspace, targets: list, store: Store, force: bool, quiet: bool, p
     else:
         model = attach_lora(model, cfg, targets)
     predictor = predictor_for(ws, model)
-    codes = codes_from_table(pq.read_table(ws.encode.path / "codes.parquet"), cfg.num_views)
+    codes = read_codes(ws.encode.path / "codes.parquet", cfg.num_views)
 
     if base:  # the joint pass: GNN and LLM end to end
         metrics = {"finetune": json.loads((base.path / "metrics.json").read_text())["finetune"]}
@@ -122,7 +112,7 @@ def _write(store: Store, ws: Workspace, model, codes: np.ndarray, nodes: np.ndar
     }
     with store.writing("finetune", ws.key, manifest) as out:
         model.save_pretrained(out / "adapter")
-        encode_stage.write_codes(out / "codes.parquet", ws.data, ws.split, [codes[:, t] for t in range(codes.shape[1])],
+        write_codes(out / "codes.parquet", ws.data, ws.split, [codes[:, t] for t in range(codes.shape[1])],
                                  ws.codebook)
         pq.write_table(predictions_table(ws, nodes, scores), out / "predictions.parquet")
         write_json(out / "metrics.json", metrics)

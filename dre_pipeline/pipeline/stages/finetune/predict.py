@@ -1,33 +1,29 @@
 """``dre-pipeline predict``: answer for given nodes with a saved adapter, without retraining."""
 
 import numpy as np
-import pyarrow.parquet as pq
 import torch
 
-from ... import distributed
-from ...artifacts import Store, load_torch
-from ...config import FinetuneConfig
+from ...artifacts import load_torch
 from ....data import split_names, title_and_rest
 from ....errors import InputError
-from ...llm import load_model, resolve_device
+from ...llm import load_model
 from ....model.prompts import render
-from ...placement import Placement
+from ..code_table import read_codes
 from .node_tokens import StoredWords, graph_in_the_loop
 from .training import score
-from .workspace import codes_from_table, predictor_for, prepare
+from .workspace import Workspace, predictor_for
 
 
-def run(cfg: FinetuneConfig, store: Store, node_ids: list, device: str = "auto", quiet: bool = False) -> list:
-    """One dict per node: id, label, prediction, per-class scores, its words and prompt.
+def run(ws: Workspace, node_ids: list) -> list:
+    """One dict per node of ``ws`` (resolved from the cache alone): id, label, prediction, per-class scores, its
+    words and prompt.
 
     Under ``torchrun`` each process scores its share of the nodes and every process returns all rows.
     """
     from peft import PeftModel
 
-    device = distributed.setup(resolve_device(device))
-    quiet = quiet or not distributed.is_main()
-    placement = Placement.resolve(device, cfg.quantization)
-    ws = prepare(cfg, store, quiet, cached_only=True, placement=placement)
+    cfg, store, placement, quiet = ws.cfg, ws.plan.store, ws.plan.placement, ws.plan.quiet
+    device = placement.device
     found = store.lookup("finetune", ws.key, force=False, cached_only=True)  # missing or damaged: refused
     position = {str(node): i for i, node in enumerate(ws.data.node_ids.tolist())}  # ids as the command line spells them
     unknown = [n for n in node_ids if str(n) not in position]
@@ -44,7 +40,7 @@ def run(cfg: FinetuneConfig, store: Store, node_ids: list, device: str = "auto",
         node_tokens = graph_in_the_loop(ws, predictor, soft=True, gnn_state=gnn_state)
         codes = node_tokens.all_codes()  # the soft tokens' slots; shown as the nearest words
     else:  # after --joint these are the codes of the jointly trained GNN
-        codes = codes_from_table(pq.read_table(found.path / "codes.parquet"), cfg.num_views)
+        codes = read_codes(found.path / "codes.parquet", cfg.num_views)
         node_tokens = StoredWords(ws, codes)
     scores = score(predictor, node_tokens, ws, nodes, quiet)
     node_tokens.eval()

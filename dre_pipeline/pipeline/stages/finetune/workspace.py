@@ -1,85 +1,103 @@
-"""What stage two reads, resolved once from the config: the stage-one artifact, graph, split,
-codebook, tokenizer, prompt template and the artifact key (finetune, predict, report, status)."""
+"""What stage two reads, on top of the command's plan (:mod:`...resolve`): the stage-one artifact, its
+codebook, the tokenizer, the prompt template, the nodes' text tokens and stage two's key."""
 
 import hashlib
 import json
 from dataclasses import asdict, dataclass, replace
 
 import numpy as np
-import pyarrow as pa
 import torch
 from torch import nn
 
-from ...artifacts import Artifact, Store, artifact_key, load_torch
+from ...artifacts import Artifact, artifact_key, load_torch
 from ....model.codebook import Codebook
-from ...config import EncodeConfig, FinetuneConfig, key_fields, subset
+from ...config import FinetuneConfig, key_fields
 from ....data import GraphData, title_and_rest
 from ....errors import InputError
-from ...llm import ResolvedLLM, load_tokenizer, resolve_llm
+from ...llm import ResolvedLLM, load_tokenizer
 from ....model.predictor import FullPromptPredictor, GraphWordPredictor
 from ....model.prompts import PromptTemplate, build_template, node_suffix, node_text
-from .. import encode as encode_stage
-from ...placement import Placement
+from ...resolve import Plan
+from .. import codebook as codebook_stage
+from ..encode import build_model
 
 
-@dataclass
+# What stage two's key holds besides the encode key, the LLM's identity and the prompts' tokens. The text
+# settings (--use-text, --max-text-tokens) enter through the prompts they make, so a graph without text gets the
+# same key whatever they say.
+KEY_FIELDS = ("lora_r", "lora_alpha", "lora_dropout", "lora_targets", "lora_layers", "token_economy", "batch_size",
+              "ft_epochs", "ft_patience", "eval_every", "llm_lr", "lr_schedule", "warmup_ratio", "max_grad_norm",
+              "code_samples", "ft_loss", "distill_weight", "gnn_lr", "ft_weight_decay", "node_tokens", "joint",
+              "joint_epochs", "joint_stage_one_weight", "quantization")
+
+
+@dataclass(frozen=True)
 class Workspace:
-    """Everything stage two reads, resolved once from the config (shared by finetune and predict)."""
+    """Everything stage two reads: the command's plan, the stage-one artifact and what the prompts are made of
+    (shared by finetune, predict, report and status)."""
 
-    cfg: FinetuneConfig
-    llm: ResolvedLLM
+    plan: Plan
     encode: Artifact
-    data: GraphData
-    split: np.ndarray
     codebook: Codebook
     tokenizer: object
     template: PromptTemplate
     text_ids: list  # per node: its truncated text tokens (empty without --use-text)
     key: str
 
+    @property
+    def cfg(self) -> FinetuneConfig:
+        return self.plan.cfg
 
-def prepare(cfg: FinetuneConfig, store: Store, quiet: bool = False, cached_only: bool = False,
-            placement: Placement = None, graph: tuple = None, llm: ResolvedLLM = None) -> Workspace:
-    """The graph is loaded once, here or by the caller (``graph``: ``(data, split)``), and handed to stage one;
-    ``llm``: the command's, where it has resolved it already.
+    @property
+    def llm(self) -> ResolvedLLM:
+        return self.plan.llm
 
-    ``placement``: the command's, where stage one trains and ``--features llm`` runs the LLM if they have yet
-    to run; by default this machine's (``--device auto``) with ``cfg.quantization``, as ``finetune`` resolves it.
-    """
-    placement = placement or Placement.resolve("auto", cfg.quantization)
-    data, split = graph or encode_stage.load_graph(cfg, store, quiet, cached_only, placement)
-    use_text = cfg.use_text and data.text is not None
-    if cfg.node_tokens == "none" and not use_text:  # refused before stage one runs
-        raise InputError(f"--node-tokens none prompts with the node's text alone, and {data.name!r} has no text")
-    encode = encode_stage.run(subset(cfg, EncodeConfig), store, quiet=quiet, cached_only=cached_only,
-                              placement=placement, graph=(data, split))
-    llm = llm or resolve_llm(cfg.llm_path, store)
-    codebook_artifact = store.find("codebook", encode.manifest["codebook"])
+    @property
+    def data(self) -> GraphData:
+        return self.plan.data
+
+    @property
+    def split(self) -> np.ndarray:
+        return self.plan.split
+
+
+def prompts_with_text(plan: Plan) -> bool:
+    """Whether the prompts carry the nodes' text; ``--node-tokens none`` on a graph without text is refused
+    here, which the commands call before stage one runs."""
+    use_text = plan.cfg.use_text and plan.data.text is not None
+    if plan.cfg.node_tokens == "none" and not use_text:
+        raise InputError(f"--node-tokens none prompts with the node's text alone, and {plan.data.name!r} has no text")
+    return use_text
+
+
+def prepare(plan: Plan, encode: Artifact) -> Workspace:
+    """Stage two's workspace on ``encode``, the stage-one artifact of ``plan``."""
+    cfg, data, llm = plan.cfg, plan.data, plan.llm
+    use_text = prompts_with_text(plan)
+    codebook_artifact = plan.store.find("codebook", encode.manifest["codebook"])
     if codebook_artifact is None or codebook_artifact.manifest["llm"]["identity"] != llm.identity:
         built_for = codebook_artifact.manifest["llm"]["name"] if codebook_artifact else "no codebook in this store"
         raise InputError(f"the stage-one codes were built on {built_for}'s vocabulary, not on {llm.name}: "
                          "run encode with the same --llm-path as finetune")
-    codebook = Codebook.load(codebook_artifact.path)
+    codebook = codebook_stage.load(codebook_artifact)
     tokenizer = load_tokenizer(llm)
     graph_views = 0 if cfg.node_tokens == "none" else cfg.num_views
     template = build_template(tokenizer, data.class_names, graph_views, use_text)
     text_ids = text_token_ids(tokenizer, data, cfg.max_text_tokens) if use_text else [[] for _ in range(data.num_nodes)]
-    return Workspace(cfg, llm, encode, data, split, codebook, tokenizer, template, text_ids,
-                     finetune_key(cfg, encode, llm, template, text_ids))
+    return Workspace(plan, encode, codebook, tokenizer, template, text_ids,
+                     finetune_key(cfg, encode.key, llm, template, text_ids))
 
 
-def finetune_key(cfg: FinetuneConfig, encode: Artifact, llm: ResolvedLLM, template: PromptTemplate,
+def finetune_key(cfg: FinetuneConfig, encode_key: str, llm: ResolvedLLM, template: PromptTemplate,
                  text_ids: list) -> str:
-    # The text settings enter the key through the prompts they make, so a graph without text
-    # gets the same key whatever they say.
-    own = key_fields(cfg, exclude=(*EncodeConfig.__dataclass_fields__, "use_text", "max_text_tokens"))
-    return artifact_key({"settings": own, "encode": encode.key, "llm": llm.identity,
+    return artifact_key({"settings": key_fields(cfg, KEY_FIELDS), "encode": encode_key, "llm": llm.identity,
                          "prompts": prompt_digest(template, text_ids)})
 
 
 def with_settings(ws: Workspace, cfg: FinetuneConfig) -> Workspace:
     """``ws`` under stage-two settings that leave stage one and the prompts as they are (``--joint``'s plain run)."""
-    return replace(ws, cfg=cfg, key=finetune_key(cfg, ws.encode, ws.llm, ws.template, ws.text_ids))
+    return replace(ws, plan=replace(ws.plan, cfg=cfg),
+                   key=finetune_key(cfg, ws.encode.key, ws.llm, ws.template, ws.text_ids))
 
 
 def text_token_ids(tokenizer, data: GraphData, budget: int) -> list:
@@ -105,11 +123,6 @@ def suffixes_for(ws: Workspace, node_codes: np.ndarray, nodes) -> tuple:
     return [ids for ids, _ in built], [pos for _, pos in built]
 
 
-def codes_from_table(table: pa.Table, num_views: int) -> np.ndarray:
-    return np.stack([np.stack(table[f"view{t}_codes"].to_numpy(zero_copy_only=False))
-                     for t in range(1, num_views + 1)], axis=1)
-
-
 def predictor_for(ws: Workspace, model) -> GraphWordPredictor:
     """The LLM as a class-name scorer, with the token economy or (``--no-token-economy``) without it."""
     kind = GraphWordPredictor if ws.cfg.token_economy else FullPromptPredictor
@@ -119,7 +132,7 @@ def predictor_for(ws: Workspace, model) -> GraphWordPredictor:
 def stage_one_model(ws: Workspace) -> nn.Module:
     """The GNN stage one trained, as it was saved, on the CPU (with ``ws.data``); the GNN in the loop moves it
     onto the LLM's device."""
-    model = encode_stage.build_model(subset(ws.cfg, EncodeConfig), ws.data, ws.codebook)
+    model = build_model(ws.cfg, ws.data, ws.codebook)
     model.load_state_dict(load_torch(ws.encode.path / "gnn.pt", torch.device("cpu"))["state_dict"])
     return model
 

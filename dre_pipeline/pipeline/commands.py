@@ -1,0 +1,52 @@
+"""What each command runs, from its settings: its plan, resolved once (:mod:`.resolve`), then the stages in
+order. The CLI, the harness and a script all enter here; the stages below take the plan and derive none of it."""
+
+from . import distributed
+from .artifacts import Artifact, Store
+from .config import EncodeConfig, FinetuneConfig
+from .llm import lora_targets, resolve_device
+from .placement import CPU, Placement
+from .resolve import Plan, resolve
+from .stages import encode as encode_stage
+from .stages.finetune import finetune as finetune_stage
+from .stages.finetune import predict as predict_stage
+from .stages.finetune import workspace as workspace_stage
+
+
+def encode(cfg: EncodeConfig, store: Store, force: bool = False, quiet: bool = False,
+           placement: Placement = CPU) -> Artifact:
+    """Stage one (and the codebook and text features it reads) on ``placement``."""
+    return encode_stage.run(resolve(cfg, store, placement, quiet), force)
+
+
+def finetune(cfg: FinetuneConfig, store: Store, force: bool = False, quiet: bool = False,
+             device="auto") -> Artifact:
+    """Stage two, and every stage upstream of it that is not in the store yet. Under ``torchrun`` every process
+    runs this (:mod:`.distributed`)."""
+    plan = _plan(cfg, store, quiet, device)
+    targets = lora_targets(plan.llm, cfg.lora_targets)  # an impossible setting stops before any training
+    ws = _workspace(plan)
+    return finetune_stage.run(ws, targets, force)
+
+
+def workspace(cfg: FinetuneConfig, store: Store, quiet: bool = False, cached_only: bool = False,
+              device="auto") -> workspace_stage.Workspace:
+    """Stage two's inputs under ``cfg`` (stage one built if missing, unless ``cached_only``): report, explain."""
+    return _workspace(_plan(cfg, store, quiet, device, cached_only))
+
+
+def predict(cfg: FinetuneConfig, store: Store, node_ids: list, device="auto", quiet: bool = False) -> list:
+    """Answers for ``node_ids`` from the fine-tuned model of ``cfg``, read from the store alone."""
+    return predict_stage.run(workspace(cfg, store, quiet, cached_only=True, device=device), node_ids)
+
+
+def _plan(cfg: FinetuneConfig, store: Store, quiet: bool, device, cached_only: bool = False) -> Plan:
+    """Stage two's plan on ``--device`` (under ``torchrun``, this process's GPU) with ``--quantization``; only the
+    first process shows progress."""
+    placement = Placement.resolve(distributed.setup(resolve_device(device)), cfg.quantization)
+    return resolve(cfg, store, placement, quiet or not distributed.is_main(), cached_only)
+
+
+def _workspace(plan: Plan) -> workspace_stage.Workspace:
+    workspace_stage.prompts_with_text(plan)  # a prompt that cannot be made stops before stage one runs
+    return workspace_stage.prepare(plan, encode_stage.run(plan))

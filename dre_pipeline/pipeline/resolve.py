@@ -1,0 +1,75 @@
+"""One resolution per command: the LLM, the graph and its split, the codebook's vocabulary and every key.
+
+A command resolves its :class:`Plan` once (:func:`resolve`) and hands it to the stages, which read it and
+derive none of it again: the LLM is identified once (a model file is hashed once per path, size and
+modification time), the graph is loaded once, with the node features ``--features`` names.
+
+Each stage declares the settings its key holds (``KEY_FIELDS`` in its module); a setting reaches a stage
+downstream only through the upstream key:
+
+- codebook = H(the LLM's identity, :data:`.stages.codebook.KEY_FIELDS`, the vocabulary under ``--text-codebook``)
+- encode = H(:data:`.stages.encode.KEY_FIELDS`, the codebook's key, the graph's fingerprint)
+- finetune = H(:data:`.stages.finetune.workspace.KEY_FIELDS`, the encode key, the LLM's identity, the prompts'
+  tokens), resolved with the stage-one artifact (:func:`.stages.finetune.workspace.prepare`)
+
+The graph's fingerprint covers its features: text features are an artifact of their own (:mod:`.stages.features`),
+keyed by the raw graph's fingerprint and the encoder's identity.
+"""
+
+from dataclasses import dataclass, field
+from typing import Optional
+
+import numpy as np
+
+from .artifacts import Store
+from .config import DataConfig, EncodeConfig
+from ..data import GraphData, load_dataset, make_split
+from .llm import ResolvedLLM, quantization_config, resolve_llm
+from ..model.codebook import text_vocabulary
+from .placement import CPU, Placement
+from .stages import features
+from .stages.codebook import codebook_key
+from .stages.encode import encode_key
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What a command runs on, resolved once."""
+
+    cfg: EncodeConfig  # a FinetuneConfig for stage two's commands
+    store: Store
+    placement: Placement
+    llm: ResolvedLLM
+    data: GraphData  # with the node features --features names, on the CPU
+    split: np.ndarray  # [N] int8: 0 train, 1 val, 2 test
+    vocabulary: Optional[frozenset]  # the codebook's words under --text-codebook, else None
+    keys: dict = field(default_factory=dict)  # stage -> its key: features (text features only), codebook, encode
+    quiet: bool = False
+    cached_only: bool = False  # nothing may be built: status, predict
+
+
+def resolve(cfg: EncodeConfig, store: Store, placement: Placement = CPU, quiet: bool = False,
+            cached_only: bool = False) -> Plan:
+    """The plan of ``cfg``; text features are computed here if they are not cached (unless ``cached_only``,
+    where a missing one is an :class:`~dre_pipeline.errors.InputError`), nothing else is built.
+
+    ``placement``: the command's, where and how ``--features llm`` runs the LLM.
+    """
+    llm = resolve_llm(cfg.llm_path, store)
+    quantization_config(placement.quantization, placement.device, llm)  # an impossible placement stops here
+    data, split, text_features = load_graph(cfg, llm, store, quiet, cached_only, placement)
+    vocabulary = text_vocabulary(data.text) if cfg.text_codebook and data.text is not None else None
+    keys = {"features": text_features.key} if text_features is not None else {}
+    keys["codebook"] = codebook_key(cfg, llm, vocabulary)
+    keys["encode"] = encode_key(cfg, keys["codebook"], data)
+    return Plan(cfg, store, placement, llm, data, split, vocabulary, keys, quiet, cached_only)
+
+
+def load_graph(cfg: DataConfig, llm: Optional[ResolvedLLM], store: Store, quiet: bool = False,
+               cached_only: bool = False, placement: Placement = CPU) -> tuple:
+    """(the graph with the features ``--features`` names, its split, their artifact or None for its own);
+    ``llm``: the one ``--features llm`` embeds with (None where the features do not need it)."""
+    data = load_dataset(cfg.dataset, cfg.data_dir, store.root / "data", seed=cfg.seed)
+    split = make_split(data, cfg.split, cfg.seed)
+    data, text_features = features.load(cfg.features, data, llm, store, quiet, cached_only, placement)
+    return data, split, text_features
