@@ -128,10 +128,9 @@ def stage_command(name: str, config_cls, extra: tuple = (), computes: bool = Tru
 @stage_command("codebook", CodebookConfig)
 def codebook(cfg: CodebookConfig, store: Store, force: bool, quiet: bool):
     """Refine the LLM's vocabulary into the VQ codebook (token-level alignment)."""
-    from .pipeline.llm import resolve_llm
-    from .pipeline.stages import codebook as stage
+    from .pipeline import commands
 
-    artifact = stage.run(cfg, resolve_llm(cfg.llm_path, store), store, force=force)
+    artifact = commands.codebook(cfg, store, force)
     typer.echo(f"codebook: kept {artifact.manifest['kept']}/{artifact.manifest['total']} tokens → {artifact.path}")
 
 

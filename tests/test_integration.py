@@ -14,7 +14,6 @@ from dre_pipeline.cli import app
 from dre_pipeline.pipeline.config import EncodeConfig
 from dre_pipeline.data.npz import _npz_csr
 from dre_pipeline.pipeline.llm import resolve_llm
-from dre_pipeline.pipeline.stages import codebook, encode
 from dre_pipeline.pipeline import commands
 
 from conftest import csr_arrays
@@ -31,7 +30,7 @@ def test_gguf_is_dequantized_once(smollm2_store):
 
 def test_codebook_and_encode_on_cora(smollm2_store, datasets_root):
     cfg = EncodeConfig(dataset="cora", data_dir=str(datasets_root / "planetoid"), epochs=4, patience=4)
-    book = codebook.run(cfg, smollm2_store)
+    book = commands.codebook(cfg, smollm2_store)
     assert book.manifest["total"] == 49152 and book.manifest["dim"] == 576
     assert book.manifest["kept"] == cfg.max_codes
 

@@ -3,14 +3,20 @@ order. The CLI, the harness and a script all enter here; the stages below take t
 
 from . import distributed
 from .artifacts import Artifact, Store
-from .config import EncodeConfig, FinetuneConfig
-from .llm import lora_targets, resolve_device
+from .config import CodebookConfig, EncodeConfig, FinetuneConfig
+from .llm import lora_targets, resolve_device, resolve_llm
 from .placement import CPU, Placement
 from .resolve import Plan, resolve
+from .stages import codebook as codebook_stage
 from .stages import encode as encode_stage
 from .stages.finetune import finetune as finetune_stage
 from .stages.finetune import predict as predict_stage
 from .stages.finetune import workspace as workspace_stage
+
+
+def codebook(cfg: CodebookConfig, store: Store, force: bool = False) -> Artifact:
+    """The LLM's vocabulary refined into the codebook: all of it (``--text-codebook`` narrows it under encode)."""
+    return codebook_stage.run(cfg, resolve_llm(cfg.llm_path, store), store, force=force)
 
 
 def encode(cfg: EncodeConfig, store: Store, force: bool = False, quiet: bool = False,
