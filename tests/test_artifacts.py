@@ -184,9 +184,9 @@ def test_a_full_disk_leaves_the_store_as_it_was(tmp_path, monkeypatch, full_at):
 
 
 def test_a_full_disk_stops_a_stage_command_with_one_line(tmp_path, monkeypatch, tiny_llm):
-    from dre_pipeline.model.codebook import Codebook
+    from dre_pipeline.pipeline.stages import codebook
 
-    monkeypatch.setattr(Codebook, "save", _no_space)
+    monkeypatch.setattr(codebook, "save", _no_space)
     result = CliRunner().invoke(app, ["codebook", "--llm-path", str(tiny_llm), "--store", str(tmp_path), "--quiet"])
     assert result.exit_code == 2 and "Traceback" not in result.output
     assert result.stderr.strip().splitlines() == [
