@@ -19,7 +19,8 @@ from typing import Callable, Optional
 import typer
 
 from .pipeline.artifacts import Store
-from .pipeline.config import PRESETS, BenchConfig, CodebookConfig, EncodeConfig, FinetuneConfig, StoreConfig
+from .harness.bench_config import BenchConfig
+from .pipeline.config import PRESETS, CodebookConfig, EncodeConfig, FinetuneConfig, StoreConfig
 from .errors import InputError
 from .pipeline.runtime import check_environment, setup_logging
 

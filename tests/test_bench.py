@@ -4,7 +4,7 @@ import json
 
 from dre_pipeline.pipeline.artifacts import Store
 from dre_pipeline.harness.bench import ROWS, run, summarise
-from dre_pipeline.pipeline.config import BenchConfig
+from dre_pipeline.harness.bench_config import BenchConfig
 
 
 def test_quick_bench_writes_the_main_rows_then_the_extra_ones(tmp_path):

@@ -20,7 +20,8 @@ from multiprocessing import get_context
 from pathlib import Path
 
 from ..pipeline.artifacts import Store, digest
-from ..pipeline.config import BenchConfig, EncodeConfig, FinetuneConfig, key_fields
+from ..pipeline.config import EncodeConfig, FinetuneConfig, key_fields
+from .bench_config import BenchConfig
 from ..errors import InputError
 from ..pipeline.runtime import host_peak_mb, log, progress, setup_logging
 
