@@ -19,7 +19,7 @@ import numpy as np
 import pyarrow.parquet as pq
 
 from dre_pipeline.pipeline.artifacts import Store
-from dre_pipeline.harness.bench import ROWS
+from dre_pipeline.harness.rows import ROWS
 from dre_pipeline.pipeline.config import FinetuneConfig
 from dre_pipeline.errors import InputError
 from dre_pipeline.pipeline import commands

@@ -19,7 +19,8 @@ from typing import Callable, Optional
 import typer
 
 from .pipeline.artifacts import Store
-from .pipeline.config import PRESETS, BenchConfig, CodebookConfig, EncodeConfig, FinetuneConfig, StoreConfig
+from .harness.bench_config import BenchConfig
+from .pipeline.config import PRESETS, CodebookConfig, EncodeConfig, FinetuneConfig, StoreConfig
 from .errors import InputError
 from .pipeline.runtime import check_environment, setup_logging
 
@@ -325,14 +326,14 @@ def plan(cfg: FinetuneConfig, store: Store, quiet: bool, target_device: str, dev
     (no weights are loaded)."""
     from dataclasses import asdict, replace
 
-    from .harness import memory_plan as mp
+    from .harness import memory_plan as mp, plan_inputs
     from .pipeline.stages.encode import mini_batch_size
 
     _check_format(format)
-    where = mp.target(target_device, device_memory, host_memory, dtype)
+    where = plan_inputs.target(target_device, device_memory, host_memory, dtype)
     graph, names = _plan_graph(cfg, store, nodes, edges, feature_dim, classes, text_tokens, prefix_tokens)
-    config, name = mp.read_config(cfg.llm_path)
-    model = mp.model_shape(config, name)
+    config, name = plan_inputs.read_config(cfg.llm_path)
+    model = plan_inputs.model_shape(config, name)
     if cfg.features in ("llm", "sbert"):  # text features: the LLM's width, or MiniLM's
         graph = replace(graph, feature_dim=model.hidden if cfg.features == "llm" else 384)
     quantization = cfg.quantization if cfg.quantization != "auto" else ("4bit" if where.device == "cuda" else "none")
@@ -350,7 +351,7 @@ def plan(cfg: FinetuneConfig, store: Store, quiet: bool, target_device: str, dev
 
 def _plan_graph(cfg: FinetuneConfig, store: Store, nodes, edges, feature_dim, classes, text_tokens, prefix_tokens):
     """The graph's sizes, given or read from ``--dataset`` (loaded: its own features, no text features computed)."""
-    from .harness import memory_plan as mp
+    from .harness import memory_plan as mp, plan_inputs
 
     given = {"--nodes": nodes, "--edges": edges, "--feature-dim": feature_dim, "--classes": classes}
     for option, value in {**given, "--text-tokens": text_tokens, "--prefix-tokens": prefix_tokens}.items():
@@ -369,9 +370,9 @@ def _plan_graph(cfg: FinetuneConfig, store: Store, nodes, edges, feature_dim, cl
         feature_dim, class_names = data.x.size(1), data.class_names
         has_text = cfg.use_text and data.text is not None
         text = text_tokens if text_tokens is not None else (
-            mp.text_tokens(data.text, data.titles is not None, cfg.max_text_tokens) if has_text else 0)
-    graph = mp.GraphShape(nodes, messages, feature_dim, classes, mp.prompt_tokens(cfg, text),
-                          prefix_tokens or mp.prefix_tokens(classes, class_names))
+            plan_inputs.text_tokens(data.text, data.titles is not None, cfg.max_text_tokens) if has_text else 0)
+    graph = mp.GraphShape(nodes, messages, feature_dim, classes, plan_inputs.prompt_tokens(cfg, text),
+                          prefix_tokens or plan_inputs.prefix_tokens(classes, class_names))
     return graph, names
 
 

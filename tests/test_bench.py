@@ -3,8 +3,10 @@
 import json
 
 from dre_pipeline.pipeline.artifacts import Store
-from dre_pipeline.harness.bench import ROWS, run, summarise
-from dre_pipeline.pipeline.config import BenchConfig
+from dre_pipeline.harness.bench import run
+from dre_pipeline.harness.markdown import summarise
+from dre_pipeline.harness.rows import ROWS
+from dre_pipeline.harness.bench_config import BenchConfig
 
 
 def test_quick_bench_writes_the_main_rows_then_the_extra_ones(tmp_path):
@@ -30,7 +32,7 @@ def test_quick_bench_writes_the_main_rows_then_the_extra_ones(tmp_path):
 
 
 def test_make_bench_time_sums_the_main_rows_of_both_graphs_and_leaves_extra_rows_out():
-    from dre_pipeline.harness.bench import bench_time_markdown
+    from dre_pipeline.harness.markdown import bench_time_markdown
 
     def table(machine, rows):
         return {"machine": machine, "results": [{"row": row, "wall_seconds": s} for row, s in rows]}
@@ -85,7 +87,7 @@ def test_quick_speed_bench_measures_each_cpu_class(tmp_path):
 
 
 def test_a_joint_pass_that_kept_the_plain_model_has_no_number_of_its_own(tmp_path):
-    from dre_pipeline.harness.bench import accuracy_markdown
+    from dre_pipeline.harness.markdown import accuracy_markdown
 
     results = [{"row": row, "label": label, "seed": 0, "test_accuracy": 0.8, "test_macro_f1": 0.8,
                 "seconds": {"finetune": 1.0}, "wall_seconds": 1.0, "peak_memory_mb": 1,
@@ -115,7 +117,7 @@ def test_a_bench_of_some_rows_adds_to_the_earlier_rows_of_the_same_settings_and_
 
 
 def test_the_papers_numbers_stand_beside_their_own_dataset_only(tmp_path):
-    from dre_pipeline.harness.bench import accuracy_markdown
+    from dre_pipeline.harness.markdown import accuracy_markdown
 
     results = [{"row": "dre", "label": "Dr.E", "seed": 0, "test_accuracy": 0.8, "test_macro_f1": 0.8,
                 "seconds": {"finetune": 1.0}, "wall_seconds": 1.0, "peak_memory_mb": 1,
@@ -130,7 +132,7 @@ def test_the_papers_numbers_stand_beside_their_own_dataset_only(tmp_path):
 
 
 def test_quick_economy_bench_puts_the_plain_forward_and_quantized_weights_beside_dre(tmp_path):
-    from dre_pipeline.harness.bench import ECONOMY_ROWS
+    from dre_pipeline.harness.rows import ECONOMY_ROWS
 
     out = tmp_path / "benchmarks"
     results_file = run(BenchConfig(quick=True, economy=True, out=str(out)), Store(tmp_path / "store"), quiet=True)

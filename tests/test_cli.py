@@ -38,6 +38,7 @@ def test_help_lists_config_options_with_their_help():
     (["finetune", "--ft-loss", "answer"], "--distill-weight trains on the class names"),
     (["encode", "--num-neighbors", "15,x"], "--num-neighbors takes comma-separated counts"),
     (["bench", "--seeds", "0"], "--seeds must be at least 1"),
+    (["bench", "--speed", "--economy"], "--speed and --economy: one benchmark at a time"),
     (["predict", "--node-ids", " , "], "give --node-ids"),
 ])
 def test_bad_input_is_one_line_and_exit_2(tmp_path, tiny_llm, args, message):

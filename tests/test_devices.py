@@ -18,7 +18,7 @@ import dre_pipeline
 from dre_pipeline.hardware import native_bf16
 from dre_pipeline.pipeline import distributed, llm, runtime
 from dre_pipeline.pipeline.artifacts import Store, load_torch, save_torch
-from dre_pipeline.harness.bench import economy_markdown
+from dre_pipeline.harness.markdown import economy_markdown
 from dre_pipeline.pipeline.config import FinetuneConfig
 from dre_pipeline.pipeline.llm import compute_dtype, quantization_config
 from dre_pipeline.pipeline import commands

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from dre_pipeline.harness import memory_plan as mp
+from dre_pipeline.harness import memory_plan as mp, plan_inputs
 from dre_pipeline.cli import app
 from dre_pipeline.pipeline.config import FinetuneConfig
 
@@ -23,7 +23,8 @@ LLAMA_2_7B = ROOT / "benchmarks" / "llama-2-7b"
 PEAKS = ROOT / "benchmarks" / "results" / "memory_peaks.json"
 TOLERANCE = 0.25
 ARXIV = mp.GraphShape(nodes=169_343, messages=2 * 1_166_243, feature_dim=128, classes=40,
-                      prompt_tokens=mp.prompt_tokens(FinetuneConfig(), 0), prefix_tokens=mp.prefix_tokens(40))
+                      prompt_tokens=plan_inputs.prompt_tokens(FinetuneConfig(), 0),
+                      prefix_tokens=plan_inputs.prefix_tokens(40))
 
 
 def _peaks_module():
@@ -36,7 +37,7 @@ def _peaks_module():
 @pytest.fixture(scope="module")
 def smollm2_config(tmp_path_factory) -> Path:
     """The embedded SmolLM2's config.json alone (read from its GGUF metadata once): what the plan needs of it."""
-    config, _ = mp.read_config(None)
+    config, _ = plan_inputs.read_config(None)
     folder = tmp_path_factory.mktemp("smollm2-config")
     config.save_pretrained(folder)
     return folder
@@ -77,8 +78,8 @@ def test_live_stage_one_peak_on_a_tiny_model(tiny_llm, tmp_path, datasets_root):
 
 @pytest.fixture(scope="module")
 def llama_7b() -> mp.ModelShape:
-    config, name = mp.read_config(str(LLAMA_2_7B))
-    return mp.model_shape(config, name)
+    config, name = plan_inputs.read_config(str(LLAMA_2_7B))
+    return plan_inputs.model_shape(config, name)
 
 
 def cuda(memory_gb: int, dtype: str = "bf16") -> mp.Target:

@@ -1,3 +1,4 @@
-"""Around the pipeline: the benchmark (``bench.py`` with its GNN ``baselines.py``, ``speed.py`` for
-``--speed``, ``scale.py`` for ``--scale``), ``report.py`` (explain and report) and ``status.py``
-(status and clean)."""
+"""Around the pipeline: the benchmark (``bench.py`` over ``rows.py`` and ``baselines.py``, its options in
+``bench_config.py``, each measurement in a fresh process by ``runner.py``, RESULTS.md by ``markdown.py``;
+``speed.py`` for ``--speed``, ``scale.py`` for ``--scale``), ``memory_plan.py`` with ``plan_inputs.py`` (plan),
+``report.py`` (explain and report) and ``status.py`` (status and clean)."""

@@ -9,9 +9,9 @@ so the table says how close the hot loop runs to the machine's limit.
 """
 
 import time
-from concurrent.futures import ProcessPoolExecutor
-from multiprocessing import get_context
 from pathlib import Path
+
+from .runner import in_fresh_process
 
 SIZES = (1_000_000, 100_000, 300_000)  # the largest first: it is the one that matters most
 QUICK_SIZES = (2_000, 4_000)
@@ -115,8 +115,7 @@ def run(settings: dict, store_root: Path, save, sizes=SIZES, steps: int = 1, qui
     results = []
     for num_nodes in sizes:
         log.info("bench --scale: %d nodes", num_nodes)
-        with ProcessPoolExecutor(1, mp_context=get_context("spawn")) as pool:
-            results.append(pool.submit(measure_size, num_nodes, settings, str(store_root), steps, quiet).result())
+        results.append(in_fresh_process(measure_size, num_nodes, settings, str(store_root), steps, quiet))
         results.sort(key=lambda r: r["nodes"])
         save(results)
     return results

@@ -9,7 +9,8 @@ instruction-set limits when they load):
   (``ONEDNN_MAX_CPU_ISA=AVX2``), which is what an AVX2-only CPU runs (bf16 products emulated).
 
 Search: a plain fp32 matrix multiply ``[N, d] @ [d, M]`` (the machine's limit), the search
-as it was (one product per level, whole graph at once, fp32) and as it is (level 1 multiplies,
+as it was (one product per level, whole graph at once, fp32: ``benchmarks/old_search.py``, loaded from
+the checkout, since the package no longer holds it) and as it is (level 1 multiplies,
 later levels subtract Gram rows, in cache-sized chunks; fp32 and, where native, bf16). Search
 speed is given as the FLOP/s of the direct search it replaces: ``2 N d M K / seconds``.
 
@@ -17,15 +18,16 @@ Encode: the stage on the benchmark dataset, as it was (direct search, evaluation
 and as it is (defaults), each in a temporary store so neither is a cache hit.
 """
 
+import importlib.util
 import json
-import os
 import tempfile
 import time
-from concurrent.futures import ProcessPoolExecutor
-from contextlib import contextmanager, nullcontext
-from multiprocessing import get_context
+from contextlib import nullcontext
 from pathlib import Path
 
+from .runner import in_fresh_process
+
+OLD_SEARCH = Path(__file__).resolve().parents[2] / "benchmarks" / "old_search.py"
 CPU_CLASSES = {"native": {}, "avx2": {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2"}}
 
 
@@ -51,20 +53,16 @@ def timed(fn, repeat_seconds: float) -> float:
     return (time.perf_counter() - started) / calls
 
 
-@contextmanager
-def search_as_before():
-    """The search as it was: fp32, one product per level, over the whole graph at once."""
-    import torch
+def old_search():
+    """``benchmarks/old_search.py``, the search as it was: a checkout's, not the package's, which no longer has it."""
+    if not OLD_SEARCH.is_file():
+        from ..errors import InputError
 
-    from ..model import quantizer
-
-    saved = quantizer.GRAM_MAX_BYTES, quantizer.SEARCH_CHUNK, quantizer.search_dtype
-    quantizer.GRAM_MAX_BYTES, quantizer.SEARCH_CHUNK = 0, 1 << 62
-    quantizer.search_dtype = lambda device: torch.float32
-    try:
-        yield
-    finally:
-        quantizer.GRAM_MAX_BYTES, quantizer.SEARCH_CHUNK, quantizer.search_dtype = saved
+        raise InputError(f"bench --speed measures against the search as it was, {OLD_SEARCH}: run it from a checkout")
+    spec = importlib.util.spec_from_file_location("old_search", OLD_SEARCH)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def measure_class(cpu_class: str, settings: dict, store_root: str, repeat_seconds: float, quiet: bool) -> dict:
@@ -81,6 +79,7 @@ def measure_class(cpu_class: str, settings: dict, store_root: str, repeat_second
     from ..pipeline.stages import codebook as codebook_stage
 
     setup_logging(quiet)
+    search_as_before = old_search().search_as_before
     cpu = torch.device("cpu")
     result = {"cpu_class": cpu_class, "cpu": cpu_name(), "capability": torch.backends.cpu.get_cpu_capability(),
               "native_bf16": native_bf16(cpu), "threads": torch.get_num_threads()}
@@ -128,18 +127,12 @@ def run(settings: dict, store_root: Path, repeat_seconds: float = 3.0, quiet: bo
     """Measure every CPU class, one fresh process each, one after the other (they share the cores)."""
     from ..pipeline.runtime import log
 
+    old_search()  # a checkout without it is refused before any class's process starts
     results = []
     for cpu_class in CPU_CLASSES:
         log.info("bench --speed: CPU class %s", cpu_class)
-        saved = dict(os.environ)
-        os.environ.update(CPU_CLASSES[cpu_class])
-        try:
-            with ProcessPoolExecutor(1, mp_context=get_context("spawn")) as pool:
-                job = pool.submit(measure_class, cpu_class, settings, str(store_root), repeat_seconds, quiet)
-                results.append(job.result())
-        finally:
-            os.environ.clear()
-            os.environ.update(saved)
+        results.append(in_fresh_process(measure_class, cpu_class, settings, str(store_root), repeat_seconds, quiet,
+                                        env=CPU_CLASSES[cpu_class]))
     return results
 
 
