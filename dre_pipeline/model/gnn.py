@@ -17,7 +17,7 @@ view is wanted, and layer t (0-based) of T matters only for the nodes within T -
 seeds: given the per-hop counts, each layer computes its output, and runs the code search, for those
 nodes alone, from the edges that end at them (PyG's ``trim_to_layer``, cut one hop further: PyG's
 still computes each layer for the nodes of the hop beyond). At 256 seeds with 15,10,5 neighbours that
-is about 42k, 4k and 256 target nodes where the whole subgraph is about 110k (1M nodes, degree 10).
+is about 24k, 2.8k and 256 target nodes where the whole subgraph is 111k (1M nodes, degree 10).
 """
 
 import torch
