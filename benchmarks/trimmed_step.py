@@ -6,7 +6,7 @@ nodes within its remaining hops of the seeds, seeds from the training nodes plus
 of the others, every loss on the seeds (``encode.train_step`` with the sampler's per-hop counts).
 
     PYTHONPATH=. python benchmarks/trimmed_step.py steps --sizes 100000,1000000
-    PYTHONPATH=. python benchmarks/trimmed_step.py accuracy --nodes 4000 --epochs 10 --shares 0,0.25,0.5
+    PYTHONPATH=. python benchmarks/trimmed_step.py accuracy --nodes 2000 --epochs 30 --patience 30 --shares 0.25,0.5
 
 ``steps``: on ``bench --scale``'s generated graphs with the embedded SmolLM2's codebook (576 dimensions, 8,192
 words), 256 seeds, 15,10,5 neighbours: seconds per step, the nodes each layer computes, and the epoch they add
