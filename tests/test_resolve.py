@@ -56,7 +56,7 @@ def test_a_plan_is_resolved_without_building_anything(plan):
 def test_the_seeding_share_enters_mini_batch_keys_only(plan):
     """Full-batch keys are as they were before mini-batch seeding had a setting; batched ones hold it."""
     cfg, store = plan.cfg, plan.store
-    assert resolve(replace(cfg, reconstruction_seeds=0.5), store).keys == plan.keys  # synthetic trains full batch
+    assert resolve(replace(cfg, reconstruction_seeds=0.25), store).keys == plan.keys  # synthetic trains full batch
     mini = replace(cfg, batch_nodes=64)
     assert resolve(mini, store).keys["encode"] != plan.keys["encode"]
-    assert resolve(replace(mini, reconstruction_seeds=0.5), store).keys["encode"] != resolve(mini, store).keys["encode"]
+    assert resolve(replace(mini, reconstruction_seeds=0.25), store).keys["encode"] != resolve(mini, store).keys["encode"]
