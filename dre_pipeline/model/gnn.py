@@ -11,6 +11,13 @@ hop aggregates (the inter-layer residual, Eq. 7):
     \tilde h^t = h^t + z^t, \qquad \tilde h^0 = \mathrm{dropout}_{in}(x).
 
 Hidden size = the LLM's embedding size, so views live where the codebook lives.
+
+On a sampled subgraph (:class:`~dre_pipeline.model.sampling.NeighborSampler`) only the seeds' last
+view is wanted, and layer t (0-based) of T matters only for the nodes within T - 1 - t hops of the
+seeds: given the per-hop counts, each layer computes its output, and runs the code search, for those
+nodes alone, from the edges that end at them (PyG's ``trim_to_layer``, cut one hop further: PyG's
+still computes each layer for the nodes of the hop beyond). At 256 seeds with 15,10,5 neighbours that
+is about 24k, 2.8k and 256 target nodes where the whole subgraph is 111k (1M nodes, degree 10).
 """
 
 import torch
@@ -37,7 +44,9 @@ class MultiViewSAGE(nn.Module):
             :math:`h \leftarrow \sqrt{K}\,\bar{\lVert e\rVert}\, h / \lVert h\rVert`, so that each residual
             level removes a real share of what is left. (default: True)
 
-    Shapes: ``x`` ``[N, F]``, ``edge_index`` ``[2, E]`` → T :class:`Quantized` views of ``[N, d]``.
+    Shapes: ``x`` ``[N, F]``, ``edge_index`` ``[2, E]`` → T :class:`Quantized` views of ``[N, d]``;
+    with ``hops`` (a sampled subgraph's ``(num_sampled_nodes, num_sampled_edges)``, nodes and edges
+    ordered by hop), view t+1 has the rows of the nodes within T - 1 - t hops, the last the seeds'.
     """
 
     def __init__(self, in_channels: int, codebook: Tensor, num_views: int = 3, codes_per_view: int = 4,
@@ -58,11 +67,11 @@ class MultiViewSAGE(nn.Module):
         # barely changed the residual, and the K levels repeated near-synonyms.
         self.view_norm = float(codebook.norm(dim=-1).mean()) * codes_per_view ** 0.5 if word_scale else None
 
-    def forward(self, x: Tensor, edge_index: Tensor) -> list:
+    def forward(self, x: Tensor, edge_index: Tensor, hops: tuple = None) -> list:
         views = []
         x = self.input_dropout(x)
         for t in range(len(self.convs)):
-            view, x = self.hop(t, x, edge_index)
+            view, x = self.hop(t, x, edge_index) if hops is None else self.hop(t, *trim(t, x, edge_index, hops))
             views.append(view)
         return views
 
@@ -75,12 +84,22 @@ class MultiViewSAGE(nn.Module):
         return view, h + view.z if self.inter_residual else h
 
 
+def trim(t: int, x: Tensor, edge_index: Tensor, hops: tuple) -> tuple:
+    """Layer t's (sources, targets) inputs and edges on a subgraph ordered by hop: the targets are the nodes within
+    T - 1 - t hops of the seeds (T = ``len(num_sampled_edges)``), the edges those that end at them; ``x`` holds the
+    nodes within T - t hops, layer t - 1's targets (all nodes at t = 0), every edge's source among them."""
+    num_sampled_nodes, num_sampled_edges = hops
+    reach = len(num_sampled_edges) - t  # hops + 1 of layer t's targets
+    targets, edges = sum(num_sampled_nodes[:reach]), sum(num_sampled_edges[:reach])
+    return (x, x[:targets]), edge_index[:, :edges]
+
+
 class StageOneModel(nn.Module):
     """Encoder plus the three decoders that train it: labels, features, adjacency.
 
     Shapes: returns the views, class logits ``[N, C]``, reconstructed features ``[N, F]``
     and node embeddings ``[N, d]`` for the inner-product adjacency decoder: the last view's
-    quantized output only (the widest neighbourhood).
+    quantized output only (the widest neighbourhood). With ``hops`` (a trimmed step), N is the seeds.
     """
 
     def __init__(self, encoder: MultiViewSAGE, num_features: int, num_classes: int):
@@ -90,12 +109,14 @@ class StageOneModel(nn.Module):
         self.label_head = nn.Linear(width, num_classes)
         self.feature_decoder = nn.Linear(width, num_features)
 
-    def forward(self, x: Tensor, edge_index: Tensor):
-        views = self.encoder(x, edge_index)
+    def forward(self, x: Tensor, edge_index: Tensor, hops: tuple = None):
+        views = self.encoder(x, edge_index, hops)
         return (views, *self.decode(views))
 
     def decode(self, views: list) -> tuple:
-        z = torch.cat([v.z for v in views], dim=-1)
+        """The decoders on the last view's nodes (the first rows of every view: all of them where untrimmed)."""
+        seeds = views[-1].z.size(0)
+        z = torch.cat([v.z[:seeds] for v in views], dim=-1)
         return self.label_head(z), self.feature_decoder(z), views[-1].z
 
     @torch.no_grad()

@@ -54,7 +54,10 @@ def adjacency_loss(z: Tensor, edge_index: Tensor, num_nodes: int, chunk: int = N
     ``pos_weight = (N² - E) / E`` and the sum scaled by ``norm = N² / (2 (N² - E))``.
     The negatives' term is estimated from as many sampled non-edges as there are edges.
     Memory: the logits of ``chunk`` pairs at a time (:func:`pair_logits`, by default :func:`pair_chunk`), whatever E.
+    0 where there is no edge (a trimmed mini-batch's seeds, drawn at random, seldom neighbour each other).
     """
+    if not edge_index.size(1):
+        return z.sum() * 0.0
     chunk = chunk or pair_chunk(z.size(-1))
     n2, e = float(num_nodes) ** 2, edge_index.size(1)
     pos_weight, norm = (n2 - e) / e, n2 / (2 * (n2 - e))

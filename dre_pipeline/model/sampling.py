@@ -17,8 +17,14 @@ class NeighborSampler:
         num_neighbors (list): per hop, the seeds' hop first; -1 keeps every neighbour.
         seed (int): of the sampler's own generator.
 
-    :meth:`sample` returns the subgraph's nodes (the seeds first, in their order) and its
-    edges relabelled to positions in that list.
+    :meth:`sample_hops` returns the subgraph's nodes ordered by hop (the seeds first, in their
+    order, then the nodes first reached at hop 1, 2, ...), its edges relabelled to positions in
+    that list and ordered by the hop that drew them (hop l's edges end at the nodes first reached
+    at hop l - 1), and the counts of both per hop, as PyG's ``num_sampled_nodes_per_hop`` and
+    ``num_sampled_edges_per_hop``: ``[T + 1]`` and ``[T]``. The nodes within h hops of the seeds
+    are the first ``sum(num_sampled_nodes[: h + 1])``, and the edges that end at them the first
+    ``sum(num_sampled_edges[: h + 1])`` (:meth:`~dre_pipeline.model.gnn.MultiViewSAGE.forward`
+    trims each layer to them). :meth:`sample` is the subgraph alone.
     """
 
     def __init__(self, edge_index: Tensor, num_nodes: int, num_neighbors: list, seed: int = 0):
@@ -31,6 +37,9 @@ class NeighborSampler:
         self.local = torch.full((num_nodes,), -1, dtype=torch.long)  # global id -> position, reset after each sample
 
     def sample(self, seeds: Tensor) -> tuple:
+        return self.sample_hops(seeds)[:2]
+
+    def sample_hops(self, seeds: Tensor) -> tuple:
         nodes, sources, targets = [seeds], [], []
         self.local[seeds] = torch.arange(len(seeds))
         frontier, count = seeds, len(seeds)
@@ -50,6 +59,7 @@ class NeighborSampler:
             sources.append(self.local[source])
             targets.append(self.local[frontier[segment]])
             frontier = new
+        num_sampled_nodes, num_sampled_edges = [len(n) for n in nodes], [len(s) for s in sources]
         nodes = torch.cat(nodes)
         self.local[nodes] = -1
-        return nodes, torch.stack([torch.cat(sources), torch.cat(targets)])
+        return nodes, torch.stack([torch.cat(sources), torch.cat(targets)]), num_sampled_nodes, num_sampled_edges

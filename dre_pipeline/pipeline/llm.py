@@ -35,6 +35,11 @@ class ResolvedLLM:
     folder: Path  # a Hugging Face folder transformers can load
 
 
+def embedding_width(llm: ResolvedLLM) -> int:
+    """d, the width of the LLM's word embeddings (its codebook's), from its config alone."""
+    return json.loads((llm.folder / "config.json").read_text())["hidden_size"]
+
+
 def embedded_gguf() -> Path:
     spec = importlib.util.find_spec(EMBEDDED_PACKAGE)
     if spec is None or not spec.submodule_search_locations:

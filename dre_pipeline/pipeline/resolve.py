@@ -8,7 +8,8 @@ Each stage declares the settings its key holds (``KEY_FIELDS`` in its module); a
 downstream only through the upstream key:
 
 - codebook = H(the LLM's identity, :data:`.stages.codebook.KEY_FIELDS`, the vocabulary under ``--text-codebook``)
-- encode = H(:data:`.stages.encode.KEY_FIELDS`, the codebook's key, the graph's fingerprint)
+- encode = H(:data:`.stages.encode.KEY_FIELDS`, the codebook's key, the graph's fingerprint), and where the graph
+  trains in mini-batches, :data:`.stages.encode.MINI_BATCH_KEY_FIELDS`
 - finetune = H(:data:`.stages.finetune.workspace.KEY_FIELDS`, the encode key, the LLM's identity, the prompts'
   tokens), resolved with the stage-one artifact (:func:`.stages.finetune.workspace.prepare`)
 
@@ -24,7 +25,7 @@ import numpy as np
 from .artifacts import Store
 from .config import DataConfig, EncodeConfig
 from ..data import GraphData, load_dataset, make_split
-from .llm import ResolvedLLM, quantization_config, resolve_llm
+from .llm import ResolvedLLM, embedding_width, quantization_config, resolve_llm
 from ..model.codebook import text_vocabulary
 from .placement import CPU, Placement
 from .stages import features
@@ -61,7 +62,7 @@ def resolve(cfg: EncodeConfig, store: Store, placement: Placement = CPU, quiet: 
     vocabulary = text_vocabulary(data.text) if cfg.text_codebook and data.text is not None else None
     keys = {"features": text_features.key} if text_features is not None else {}
     keys["codebook"] = codebook_key(cfg, llm, vocabulary)
-    keys["encode"] = encode_key(cfg, keys["codebook"], data)
+    keys["encode"] = encode_key(cfg, keys["codebook"], data, embedding_width(llm))
     return Plan(cfg, store, placement, llm, data, split, vocabulary, keys, quiet, cached_only)
 
 

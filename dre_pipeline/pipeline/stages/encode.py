@@ -70,44 +70,69 @@ def mini_batch_size(cfg: EncodeConfig, num_nodes: int, num_edges: int, num_featu
 
 
 def train_step(model: StageOneModel, optimizer, data: GraphData, train_mask: torch.Tensor, nodes,
-               edges: torch.Tensor, num_seeds: int, cfg: EncodeConfig, keyword_targets: list = None) -> dict:
+               edges: torch.Tensor, num_seeds: int, cfg: EncodeConfig, keyword_targets: list = None,
+               hops: tuple = None) -> dict:
     """One step on the subgraph of ``nodes`` (the first ``num_seeds`` are the batch's seeds); its losses.
 
     ``keyword_targets``: the whole graph's :func:`~dre_pipeline.model.grounding.hop_keyword_targets`, or None.
+    ``hops``: the sampler's per-hop counts, for a trimmed step: each layer computes only what the seeds need, so
+    every loss is the seeds' (the adjacency loss on the sampled edges between them). None: every layer on the whole
+    subgraph (full batch: the graph), the label loss the seeds'.
     """
-    x, labelled = data.x[nodes], train_mask[nodes].clone()
+    x, y, labelled = data.x[nodes], data.y[nodes], train_mask[nodes].clone()
     labelled[num_seeds:] = False
     keywords = seed_rows(keyword_targets, nodes, num_seeds) if keyword_targets is not None else None
-    loss, parts = losses.stage_one_loss(*model(x, edges), x, edges, data.y[nodes], labelled, cfg, keywords)
+    views, *decoded = model(x, edges, hops)
+    if hops is not None:
+        x, y, labelled, edges = x[:num_seeds], y[:num_seeds], labelled[:num_seeds], seed_edges(edges, num_seeds)
+    loss, parts = losses.stage_one_loss(views, *decoded, x, edges, y, labelled, cfg, keywords)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     optimizer.step()
     return {"loss": loss.item(), **{k: v.item() for k, v in parts.items()}}
 
 
-def training_batches(data: GraphData, sampler, batch_nodes: int):
-    """(nodes, edges, number of seeds) per step, on ``data``'s device. Full batch: the whole graph, every node a
-    seed. Mini-batch: every node once as a seed per epoch, with its sampled neighbourhood; only the seeds'
-    outputs are exact up to sampling, so only seeds' labels count. The sampler draws on the CPU, so a
-    device draws the batches a CPU run draws."""
+def seed_edges(edges: torch.Tensor, num_seeds: int) -> torch.Tensor:
+    """The edges of a subgraph between its first ``num_seeds`` nodes."""
+    return edges[:, (edges < num_seeds).all(0)]
+
+
+def epoch_seeds(train_mask: torch.Tensor, batch_nodes: int, share: float, generator: torch.Generator):
+    """Each step's seeds for one epoch of mini-batch training: the training nodes (``train_mask`` [N], on the CPU)
+    in a random order, each once, ``round(batch_nodes * (1 - share))`` a step, each step completed to
+    ``batch_nodes`` by the next ones of the other nodes in a random order (round and round; none twice in a step)."""
+    train, other = train_mask.nonzero().view(-1), (~train_mask).nonzero().view(-1)
+    train = train[torch.randperm(len(train), generator=generator)]
+    other = other[torch.randperm(len(other), generator=generator)]
+    labelled = max(1, round(batch_nodes * (1 - share)))
+    extra = min(batch_nodes - labelled, len(other))
+    for step, seeds in enumerate(train.split(labelled)):
+        yield torch.cat([seeds, other[(step * extra + torch.arange(extra)) % max(1, len(other))]])
+
+
+def training_batches(data: GraphData, sampler, batch_nodes: int, train_mask: torch.Tensor, share: float):
+    """(nodes, edges, number of seeds, per-hop counts) per step, on ``data``'s device. Full batch: the whole graph,
+    every node a seed, no counts. Mini-batch: :func:`epoch_seeds`, each with its sampled neighbourhood, ordered by
+    hop for a trimmed step (:func:`train_step`); only the seeds' outputs are exact up to sampling, so only they
+    enter the losses. The sampler draws on the CPU, so a device draws the batches a CPU run draws."""
     if sampler is None:  # a slice: the whole graph's tensors as views, not copies
-        yield slice(None), data.edge_index, data.num_nodes
+        yield slice(None), data.edge_index, data.num_nodes, None
         return
-    for seeds in torch.randperm(data.num_nodes, generator=sampler.generator).split(batch_nodes):
-        nodes, edges = sampler.sample(seeds)
-        yield nodes.to(data.x.device), edges.to(data.x.device), len(seeds)
+    for seeds in epoch_seeds(train_mask.cpu(), batch_nodes, share, sampler.generator):
+        nodes, edges, *hops = sampler.sample_hops(seeds)
+        yield nodes.to(data.x.device), edges.to(data.x.device), len(seeds), hops
 
 
-def fit_keywords(model: StageOneModel, data: GraphData, sampler, batch_nodes: int, targets: list, epochs: int,
-                 quiet: bool) -> None:
+def fit_keywords(model: StageOneModel, data: GraphData, sampler, batch_nodes: int, train_mask: torch.Tensor,
+                 share: float, targets: list, epochs: int, quiet: bool) -> None:
     """Fit the views to their keyword targets alone (:mod:`~dre_pipeline.model.grounding`) before the joint objective."""
     if not epochs:
         return
     optimizer = torch.optim.AdamW(model.encoder.parameters(), lr=KEYWORD_LR)
     model.train()
     for _ in progress(range(epochs), quiet=quiet, desc="keyword epoch"):
-        for nodes, edges, num_seeds in training_batches(data, sampler, batch_nodes):
-            loss = keyword_loss(model.encoder(data.x[nodes], edges), seed_rows(targets, nodes, num_seeds))
+        for nodes, edges, num_seeds, hops in training_batches(data, sampler, batch_nodes, train_mask, share):
+            loss = keyword_loss(model.encoder(data.x[nodes], edges, hops), seed_rows(targets, nodes, num_seeds))
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -119,10 +144,16 @@ KEY_FIELDS = ("dataset", "split", "features", "seed", "num_views", "codes_per_vi
               "keyword_weight", "keyword_epochs", "inter_residual", "word_scale", "dropout", "input_dropout",
               "batch_nodes", "num_neighbors", "lr", "weight_decay", "epochs", "patience", "eval_epochs", "beta",
               "feature_weight", "adjacency_weight", "label_weight")
+# ... and where the graph trains in mini-batches (:func:`mini_batch_size`), those only batched training reads: a
+# full-batch key is as it was before they existed, and a mini-batch key since steps are trimmed is a new one.
+MINI_BATCH_KEY_FIELDS = ("reconstruction_seeds",)
 
 
-def encode_key(cfg: EncodeConfig, codebook_key: str, data: GraphData) -> str:
-    return artifact_key({"settings": key_fields(cfg, KEY_FIELDS), "codebook": codebook_key, "data": data.fingerprint})
+def encode_key(cfg: EncodeConfig, codebook_key: str, data: GraphData, width: int) -> str:
+    """Stage one's key on ``data`` with a codebook of ``width`` dimensions (which decides full batch or not)."""
+    batched = mini_batch_size(cfg, data.num_nodes, data.edge_index.size(1), data.x.size(1), width)
+    names = KEY_FIELDS + (MINI_BATCH_KEY_FIELDS if batched else ())
+    return artifact_key({"settings": key_fields(cfg, names), "codebook": codebook_key, "data": data.fingerprint})
 
 
 def build_model(cfg: EncodeConfig, data: GraphData, codebook: Codebook) -> StageOneModel:
@@ -203,13 +234,15 @@ def train(cfg: EncodeConfig, data: GraphData, graph: GraphData, split: torch.Ten
         history, start_epoch = resumed["history"], resumed["epoch"]
         log.info("encode: resuming an interrupted run after epoch %d", start_epoch)
     elif keyword_targets is not None:  # a resumed run has fitted them already
-        fit_keywords(model, graph, sampler, batch_nodes, keyword_targets, cfg.keyword_epochs, quiet)
+        fit_keywords(model, graph, sampler, batch_nodes, train_mask, cfg.reconstruction_seeds, keyword_targets,
+                     cfg.keyword_epochs, quiet)
     bar = progress(range(start_epoch, cfg.epochs), quiet=quiet, desc="encode epoch")
     for epoch in bar:
         model.train()
-        for nodes, edges, num_seeds in training_batches(graph, sampler, batch_nodes):
+        for nodes, edges, num_seeds, hops in training_batches(graph, sampler, batch_nodes, train_mask,
+                                                              cfg.reconstruction_seeds):
             losses_since_eval.append(train_step(model, optimizer, graph, train_mask, nodes, edges, num_seeds, cfg,
-                                                keyword_targets))
+                                                keyword_targets, hops))
         if (epoch + 1) % cfg.eval_epochs and epoch + 1 < cfg.epochs:
             continue
         history.append(evaluation(model, graph, split, len(codebook), epoch + 1, losses_since_eval))
@@ -231,7 +264,9 @@ def batch_sampler(cfg: EncodeConfig, data: GraphData, codebook: Codebook) -> tup
                                   codebook.vectors.size(1))
     sampler = NeighborSampler(data.edge_index, data.num_nodes, cfg.neighbors(), cfg.seed) if batch_nodes else None
     if sampler:
-        log.info("encode: mini-batches of %d nodes, %s neighbours sampled per hop", batch_nodes, cfg.num_neighbors)
+        log.info("encode: mini-batches of %d seeds (%.0f%% from outside the training set), %s neighbours sampled "
+                 "per hop, each layer computed for the seeds' reach only", batch_nodes, 100 * cfg.reconstruction_seeds,
+                 cfg.num_neighbors)
     return sampler, batch_nodes
 
 

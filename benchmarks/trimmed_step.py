@@ -1,0 +1,169 @@
+"""Stage one's mini-batch step as it was and trimmed, side by side in one process.
+
+As it was (fb0c622): every node once a seed per epoch, every layer and its code search over the whole
+sampled subgraph, the reconstruction losses over the whole subgraph. Trimmed: each layer only for the
+nodes within its remaining hops of the seeds, seeds from the training nodes plus ``--reconstruction-seeds``
+of the others, every loss on the seeds (``encode.train_step`` with the sampler's per-hop counts).
+
+    PYTHONPATH=. python benchmarks/trimmed_step.py steps --sizes 100000,1000000
+    PYTHONPATH=. python benchmarks/trimmed_step.py accuracy --nodes 2000 --epochs 30 --patience 30 --shares 0.25,0.5
+
+``steps``: on ``bench --scale``'s generated graphs with the embedded SmolLM2's codebook (576 dimensions, 8,192
+words), 256 seeds, 15,10,5 neighbours: seconds per step, the nodes each layer computes, and the epoch they add
+up to. ``accuracy``: stage one trained to its stopping point by ``encode.train`` on a generated graph, batched,
+with a tiny random Llama's codebook (so that the old epochs fit these cores): the label head's test accuracy
+and the mean step time, as it was and at each share.
+"""
+
+import argparse
+import json
+import math
+import platform
+import subprocess
+import tempfile
+import time
+from contextlib import contextmanager, nullcontext
+from pathlib import Path
+from unittest import mock
+
+import torch
+
+from dre_pipeline.data import make_split
+from dre_pipeline.harness.scale import generated_graph
+from dre_pipeline.model.evaluation import split_accuracy
+from dre_pipeline.model.sampling import NeighborSampler
+from dre_pipeline.pipeline.artifacts import Store
+from dre_pipeline.pipeline.config import EncodeConfig
+from dre_pipeline.pipeline.llm import build_tiny_llama, resolve_llm
+from dre_pipeline.pipeline.stages import codebook as codebook_stage, encode
+
+SEEDS = 256
+
+
+def machine() -> str:
+    name = subprocess.run("lscpu | grep 'Model name'", shell=True, capture_output=True, text=True).stdout
+    return (f"{name.split(':', 1)[-1].strip() or platform.processor()}, {torch.get_num_threads()} torch threads, "
+            f"capability {torch.backends.cpu.get_cpu_capability()}")
+
+
+def batches_as_they_were(data, sampler, batch_nodes, train_mask, share):
+    """fb0c622's ``training_batches``: every node once a seed per epoch, no per-hop counts (no trimming)."""
+    if sampler is None:
+        yield slice(None), data.edge_index, data.num_nodes, None
+        return
+    for seeds in torch.randperm(data.num_nodes, generator=sampler.generator).split(batch_nodes):
+        nodes, edges = sampler.sample(seeds)
+        yield nodes, edges, len(seeds), None
+
+
+def timed_step(model, optimizer, data, train_mask, seeds, sampler, cfg, trimmed: bool) -> dict:
+    nodes, edges, *hops = sampler.sample_hops(seeds)
+    layers = len(hops[1])
+    begun = time.perf_counter()
+    encode.train_step(model, optimizer, data, train_mask, nodes, edges, len(seeds), cfg, None,
+                      hops if trimmed else None)
+    seconds = time.perf_counter() - begun
+    per_layer = [sum(hops[0][: layers - t]) if trimmed else len(nodes) for t in range(layers)]
+    return {"seconds": seconds, "subgraph_nodes": len(nodes), "layer_nodes": per_layer}
+
+
+def steps(sizes: list, repeats: int, store_root: Path) -> list:
+    cfg = EncodeConfig(batch_nodes=SEEDS)
+    store = Store(store_root)
+    codebook = codebook_stage.load(codebook_stage.run(cfg, resolve_llm(cfg.llm_path, store), store))
+    rows = []
+    for num_nodes in sizes:
+        data = generated_graph(num_nodes)
+        train_mask = torch.from_numpy(make_split(data, "random", 0)).long() == 0
+        torch.manual_seed(0)
+        model = encode.build_model(cfg, data, codebook)
+        optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        model.train()
+        sampler = NeighborSampler(data.edge_index, num_nodes, cfg.neighbors(), seed=0)
+        trimmed_seeds = encode.epoch_seeds(train_mask, SEEDS, cfg.reconstruction_seeds, sampler.generator)
+        timed_step(model, optimizer, data, train_mask, next(trimmed_seeds), sampler, cfg, True)  # builds the search tables
+        new = [timed_step(model, optimizer, data, train_mask, next(trimmed_seeds), sampler, cfg, True)
+               for _ in range(repeats)]
+        old = [timed_step(model, optimizer, data, train_mask, torch.randperm(num_nodes, generator=sampler.generator)[:SEEDS],
+                          sampler, cfg, False) for _ in range(repeats)]
+        old_steps = math.ceil(num_nodes / SEEDS)
+        new_steps = math.ceil(int(train_mask.sum()) / round(SEEDS * (1 - cfg.reconstruction_seeds)))
+        row = {"nodes": num_nodes, "edges": int(data.edge_index.size(1))}
+        for name, runs, count in (("as_it_was", old, old_steps), ("trimmed", new, new_steps)):
+            mean = sum(r["seconds"] for r in runs) / len(runs)
+            row[name] = {"seconds_per_step": mean, "steps_per_epoch": count, "epoch_seconds_estimate": mean * count,
+                         "subgraph_nodes": sum(r["subgraph_nodes"] for r in runs) / len(runs),
+                         "layer_nodes": [sum(r["layer_nodes"][t] for r in runs) / len(runs) for t in range(cfg.num_views)]}
+        row["step_speedup"] = row["as_it_was"]["seconds_per_step"] / row["trimmed"]["seconds_per_step"]
+        row["epoch_speedup"] = row["as_it_was"]["epoch_seconds_estimate"] / row["trimmed"]["epoch_seconds_estimate"]
+        print(json.dumps(row), flush=True)
+        rows.append(row)
+        del data, model, optimizer, sampler
+    return rows
+
+
+@contextmanager
+def step_clock(times: list):
+    """Every ``encode.train_step``'s seconds into ``times``."""
+    real = encode.train_step
+
+    def clocked(*args, **kwargs):
+        begun = time.perf_counter()
+        result = real(*args, **kwargs)
+        times.append(time.perf_counter() - begun)
+        return result
+
+    with mock.patch.object(encode, "train_step", clocked):
+        yield
+
+
+def accuracy(num_nodes: int, shares: list, epochs: int, patience: int, noise: float, store_root: Path) -> list:
+    store = Store(store_root)
+    llm = build_tiny_llama(store_root / "tiny-llama", width=64)
+    data = generated_graph(num_nodes)
+    # bench --scale's features separate its classes alone (test accuracy 1.0): noise leaves the graph work to do
+    data.x += noise * torch.randn(data.x.shape, generator=torch.Generator().manual_seed(1))
+    split_np = make_split(data, "random", 0)
+    split = torch.from_numpy(split_np).long()
+    rows = []
+    for share in [None, *shares]:  # None: as it was
+        cfg = EncodeConfig(llm_path=str(llm), batch_nodes=SEEDS, max_codes=1024, epochs=epochs, patience=patience,
+                           reconstruction_seeds=share or 0.0)
+        codebook = codebook_stage.load(codebook_stage.run(cfg, resolve_llm(cfg.llm_path, store), store))
+        times, name = [], "as it was" if share is None else f"trimmed, share {share}"
+        batches = mock.patch.object(encode, "training_batches", batches_as_they_were) if share is None else nullcontext()
+        with step_clock(times), batches:
+            key = f"bench-{num_nodes}-{noise}-{epochs}-{name}"  # never one another's checkpoint to resume
+            model, history, seconds = encode.train(cfg, data, data, split, codebook, store, key, True)
+        _, logits, _ = model.inference(data.x, data.edge_index)
+        acc = split_accuracy(logits.argmax(-1), data.y, split)
+        row = {"row": name, "nodes": num_nodes, "noise": noise, "test_accuracy": acc["test"], "val_accuracy": acc["val"],
+               "epochs_run": history[-1]["epoch"], "steps": len(times), "seconds_per_step": sum(times) / len(times),
+               "train_seconds": seconds}
+        print(json.dumps(row), flush=True)
+        rows.append(row)
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("mode", choices=("steps", "accuracy"))
+    parser.add_argument("--sizes", default="100000,1000000", help="steps: graph sizes, comma-separated")
+    parser.add_argument("--repeats", type=int, default=2, help="steps: timed steps per size and row")
+    parser.add_argument("--nodes", type=int, default=20000, help="accuracy: the graph's size")
+    parser.add_argument("--shares", default="0,0.25,0.5", help="accuracy: --reconstruction-seeds values")
+    parser.add_argument("--noise", type=float, default=12.0, help="accuracy: extra feature noise (standard deviation)")
+    parser.add_argument("--epochs", type=int, default=40)
+    parser.add_argument("--patience", type=int, default=10)
+    parser.add_argument("--store", default=None, help="a store holding the de-quantized SmolLM2 (default: a fresh one)")
+    args = parser.parse_args()
+    print(machine(), flush=True)
+    root = Path(args.store or tempfile.mkdtemp(prefix="trimmed-step-"))
+    if args.mode == "steps":
+        steps([int(s) for s in args.sizes.split(",")], args.repeats, root)
+    else:
+        accuracy(args.nodes, [float(s) for s in args.shares.split(",")], args.epochs, args.patience, args.noise, root)
+
+
+if __name__ == "__main__":
+    main()
