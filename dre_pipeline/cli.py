@@ -112,7 +112,10 @@ def stage_command(name: str, config_cls, extra: tuple = (), computes: bool = Tru
 
                     kwargs["device"] = resolve_device(kwargs["device"])
                 store = _store(kwargs["store"])
-                body(cfg, store, **{k: v for k, v in kwargs.items() if k not in (*config_names, "store", "preset")})
+                run_options = {k: v for k, v in kwargs.items() if k not in (*config_names, "store", "preset")}
+                if "given" in inspect.signature(body).parameters:  # the options the command line set
+                    run_options["given"] = {k for k in config_names if ctx.get_parameter_source(k).name != "DEFAULT"}
+                body(cfg, store, **run_options)
 
         params = [_option(f.name, f.type, f.default if f.default is not MISSING else f.default_factory(),
                           f.metadata["help"]) for f in fields(config_cls)]
@@ -156,37 +159,44 @@ def encode(cfg: EncodeConfig, store: Store, force: bool, quiet: bool, device, qu
 @stage_command("finetune", FinetuneConfig, extra=(DEVICE,))
 def finetune(cfg: FinetuneConfig, store: Store, force: bool, quiet: bool, device: str):
     """Stage two: LoRA-finetune the LLM on graph-word prompts (runs missing upstream stages)."""
-    from .pipeline import commands, distributed
+    from .api import DrE
+    from .harness.status import summary_table
+    from .pipeline import distributed
 
-    artifact = commands.finetune(cfg, store, force, quiet, device)
+    artifact = DrE.from_config(cfg, store, device, quiet).fit(force=force).artifact
     if distributed.is_main():  # under torchrun, one summary
         typer.echo(summary_table(store, artifact))
 
 
-def summary_table(store: Store, finetune) -> str:
-    """Stage by stage: what it produced, its headline number and its wall time."""
+@stage_command("export", FinetuneConfig, extra=(
+    inspect.Parameter("out", inspect.Parameter.KEYWORD_ONLY, annotation=Path,
+                      default=typer.Argument(..., help="The bundle's folder (a new one).")),
+    DEVICE,
+), computes=False)
+def export(cfg: FinetuneConfig, store: Store, quiet: bool, out: Path, device: str):
+    """Save the fine-tuned model of these settings as a bundle (safetensors and JSON) that predict --model and
+    DrE.load answer with on any store."""
+    from .api import DrE
 
-    def upstream(stage, artifact, result) -> tuple:  # one removed by hand since: the finetune result still stands
-        if artifact is None:
-            return stage, "no longer in the store", None
-        return stage, result(artifact.manifest), artifact.manifest["seconds"]
+    typer.echo(f"export: {DrE.from_config(cfg, store, device, quiet).save(out)}")
 
-    encode = store.find("encode", finetune.manifest["encode"])
-    codebook = store.find("codebook", encode.manifest["codebook"]) if encode else None
-    metrics = json.loads((finetune.path / "metrics.json").read_text())
-    rows = [
-        upstream("codebook", codebook, lambda m: f"{m['kept']}/{m['total']} tokens kept"),
-        upstream("encode", encode, lambda m: f"label head test accuracy {m['label_head_accuracy']['test']:.4f}"),
-        ("finetune", f"Dr.E test accuracy {metrics['finetune']['test']['accuracy']:.4f} "
-                     f"(macro-F1 {metrics['finetune']['test']['macro_f1']:.4f})", finetune.manifest["seconds"]),
-    ]
-    if "joint" in metrics:
-        rows.append(("joint", f"Dr.E test accuracy {metrics['joint']['test']['accuracy']:.4f} "
-                              f"(macro-F1 {metrics['joint']['test']['macro_f1']:.4f})", metrics["joint"]["train_seconds"]))
-    lines = [f"{'stage':<10} {'result':<52} {'seconds':>8}"]
-    lines += [f"{stage:<10} {result:<52} {'' if seconds is None else f'{seconds:.1f}':>8}"
-              for stage, result, seconds in rows]
-    return "\n".join(lines + [f"artifact: {finetune.path}"])
+
+MODEL = _option("model", Optional[Path], None, "A model bundle (dre-pipeline export) to answer with instead of the "
+                "store's model of these settings: the bundle's settings, with --dataset, --data-dir, --split, --seed "
+                "and --llm-path where given.")
+BUNDLE_DATA_OPTIONS = ("dataset", "data_dir", "split", "seed")
+
+
+def answers(cfg: FinetuneConfig, store: Store, device: str, quiet: bool, ids, new, recode: bool,
+            model: Optional[Path], given: set) -> list:
+    """The rows of ``DrE.predict``: the store's model of ``cfg``, or the bundle ``model`` on the data options the
+    command line gave (``given``)."""
+    from .api import DrE
+
+    if model is None:
+        return DrE.from_config(cfg, store, device, quiet).predict(ids, new, recode).rows
+    data = {name: getattr(cfg, name) for name in BUNDLE_DATA_OPTIONS if name in given}
+    return DrE.load(model, cfg.llm_path, store, device, quiet, **data).predict(ids, new, recode).rows
 
 
 def _node_ids(node_ids: Optional[str], node_file: Optional[Path]) -> list:
@@ -210,24 +220,37 @@ def _check_format(format: str) -> None:
 @stage_command("predict", FinetuneConfig, extra=(
     _option("node_ids", Optional[str], None, "Comma-separated node ids (integers or names, as the graph's table has them)."),
     _option("node_file", Optional[Path], None, "A file of node ids, one per line."),
+    _option("new_nodes", Optional[Path], None, "New nodes to answer for, added to the graph without retraining: a "
+            "table as nodes.csv (node_id, text, features where the graph has them, optionally label); with "
+            "--new-edges. Without --node-ids, every new node is answered."),
+    _option("new_edges", Optional[Path], None, "The new nodes' edges (src, dst), to the graph's nodes or each other."),
+    _option("recode", bool, False, "With --new-nodes: the graph's own nodes also take the extended graph's codes "
+            "(default: the codes the model was trained on)."),
     _option("format", str, "text", "text | json."),
+    MODEL,
     DEVICE,
 ), computes=False)
-def predict(cfg: FinetuneConfig, store: Store, quiet: bool, node_ids: Optional[str],
-            node_file: Optional[Path], format: str, device: str):
-    """Answer for some nodes with the saved adapter of the same settings, without retraining."""
-    from .pipeline import commands, distributed
+def predict(cfg: FinetuneConfig, store: Store, quiet: bool, node_ids: Optional[str], node_file: Optional[Path],
+            new_nodes: Optional[Path], new_edges: Optional[Path], recode: bool, format: str, model: Optional[Path],
+            device: str, given: set):
+    """Answer for some nodes with the saved adapter of the same settings, without retraining; --new-nodes answers
+    for nodes that were not in the graph (inductive)."""
+    from .pipeline import distributed
 
     _check_format(format)
-    rows = commands.predict(cfg, store, _node_ids(node_ids, node_file), device, quiet)
+    if (new_nodes is None) != (new_edges is None):
+        raise InputError("give --new-nodes and --new-edges together")
+    ids = _node_ids(node_ids, node_file) if node_ids or node_file or new_nodes is None else None
+    new = (new_nodes, new_edges) if new_nodes is not None else None
+    rows = answers(cfg, store, device, quiet, ids, new, recode, model, given)
     if not distributed.is_main():  # under torchrun, one answer
         return
     if format == "json":
         typer.echo(json.dumps(rows, indent=2))
         return
     for row in rows:
-        mark = "✓" if row["correct"] else "✗"
-        typer.echo(f"{row['node_id']!s:>6} {row['split']:<6} label={row['label']:<24} "
+        mark = {True: "✓", False: "✗", None: " "}[row["correct"]]
+        typer.echo(f"{row['node_id']!s:>6} {row['split']:<6} label={row['label'] or '?':<24} "
                    f"prediction={row['prediction']:<24} {mark} score={row['scores'][row['prediction']]:.3f}")
 
 
@@ -235,15 +258,16 @@ def predict(cfg: FinetuneConfig, store: Store, quiet: bool, node_ids: Optional[s
     inspect.Parameter("node_id", inspect.Parameter.KEYWORD_ONLY, annotation=str,
                       default=typer.Argument(..., help="The node to explain (its id: an integer or a name).")),
     _option("format", str, "text", "text | json."),
+    MODEL,
     DEVICE,
 ), computes=False)
-def explain(cfg: FinetuneConfig, store: Store, quiet: bool, node_id: str, format: str, device: str):
+def explain(cfg: FinetuneConfig, store: Store, quiet: bool, node_id: str, format: str, model: Optional[Path],
+            device: str, given: set):
     """One node: its words per hop, its text, the prompt, the prediction with per-class scores, the true label."""
     from .harness.report import explanation_text
-    from .pipeline import commands
 
     _check_format(format)
-    row = commands.predict(cfg, store, _node_ids(node_id, None), device, quiet)[0]
+    row = answers(cfg, store, device, quiet, _node_ids(node_id, None), None, False, model, given)[0]
     typer.echo(json.dumps(row, indent=2) if format == "json" else explanation_text(row))
 
 
@@ -331,7 +355,8 @@ def plan(cfg: FinetuneConfig, store: Store, quiet: bool, target_device: str, dev
 
     _check_format(format)
     where = plan_inputs.target(target_device, device_memory, host_memory, dtype)
-    graph, names = _plan_graph(cfg, store, nodes, edges, feature_dim, classes, text_tokens, prefix_tokens)
+    graph, names = plan_inputs.graph_shape(cfg, store, nodes, edges, feature_dim, classes, text_tokens,
+                                           prefix_tokens)
     config, name = plan_inputs.read_config(cfg.llm_path)
     model = plan_inputs.model_shape(config, name)
     if cfg.features in ("llm", "sbert"):  # text features: the LLM's width, or MiniLM's
@@ -347,33 +372,6 @@ def plan(cfg: FinetuneConfig, store: Store, quiet: bool, target_device: str, dev
                f"{where.device} ({mp.human(where.device_bytes)}, {where.dtype}"
                f", weights {quantization}), host {mp.human(where.host_bytes)}")
     typer.echo(mp.table(rows, heading))
-
-
-def _plan_graph(cfg: FinetuneConfig, store: Store, nodes, edges, feature_dim, classes, text_tokens, prefix_tokens):
-    """The graph's sizes, given or read from ``--dataset`` (loaded: its own features, no text features computed)."""
-    from .harness import memory_plan as mp, plan_inputs
-
-    given = {"--nodes": nodes, "--edges": edges, "--feature-dim": feature_dim, "--classes": classes}
-    for option, value in {**given, "--text-tokens": text_tokens, "--prefix-tokens": prefix_tokens}.items():
-        if value is not None and value < (0 if option == "--text-tokens" else 1):
-            raise InputError(f"{option} must be {'0 or more' if option == '--text-tokens' else 'at least 1'}, got {value}")
-    if any(v is not None for v in given.values()):
-        missing = [option for option, value in given.items() if value is None]
-        if missing:
-            raise InputError(f"give the graph's sizes together: {', '.join(missing)} missing (or --dataset alone)")
-        names, messages, class_names, text = "given sizes", 2 * edges, None, text_tokens or 0
-    else:
-        from .data import load_dataset
-
-        data = load_dataset(cfg.dataset, cfg.data_dir, store.root / "data", seed=cfg.seed)
-        names, nodes, messages, classes = data.name, data.num_nodes, data.edge_index.size(1), data.num_classes
-        feature_dim, class_names = data.x.size(1), data.class_names
-        has_text = cfg.use_text and data.text is not None
-        text = text_tokens if text_tokens is not None else (
-            plan_inputs.text_tokens(data.text, data.titles is not None, cfg.max_text_tokens) if has_text else 0)
-    graph = mp.GraphShape(nodes, messages, feature_dim, classes, plan_inputs.prompt_tokens(cfg, text),
-                          prefix_tokens or plan_inputs.prefix_tokens(classes, class_names))
-    return graph, names
 
 
 @stage_command("bench", BenchConfig, computes=False)

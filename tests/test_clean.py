@@ -146,7 +146,7 @@ def test_clean_20_times_during_a_live_run_takes_nothing_it_uses(tmp_path, tiny_l
 
 
 def test_the_finetune_summary_survives_an_upstream_artifact_removed_by_hand(tmp_path):
-    from dre_pipeline.cli import summary_table
+    from dre_pipeline.harness.status import summary_table
 
     metrics = {"finetune": {"test": {"accuracy": 0.5, "macro_f1": 0.4}}}
     store = Store(tmp_path)

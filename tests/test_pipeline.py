@@ -129,7 +129,7 @@ def test_soft_prompt_baseline_trains_projector_and_predicts(run, tiny_llm):
 
 
 def test_summary_table_names_every_stage(run):
-    from dre_pipeline.cli import summary_table
+    from dre_pipeline.harness.status import summary_table
 
     cfg, store, artifact = run
     table = summary_table(store, artifact)

@@ -70,8 +70,9 @@ def _load_folder(folder: Path, name: str | None = None) -> GraphData:
     )
 
 
-def _read_table(path: Path, required: list[str]) -> pa.Table:
-    """A CSV file (pyarrow's reader: quoted commas, quotes and line breaks inside values) or a parquet file."""
+def _read_table(path: Path, required: list[str], empty_ok: bool = False) -> pa.Table:
+    """A CSV file (pyarrow's reader: quoted commas, quotes and line breaks inside values) or a parquet file;
+    ``empty_ok``: a header alone is a table without rows (new nodes' edges: a paper may cite none)."""
     if not path.is_file():
         raise InputError(f"missing {path}: a dataset folder needs nodes.csv and edges.csv (or nodes.parquet "
                          "and edges.parquet)")
@@ -93,7 +94,7 @@ def _read_table(path: Path, required: list[str]) -> pa.Table:
     repeated = sorted({c for c in table.column_names if table.column_names.count(c) > 1})
     if repeated:
         raise InputError(f"{path}: column(s) {', '.join(repeated)} appear more than once in the header")
-    if table.num_rows == 0:  # a header alone reads as columns of type null, which every later check would misname
+    if table.num_rows == 0 and not empty_ok:  # a header alone reads as columns of type null, which every later check would misname
         raise InputError(f"{path} has a header but no rows")
     for name in table.column_names:
         if path.suffix == ".csv" and pa.types.is_binary(table.schema.field(name).type):  # how pyarrow reads non-UTF-8

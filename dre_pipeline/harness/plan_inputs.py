@@ -137,3 +137,32 @@ def target(device: str, device_memory, host_memory, dtype: str) -> Target:
     kind = "cuda" if device.startswith("cuda") else "cpu"
     search = 2 if search_dtype(torch.device("cpu")) == torch.bfloat16 else 4  # stage one searches on this CPU
     return Target(kind, DTYPE_BYTES[dtype], memory if kind == "cuda" else host, host, search, dtype)
+
+
+def graph_shape(cfg, store, nodes, edges, feature_dim, classes, prompt_text_tokens, shared_prefix_tokens) -> tuple:
+    """(the graph's sizes as :class:`~.memory_plan.GraphShape`, their source's name): given, or read from
+    ``--dataset`` (loaded: its own features, no text features computed). ``prompt_text_tokens``,
+    ``shared_prefix_tokens``: ``--text-tokens``, ``--prefix-tokens`` (None: estimated)."""
+    from . import memory_plan as mp
+
+    given = {"--nodes": nodes, "--edges": edges, "--feature-dim": feature_dim, "--classes": classes}
+    for option, value in {**given, "--text-tokens": prompt_text_tokens, "--prefix-tokens": shared_prefix_tokens}.items():
+        if value is not None and value < (0 if option == "--text-tokens" else 1):
+            raise InputError(f"{option} must be {'0 or more' if option == '--text-tokens' else 'at least 1'}, got {value}")
+    if any(v is not None for v in given.values()):
+        missing = [option for option, value in given.items() if value is None]
+        if missing:
+            raise InputError(f"give the graph's sizes together: {', '.join(missing)} missing (or --dataset alone)")
+        names, messages, class_names, text = "given sizes", 2 * edges, None, prompt_text_tokens or 0
+    else:
+        from ..data import load_dataset
+
+        data = load_dataset(cfg.dataset, cfg.data_dir, store.root / "data", seed=cfg.seed)
+        names, nodes, messages, classes = data.name, data.num_nodes, data.edge_index.size(1), data.num_classes
+        feature_dim, class_names = data.x.size(1), data.class_names
+        has_text = cfg.use_text and data.text is not None
+        text = prompt_text_tokens if prompt_text_tokens is not None else (
+            text_tokens(data.text, data.titles is not None, cfg.max_text_tokens) if has_text else 0)
+    graph = mp.GraphShape(nodes, messages, feature_dim, classes, prompt_tokens(cfg, text),
+                          shared_prefix_tokens or prefix_tokens(classes, class_names))
+    return graph, names

@@ -282,7 +282,7 @@ def write_report(cfg: FinetuneConfig, store: Store, out: Path, explain_nodes: in
     for name, fig, _ in figures:
         fig.savefig(out / name, dpi=DPI, bbox_inches="tight")
     chosen = pick_nodes(pq.read_table(finetune.path / "predictions.parquet").to_pydict(), explain_nodes)
-    explained = predict_stage.run(ws, chosen) if chosen else []
+    explained = predict_stage.run(ws, predict_stage.from_store(ws), chosen) if chosen else []
     page = render_html(f"Dr.E report: {finetune.manifest['dataset']}", summary_rows(finetune, ws.encode, metrics),
                        [(name, caption) for name, _, caption in figures], explained, cfg.num_views,
                        finetune.manifest["settings"])

@@ -17,6 +17,7 @@ verdicts are unknown and ``clean --stale-only`` refuses to guess.
 whatever a live run holds.
 """
 
+import json
 import os
 import re
 from dataclasses import dataclass, field, fields
@@ -293,3 +294,29 @@ def _remove_unused(store: Store, stage: str, key: str, path: Path, size: int, dr
         except OSError as error:
             return Removal(path, size, error=error.strerror or str(error))
     return Removal(path, size)
+
+
+def summary_table(store: Store, finetune) -> str:
+    """Stage by stage: what it produced, its headline number and its wall time."""
+
+    def upstream(stage, artifact, result) -> tuple:  # one removed by hand since: the finetune result still stands
+        if artifact is None:
+            return stage, "no longer in the store", None
+        return stage, result(artifact.manifest), artifact.manifest["seconds"]
+
+    encode = store.find("encode", finetune.manifest["encode"])
+    codebook = store.find("codebook", encode.manifest["codebook"]) if encode else None
+    metrics = json.loads((finetune.path / "metrics.json").read_text())
+    rows = [
+        upstream("codebook", codebook, lambda m: f"{m['kept']}/{m['total']} tokens kept"),
+        upstream("encode", encode, lambda m: f"label head test accuracy {m['label_head_accuracy']['test']:.4f}"),
+        ("finetune", f"Dr.E test accuracy {metrics['finetune']['test']['accuracy']:.4f} "
+                     f"(macro-F1 {metrics['finetune']['test']['macro_f1']:.4f})", finetune.manifest["seconds"]),
+    ]
+    if "joint" in metrics:
+        rows.append(("joint", f"Dr.E test accuracy {metrics['joint']['test']['accuracy']:.4f} "
+                              f"(macro-F1 {metrics['joint']['test']['macro_f1']:.4f})", metrics["joint"]["train_seconds"]))
+    lines = [f"{'stage':<10} {'result':<52} {'seconds':>8}"]
+    lines += [f"{stage:<10} {result:<52} {'' if seconds is None else f'{seconds:.1f}':>8}"
+              for stage, result, seconds in rows]
+    return "\n".join(lines + [f"artifact: {finetune.path}"])

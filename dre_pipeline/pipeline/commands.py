@@ -1,7 +1,11 @@
 """What each command runs, from its settings: its plan, resolved once (:mod:`.resolve`), then the stages in
 order. The CLI, the harness and a script all enter here; the stages below take the plan and derive none of it."""
 
-from . import distributed
+from typing import Optional
+
+from . import bundle, distributed
+from ..data import GraphData
+from ..data.extend import read_new_nodes
 from .artifacts import Artifact, Store
 from .config import CodebookConfig, EncodeConfig, FinetuneConfig
 from .llm import lora_targets, resolve_device, resolve_llm
@@ -26,31 +30,62 @@ def encode(cfg: EncodeConfig, store: Store, force: bool = False, quiet: bool = F
 
 
 def finetune(cfg: FinetuneConfig, store: Store, force: bool = False, quiet: bool = False,
-             device="auto") -> Artifact:
-    """Stage two, and every stage upstream of it that is not in the store yet. Under ``torchrun`` every process
-    runs this (:mod:`.distributed`)."""
-    plan = _plan(cfg, store, quiet, device)
+             device="auto", graph: Optional[GraphData] = None) -> Artifact:
+    """Stage two, and every stage upstream of it that is not in the store yet (on ``graph``, where it is given
+    rather than loaded from ``--dataset``). Under ``torchrun`` every process runs this (:mod:`.distributed`)."""
+    plan = _plan(cfg, store, quiet, device, graph=graph)
     targets = lora_targets(plan.llm, cfg.lora_targets)  # an impossible setting stops before any training
     ws = _workspace(plan)
     return finetune_stage.run(ws, targets, force)
 
 
 def workspace(cfg: FinetuneConfig, store: Store, quiet: bool = False, cached_only: bool = False,
-              device="auto") -> workspace_stage.Workspace:
+              device="auto", graph: Optional[GraphData] = None) -> workspace_stage.Workspace:
     """Stage two's inputs under ``cfg`` (stage one built if missing, unless ``cached_only``): report, explain."""
-    return _workspace(_plan(cfg, store, quiet, device, cached_only))
+    return _workspace(_plan(cfg, store, quiet, device, cached_only, graph))
 
 
-def predict(cfg: FinetuneConfig, store: Store, node_ids: list, device="auto", quiet: bool = False) -> list:
-    """Answers for ``node_ids`` from the fine-tuned model of ``cfg``, read from the store alone."""
-    return predict_stage.run(workspace(cfg, store, quiet, cached_only=True, device=device), node_ids)
+def predict(cfg: FinetuneConfig, store: Store, node_ids: Optional[list], device="auto", quiet: bool = False,
+            new_nodes=None, recode: bool = False, graph: Optional[GraphData] = None, part: Optional[str] = None) -> list:
+    """Answers for ``node_ids`` (or the nodes of split ``part``) from the fine-tuned model of ``cfg``, read from the
+    store alone. ``new_nodes``: nodes to add to the graph first, as (node table, edge table) or
+    :class:`~dre_pipeline.data.extend.NewNodes`, whose ids ``node_ids`` may name (None: all of them); ``recode``:
+    the graph's own nodes take the extended graph's codes."""
+    ws = workspace(cfg, store, quiet, cached_only=True, device=device, graph=graph)
+    return predict_stage.run(ws, predict_stage.from_store(ws), node_ids, _new(new_nodes, ws), recode, part)
 
 
-def _plan(cfg: FinetuneConfig, store: Store, quiet: bool, device, cached_only: bool = False) -> Plan:
+def predict_with_bundle(model: bundle.Bundle, cfg: FinetuneConfig, store: Store, node_ids: Optional[list],
+                        device="auto", quiet: bool = False, new_nodes=None, recode: bool = False,
+                        graph: Optional[GraphData] = None, part: Optional[str] = None) -> list:
+    """:func:`predict` with a saved bundle on the graph of ``cfg`` (the bundle's settings with the data and LLM
+    options of the command): its text features are made in ``store`` where missing, nothing else is built."""
+    plan = _plan(cfg, store, quiet, device, graph=graph)
+    bundle.check_graph(model, plan.data)
+    ws = workspace_stage.with_codebook(plan, bundle.for_llm(model, plan.llm))
+    return predict_stage.run(ws, bundle.trained(model), node_ids, _new(new_nodes, ws), recode, part)
+
+
+def export(cfg: FinetuneConfig, store: Store, path, device="auto", quiet: bool = False,
+           graph: Optional[GraphData] = None):
+    """The fine-tuned model of ``cfg`` (from the store alone) as a bundle in the new folder ``path``."""
+    ws = workspace(cfg, store, quiet, cached_only=True, device=device, graph=graph)
+    trained = predict_stage.from_store(ws)
+    manifest = store.find("finetune", ws.key).manifest
+    measured = {name: manifest[name] for name in ("test_accuracy", "val_accuracy", "test_macro_f1")}
+    return bundle.save(path, ws, trained, {"finetune_key": ws.key, "measured": measured})
+
+
+def _new(new_nodes, ws: workspace_stage.Workspace):
+    return read_new_nodes(*new_nodes, ws.data) if isinstance(new_nodes, tuple) else new_nodes
+
+
+def _plan(cfg: FinetuneConfig, store: Store, quiet: bool, device, cached_only: bool = False,
+          graph: Optional[GraphData] = None) -> Plan:
     """Stage two's plan on ``--device`` (under ``torchrun``, this process's GPU) with ``--quantization``; only the
     first process shows progress."""
     placement = Placement.resolve(distributed.setup(resolve_device(device)), cfg.quantization)
-    return resolve(cfg, store, placement, quiet or not distributed.is_main(), cached_only)
+    return resolve(cfg, store, placement, quiet or not distributed.is_main(), cached_only, graph)
 
 
 def _workspace(plan: Plan) -> workspace_stage.Workspace:

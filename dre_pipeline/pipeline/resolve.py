@@ -50,15 +50,16 @@ class Plan:
 
 
 def resolve(cfg: EncodeConfig, store: Store, placement: Placement = CPU, quiet: bool = False,
-            cached_only: bool = False) -> Plan:
+            cached_only: bool = False, graph: Optional[GraphData] = None) -> Plan:
     """The plan of ``cfg``; text features are computed here if they are not cached (unless ``cached_only``,
     where a missing one is an :class:`~dre_pipeline.errors.InputError`), nothing else is built.
 
-    ``placement``: the command's, where and how ``--features llm`` runs the LLM.
+    ``placement``: the command's, where and how ``--features llm`` runs the LLM; ``graph``: the graph itself
+    (one built in Python), instead of loading ``--dataset``.
     """
     llm = resolve_llm(cfg.llm_path, store)
     quantization_config(placement.quantization, placement.device, llm)  # an impossible placement stops here
-    data, split, text_features = load_graph(cfg, llm, store, quiet, cached_only, placement)
+    data, split, text_features = load_graph(cfg, llm, store, quiet, cached_only, placement, graph)
     vocabulary = text_vocabulary(data.text) if cfg.text_codebook and data.text is not None else None
     keys = {"features": text_features.key} if text_features is not None else {}
     keys["codebook"] = codebook_key(cfg, llm, vocabulary)
@@ -67,10 +68,11 @@ def resolve(cfg: EncodeConfig, store: Store, placement: Placement = CPU, quiet: 
 
 
 def load_graph(cfg: DataConfig, llm: Optional[ResolvedLLM], store: Store, quiet: bool = False,
-               cached_only: bool = False, placement: Placement = CPU) -> tuple:
+               cached_only: bool = False, placement: Placement = CPU, graph: Optional[GraphData] = None) -> tuple:
     """(the graph with the features ``--features`` names, its split, their artifact or None for its own);
-    ``llm``: the one ``--features llm`` embeds with (None where the features do not need it)."""
-    data = load_dataset(cfg.dataset, cfg.data_dir, store.root / "data", seed=cfg.seed)
+    ``llm``: the one ``--features llm`` embeds with (None where the features do not need it); ``graph``: the
+    graph, where it is not loaded from ``--dataset``."""
+    data = graph or load_dataset(cfg.dataset, cfg.data_dir, store.root / "data", seed=cfg.seed)
     split = make_split(data, cfg.split, cfg.seed)
     data, text_features = features.load(cfg.features, data, llm, store, quiet, cached_only, placement)
     return data, split, text_features

@@ -117,11 +117,27 @@ def with_features(data: GraphData, artifact: Artifact) -> GraphData:
                                                    "standardised": standardised}))
 
 
-def _bag_of_words(texts: list) -> torch.Tensor:
+def new_node_features(artifact: Artifact, graph_text: list, texts: list, llm: ResolvedLLM, placement: Placement = CPU,
+                      quiet: bool = False) -> torch.Tensor:
+    """``[n, d]`` features of new nodes' ``texts`` as :func:`with_features` gave the graph's nodes from
+    ``artifact``: the graph's own bag of words (its vocabulary, ``graph_text``), the same sentence encoder, or the
+    LLM standardised by the graph's statistics, so that the GNN reads them as it read the graph's."""
+    kind = artifact.manifest.get("kind", "llm")
+    if kind == "bow":
+        return _bag_of_words(graph_text, texts)
+    if kind == "sbert":
+        return _sentence_embeddings(texts, quiet)
+    graph_x = read_matrix(artifact.path / "features.zarr")
+    return (_llm_embeddings(texts, llm, placement, quiet) - graph_x.mean(0)) / graph_x.std(0).clamp_min(1e-6)
+
+
+def _bag_of_words(texts: list, new_texts: list = None) -> torch.Tensor:
+    """Planetoid's bag of words of ``texts``, or of ``new_texts`` over the vocabulary of ``texts``."""
     from sklearn.feature_extraction.text import CountVectorizer
 
     vectorizer = CountVectorizer(binary=True, stop_words="english", max_features=BOW_WORDS)
-    return torch.from_numpy(vectorizer.fit_transform(texts).toarray().astype(np.float32))
+    matrix = vectorizer.fit_transform(texts) if new_texts is None else vectorizer.fit(texts).transform(new_texts)
+    return torch.from_numpy(matrix.toarray().astype(np.float32))
 
 
 def _sbert_version() -> str:

@@ -22,6 +22,7 @@ from ....model import losses
 from ....model.predictor import GraphWordPredictor
 from ....model.quantizer import straight_through_words
 from ....model.gnn import INFERENCE_CHUNK
+from ..encode import build_model
 from .workspace import Workspace, stage_one_model, suffixes_for
 
 
@@ -119,8 +120,9 @@ class GraphInTheLoop(nn.Module):
 def graph_in_the_loop(ws: Workspace, predictor: GraphWordPredictor, soft: bool,
                       gnn_state: Optional[dict] = None) -> GraphInTheLoop:
     """Build the GNN-in-the-loop module from the stage-one GNN (or a saved state of this module)."""
-    module = GraphInTheLoop(ws, stage_one_model(ws), ws.codebook.vectors.to(predictor.embed.weight.dtype), soft)
-    if gnn_state is not None:
+    stage_one = stage_one_model(ws) if gnn_state is None else build_model(ws.cfg, ws.data, ws.codebook)
+    module = GraphInTheLoop(ws, stage_one, ws.codebook.vectors.to(predictor.embed.weight.dtype), soft)
+    if gnn_state is not None:  # the whole module's state: the GNN's with it
         module.load_state_dict(gnn_state)
     return module.to(predictor.device)
 

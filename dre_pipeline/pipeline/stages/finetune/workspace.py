@@ -4,6 +4,7 @@ codebook, the tokenizer, the prompt template, the nodes' text tokens and stage t
 import hashlib
 import json
 from dataclasses import asdict, dataclass, replace
+from typing import Optional
 
 import numpy as np
 import torch
@@ -37,12 +38,12 @@ class Workspace:
     (shared by finetune, predict, report and status)."""
 
     plan: Plan
-    encode: Artifact
+    encode: Optional[Artifact]  # None for a model bundle's workspace (:func:`with_codebook`)
     codebook: Codebook
     tokenizer: object
     template: PromptTemplate
     text_ids: list  # per node: its truncated text tokens (empty without --use-text)
-    key: str
+    key: Optional[str]
 
     @property
     def cfg(self) -> FinetuneConfig:
@@ -72,20 +73,26 @@ def prompts_with_text(plan: Plan) -> bool:
 
 def prepare(plan: Plan, encode: Artifact) -> Workspace:
     """Stage two's workspace on ``encode``, the stage-one artifact of ``plan``."""
-    cfg, data, llm = plan.cfg, plan.data, plan.llm
-    use_text = prompts_with_text(plan)
+    cfg, llm = plan.cfg, plan.llm
     codebook_artifact = plan.store.find("codebook", encode.manifest["codebook"])
     if codebook_artifact is None or codebook_artifact.manifest["llm"]["identity"] != llm.identity:
         built_for = codebook_artifact.manifest["llm"]["name"] if codebook_artifact else "no codebook in this store"
         raise InputError(f"the stage-one codes were built on {built_for}'s vocabulary, not on {llm.name}: "
                          "run encode with the same --llm-path as finetune")
-    codebook = codebook_stage.load(codebook_artifact)
-    tokenizer = load_tokenizer(llm)
+    workspace = with_codebook(plan, codebook_stage.load(codebook_artifact))
+    return replace(workspace, encode=encode,
+                   key=finetune_key(cfg, encode.key, llm, workspace.template, workspace.text_ids))
+
+
+def with_codebook(plan: Plan, codebook: Codebook) -> Workspace:
+    """The prompts of ``plan`` over ``codebook``, without a stage-one artifact nor a key (a model bundle's)."""
+    cfg, data = plan.cfg, plan.data
+    use_text = prompts_with_text(plan)
+    tokenizer = load_tokenizer(plan.llm)
     graph_views = 0 if cfg.node_tokens == "none" else cfg.num_views
     template = build_template(tokenizer, data.class_names, graph_views, use_text)
     text_ids = text_token_ids(tokenizer, data, cfg.max_text_tokens) if use_text else [[] for _ in range(data.num_nodes)]
-    return Workspace(plan, encode, codebook, tokenizer, template, text_ids,
-                     finetune_key(cfg, encode.key, llm, template, text_ids))
+    return Workspace(plan, None, codebook, tokenizer, template, text_ids, None)
 
 
 def finetune_key(cfg: FinetuneConfig, encode_key: str, llm: ResolvedLLM, template: PromptTemplate,
@@ -100,11 +107,12 @@ def with_settings(ws: Workspace, cfg: FinetuneConfig) -> Workspace:
                    key=finetune_key(cfg, ws.encode.key, ws.llm, ws.template, ws.text_ids))
 
 
-def text_token_ids(tokenizer, data: GraphData, budget: int) -> list:
-    """Per node, the first ``budget`` tokens of its text as the prompt carries it (:func:`~dre_pipeline.model.prompts.node_text`:
-    in its own word order, the title first and named where the graph gives titles)."""
+def text_token_ids(tokenizer, data: GraphData, budget: int, nodes=None) -> list:
+    """Per node (of ``nodes``, default all), the first ``budget`` tokens of its text as the prompt carries it
+    (:func:`~dre_pipeline.model.prompts.node_text`: in its own word order, the title first and named where the
+    graph gives titles)."""
     return [tokenizer(node_text(*title_and_rest(data, i)), add_special_tokens=False).input_ids[:budget]
-            for i in range(data.num_nodes)]
+            for i in (range(data.num_nodes) if nodes is None else nodes)]
 
 
 def prompt_digest(template: PromptTemplate, text_ids: list) -> str:
@@ -129,11 +137,12 @@ def predictor_for(ws: Workspace, model) -> GraphWordPredictor:
     return kind(model, ws.template, ws.tokenizer.pad_token_id, ws.cfg.lora_layers)
 
 
-def stage_one_model(ws: Workspace) -> nn.Module:
-    """The GNN stage one trained, as it was saved, on the CPU (with ``ws.data``); the GNN in the loop moves it
-    onto the LLM's device."""
+def stage_one_model(ws: Workspace, state: dict = None) -> nn.Module:
+    """The GNN stage one trained, on the CPU (with ``ws.data``), with its weights as saved in ``ws``'s stage-one
+    artifact or ``state``; the GNN in the loop moves it onto the LLM's device."""
     model = build_model(ws.cfg, ws.data, ws.codebook)
-    model.load_state_dict(load_torch(ws.encode.path / "gnn.pt", torch.device("cpu"))["state_dict"])
+    model.load_state_dict(state if state is not None else
+                          load_torch(ws.encode.path / "gnn.pt", torch.device("cpu"))["state_dict"])
     return model
 
 

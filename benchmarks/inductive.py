@@ -1,0 +1,164 @@
+"""Inductive accuracy on Cora-text: papers the pipeline never saw, added as new nodes after it was trained.
+
+Per seed s, ``prepare`` holds ``--share`` (10 %) of the nodes out of the graph entirely, drawn with seed s: they
+and every edge that touches them are removed, and the rest is written as a graph folder (``graph/nodes.csv`` +
+``edges.csv``) that the pipeline fits on with default options but ``--ft-epochs``, and ``--seed s`` (its own 60/20/20 split of the
+rest). The held-out nodes go to ``new/nodes.csv`` (id, label, text) and ``new/edges.csv`` (each removed edge:
+to a node of the graph or to another new node). ``run`` then, per seed:
+
+1. ``dre-pipeline finetune --dataset <graph> --seed s --ft-epochs 2`` (the bench's LLM rows' epochs; cached: a
+   rerun resumes or hits the store);
+2. ``dre-pipeline predict --dataset <graph> --seed s --new-nodes new/nodes.csv --new-edges new/edges.csv``:
+   stage one's GNN over the extended graph, the new nodes' words, the fine-tuned LLM's answers;
+3. GraphSAGE (the bench's baseline) on the same features, trained on the graph without the new nodes (same
+   split) and run on the extended graph: its accuracy on the same held-out nodes.
+
+``table`` prints the markdown table for ``benchmarks/RESULTS.md``: per seed, Dr.E's transductive test accuracy
+(the fine-tuned run's own test split), its accuracy on the held-out nodes and GraphSAGE's on both.
+
+    python benchmarks/inductive.py prepare --out /work/inductive
+    python benchmarks/inductive.py run --out /work/inductive --store /work/store_inductive
+    python benchmarks/inductive.py table --out /work/inductive
+"""
+
+import argparse
+import csv
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+SOURCE = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "text" / "cora"
+
+
+def prepare(out: Path, seeds: list, share: float, source: Path) -> None:
+    csv.field_size_limit(1 << 24)
+    with open(source / "nodes.csv", newline="") as f:
+        reader = csv.DictReader(f)
+        header, nodes = reader.fieldnames, list(reader)
+    with open(source / "edges.csv", newline="") as f:
+        edges = [(row["src"], row["dst"]) for row in csv.DictReader(f)]
+    for seed in seeds:
+        order = np.random.default_rng(seed).permutation(len(nodes))
+        held = {nodes[i]["node_id"] for i in order[: round(share * len(nodes))]}
+        folder = out / f"seed{seed}"
+        for part, rows, links in (
+            ("graph", [n for n in nodes if n["node_id"] not in held],
+             [e for e in edges if e[0] not in held and e[1] not in held]),
+            ("new", [n for n in nodes if n["node_id"] in held], [e for e in edges if e[0] in held or e[1] in held]),
+        ):
+            (folder / part).mkdir(parents=True, exist_ok=True)
+            with open(folder / part / "nodes.csv", "w", newline="") as f:
+                writer = csv.DictWriter(f, header)
+                writer.writeheader()
+                writer.writerows(rows)
+            with open(folder / part / "edges.csv", "w", newline="") as f:
+                csv.writer(f).writerows([("src", "dst"), *links])
+        print(f"seed {seed}: {len(nodes) - len(held)} nodes kept, {len(held)} held out → {folder}")
+
+
+def cli(*args, store: Path) -> str:
+    command = [sys.executable, "-m", "dre_pipeline.cli", *args, "--store", str(store), "--quiet"]
+    done = subprocess.run(command, capture_output=True, text=True)
+    if done.returncode:
+        sys.exit(f"{' '.join(command)} failed:\n{done.stderr}")
+    return done.stdout
+
+
+def graphsage(graph: Path, new: Path, seed: int, store: Path) -> dict:
+    """GraphSAGE trained on ``graph`` alone, scored on its test split and on the nodes of ``new`` added to it."""
+    from dre_pipeline.data import load_dataset, make_split
+    from dre_pipeline.data.extend import with_new_nodes
+    from dre_pipeline.harness.baselines import train_gnn
+    from dre_pipeline.pipeline.artifacts import Store
+    from dre_pipeline.pipeline.stages import features
+    import torch
+
+    data = load_dataset(str(graph), None, store / "data")
+    split = make_split(data, "random", seed)
+    featured, artifact = features.load("auto", data, None, Store(store), quiet=True)
+    result = train_gnn("sage", featured, split, seed)
+    extended, added = with_new_nodes(data, new / "nodes.csv", new / "edges.csv")
+    x = torch.cat([featured.x, features.new_node_features(artifact, data, extended.text[data.num_nodes:],
+                                                          quiet=True)]) if artifact else extended.x
+    with torch.no_grad():
+        pred = result["model"](x, extended.edge_index).argmax(1).numpy()
+    truth = extended.y.numpy()
+    return {"test": result["test"]["accuracy"], "inductive": float((pred[added] == truth[added]).mean())}
+
+
+def run(out: Path, seeds: list, store: Path, fit_only: bool, ft_epochs: int) -> None:
+    for seed in seeds:
+        folder = out / f"seed{seed}"
+        graph, new = folder / "graph", folder / "new"
+        started = time.time()
+        summary = cli("finetune", "--dataset", str(graph), "--seed", str(seed), "--ft-epochs", str(ft_epochs),
+                      store=store)
+        fit_seconds = time.time() - started
+        if fit_only:
+            print(summary)
+            continue
+        artifact = Path(summary.rsplit("artifact: ", 1)[1].strip())
+        manifest = json.loads((artifact / "manifest.json").read_text())
+        started = time.time()
+        rows = json.loads(cli("predict", "--dataset", str(graph), "--seed", str(seed), "--ft-epochs", str(ft_epochs),
+                              "--new-nodes",
+                              str(new / "nodes.csv"), "--new-edges", str(new / "edges.csv"), "--format", "json",
+                              store=store))
+        result = {
+            "seed": seed, "held_out": len(rows), "fit_seconds": round(fit_seconds, 1),
+            "predict_seconds": round(time.time() - started, 1), "artifact": str(artifact),
+            "dre": {"test": manifest["test_accuracy"], "inductive": float(np.mean([r["correct"] for r in rows]))},
+            "graphsage": graphsage(graph, new, seed, store),
+            "machine": machine(),
+        }
+        (folder / "result.json").write_text(json.dumps(result, indent=2))
+        print(json.dumps(result))
+
+
+def machine() -> str:
+    from dre_pipeline.harness.bench import machine
+
+    return machine()
+
+
+def table(out: Path, seeds: list) -> str:
+    results = [json.loads((out / f"seed{s}" / "result.json").read_text()) for s in seeds
+               if (out / f"seed{s}" / "result.json").is_file()]
+    lines = ["| seed | held-out nodes | Dr.E test (transductive) % | Dr.E held-out (inductive) % | inductive − test |"
+             " GraphSAGE test % | GraphSAGE held-out % | fit s | predict s |",
+             "|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in results:
+        d, g = r["dre"], r["graphsage"]
+        lines.append(f"| {r['seed']} | {r['held_out']} | {100 * d['test']:.2f} | {100 * d['inductive']:.2f} | "
+                     f"{100 * (d['inductive'] - d['test']):+.2f} | {100 * g['test']:.2f} | {100 * g['inductive']:.2f} | "
+                     f"{r['fit_seconds']:.0f} | {r['predict_seconds']:.0f} |")
+    if results:
+        lines.append(f"\nMachine: {results[0]['machine']}.")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("step", choices=("prepare", "run", "table"))
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--share", type=float, default=0.1)
+    parser.add_argument("--source", type=Path, default=SOURCE)
+    parser.add_argument("--store", type=Path, default=Path("artifacts"))
+    parser.add_argument("--ft-epochs", type=int, default=2, help="as the bench's LLM rows (RESULTS.md)")
+    parser.add_argument("--fit-only", action="store_true", help="run: fine-tune only")
+    args = parser.parse_args()
+    if args.step == "prepare":
+        prepare(args.out, args.seeds, args.share, args.source)
+    elif args.step == "run":
+        run(args.out, args.seeds, args.store, args.fit_only, args.ft_epochs)
+    else:
+        print(table(args.out, args.seeds))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,158 @@
+"""Dr.E from Python: fit on a PyG ``Data``, answer for its nodes and for new ones, save and load the model.
+
+The command line calls the same methods (:mod:`dre_pipeline.cli`), and the artifact store stays underneath: a
+second :meth:`DrE.fit` with the same graph and settings is a cache hit.
+
+    from dre_pipeline import DrE, load_pyg
+
+    data = load_pyg("cora-text")           # torch_geometric Data with data.text and data.class_names
+    model = DrE(ft_epochs=2).fit(data)      # the codebook, stage one and the LoRA fine-tune
+    answers = model.predict("test")
+    print(answers.accuracy, answers.table.to_pandas().head())
+    model.save("cora-text-dre")             # safetensors and JSON; DrE.load("cora-text-dre") answers anywhere
+"""
+
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Optional, Union
+
+import pyarrow as pa
+import torch
+
+from .data import SPLIT_NAMES, GraphData
+from .data.extend import NewNodes, read_new_nodes
+from .data.pyg import from_pyg
+from .errors import InputError
+from .pipeline import bundle as bundles, commands
+from .pipeline.artifacts import Artifact, Store
+from .pipeline.config import FinetuneConfig
+
+
+@dataclass(frozen=True)
+class Predictions:
+    """Answers for some nodes: one dict per node in ``rows`` (as ``predict --format json`` prints them)."""
+
+    rows: list
+    class_names: list
+
+    @property
+    def table(self) -> pa.Table:
+        """node_id, split, label, prediction, correct, and one score column per class (log-probabilities)."""
+        columns = {key: [row[key] for row in self.rows] for key in ("node_id", "split", "label", "prediction",
+                                                                       "correct")}
+        columns.update({f"score:{name}": [row["scores"][name] for row in self.rows] for name in self.class_names})
+        return pa.table(columns)
+
+    @property
+    def scores(self) -> torch.Tensor:
+        """``[n, C]`` the classes' log-probabilities, in the order of ``class_names``."""
+        return torch.tensor([[row["scores"][name] for name in self.class_names] for row in self.rows])
+
+    @property
+    def predicted(self) -> torch.Tensor:
+        """``[n]`` the predicted class ids."""
+        return self.scores.argmax(1)
+
+    @property
+    def accuracy(self) -> Optional[float]:
+        """The share answered correctly among the nodes with a known label (None: no label known)."""
+        known = [row["correct"] for row in self.rows if row["correct"] is not None]
+        return sum(known) / len(known) if known else None
+
+
+class DrE:
+    """Dr.E with its settings: any option of ``dre-pipeline finetune`` as a keyword (``ft_epochs=2``,
+    ``llm_path=...``); ``store``: the artifact store; ``device``: auto, cpu or cuda[:N]; ``quiet``: no progress bars."""
+
+    def __init__(self, store: Union[str, Path, Store] = "artifacts", device: str = "auto", quiet: bool = False,
+                 **settings):
+        self.cfg, self.given = FinetuneConfig(**settings), set(settings)
+        self.store = store if isinstance(store, Store) else Store(Path(store))
+        self.device, self.quiet = device, quiet
+        self.graph: Optional[GraphData] = None  # a graph given in Python (else the settings' dataset)
+        self.bundle: Optional[bundles.Bundle] = None  # a loaded model: answers come from it, not from the store
+
+    @classmethod
+    def from_config(cls, cfg: FinetuneConfig, store: Store, device: str = "auto", quiet: bool = False) -> "DrE":
+        model = cls(store, device, quiet)
+        model.cfg = cfg
+        return model
+
+    def fit(self, data=None, text: Optional[list] = None, class_names: Optional[list] = None,
+            name: Optional[str] = None, force: bool = False) -> "DrE":
+        """Both stages on ``data`` (a PyG ``Data``; texts and class names on it or given here; None: the
+        ``dataset`` setting). A ``Data`` with train/val/test masks is split by them unless ``split`` was set."""
+        if data is not None:
+            self.graph = from_pyg(data, text, class_names, name or "graph")
+            split = "public" if self.graph.public_split is not None and "split" not in self.given else self.cfg.split
+            self.cfg = replace(self.cfg, dataset=self.graph.name, split=split)
+        self.bundle = None
+        self.artifact: Artifact = commands.finetune(self.cfg, self.store, force, self.quiet, self.device, self.graph)
+        return self
+
+    def predict(self, nodes=None, new_nodes: Union[NewNodes, tuple, None] = None, recode: bool = False) -> Predictions:
+        """Answers for ``nodes``: a split's name ("test"), node ids, or a boolean mask over the graph (None: every
+        new node where ``new_nodes`` are given, else every node). ``new_nodes``: a :class:`NewNodes` or the
+        (node table, edge table) paths of nodes to add first; ``recode``: the graph's own nodes take the extended
+        graph's codes."""
+        ids, part = self._nodes(nodes)
+        if self.bundle is not None:
+            rows = commands.predict_with_bundle(self.bundle, self.cfg, self.store, ids, self.device, self.quiet,
+                                                new_nodes, recode, self.graph, part)
+        else:
+            rows = commands.predict(self.cfg, self.store, ids, self.device, self.quiet, new_nodes, recode,
+                                    self.graph, part)
+        return Predictions(rows, list(rows[0]["scores"]) if rows else [])
+
+    def explain(self, node) -> dict:
+        """One node's words per hop, its text, the prompt, the prediction with per-class scores, the true label."""
+        return self.predict([node]).rows[0]
+
+    def save(self, path: Union[str, Path]) -> Path:
+        """The fitted model as a bundle in ``path`` (a new folder): see :mod:`~dre_pipeline.pipeline.bundle`."""
+        if self.bundle is not None:
+            raise InputError("this model was loaded from a bundle: copy its folder instead")
+        return commands.export(self.cfg, self.store, Path(path), self.device, self.quiet, self.graph)
+
+    @classmethod
+    def load(cls, path: Union[str, Path], llm_path: Optional[str] = None, store: Union[str, Path, Store] = "artifacts",
+             device: str = "auto", quiet: bool = False, **data_settings) -> "DrE":
+        """A saved bundle, to answer with (:meth:`predict`, :meth:`explain`) on the graph it trained on or another
+        with its classes and features: its ``dataset`` setting, another given here, or a graph passed to
+        :meth:`on`. ``llm_path``: the bundle's LLM (default: the embedded SmolLM2), refused where it differs."""
+        model = cls(store, device, quiet)
+        model.bundle = bundles.read(Path(path))
+        model.cfg = replace(model.bundle.cfg, llm_path=llm_path, **data_settings)
+        return model
+
+    def on(self, data, text: Optional[list] = None, class_names: Optional[list] = None,
+           name: Optional[str] = None) -> "DrE":
+        """Answer on the PyG graph ``data`` from now on (a loaded bundle on a graph built in Python)."""
+        self.graph = from_pyg(data, text, class_names, name or "graph")
+        self.cfg = replace(self.cfg, dataset=self.graph.name)
+        return self
+
+    @staticmethod
+    def _nodes(nodes) -> tuple:
+        """(node ids or None, a split's name or None) of what :meth:`predict` was given."""
+        if nodes is None:
+            return None, None
+        if isinstance(nodes, str):
+            if nodes not in SPLIT_NAMES:
+                raise InputError(f"nodes: a split's name is one of {', '.join(SPLIT_NAMES)}, got {nodes!r}")
+            return None, nodes
+        if isinstance(nodes, torch.Tensor) and nodes.dtype == torch.bool:
+            return nodes.nonzero().view(-1).tolist(), None
+        return [n.item() if hasattr(n, "item") else n for n in nodes], None
+
+
+def load_pyg(name: str, data_dir: Optional[str] = None, store: Union[str, Path] = "artifacts"):
+    """A dataset of this package (``cora-text``, ``cora``, a folder of node and edge tables, ...) as a PyG
+    ``Data`` with ``data.text`` and ``data.class_names`` (and masks where it ships a split)."""
+    from .data import load_dataset
+    from .data.pyg import to_pyg
+
+    return to_pyg(load_dataset(name, data_dir, Path(store) / "data"))
+
+
+__all__ = ["DrE", "Predictions", "load_pyg", "read_new_nodes"]
