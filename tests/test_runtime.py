@@ -34,3 +34,17 @@ def test_quiet_progress_is_silent(caplog):
 
 def test_duration_format():
     assert duration(5) == "0:05" and duration(125) == "2:05" and duration(3725) == "1:02:05"
+
+
+def test_progress_in_a_notebook_is_a_tqdm_auto_bar(monkeypatch):
+    import sys
+    import types
+
+    from tqdm.auto import tqdm
+
+    class ZMQInteractiveShell:  # the Jupyter kernel's shell, as IPython names it
+        pass
+
+    monkeypatch.setitem(sys.modules, "IPython", types.SimpleNamespace(get_ipython=ZMQInteractiveShell))
+    bar = progress(range(3), quiet=False, desc="encode epoch")
+    assert isinstance(bar, tqdm) and not isinstance(bar, LoggedProgress) and list(bar) == [0, 1, 2]

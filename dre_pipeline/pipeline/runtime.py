@@ -86,12 +86,19 @@ def peak_memory_mb(device: torch.device) -> dict:
 
 
 def progress(iterable, *, quiet: bool, desc: str, total: int = None):
-    """Iterate with progress shown: a tqdm bar on a terminal, log lines elsewhere, nothing with ``--quiet``."""
+    """Iterate with progress shown: a tqdm bar on a terminal or in a notebook (tqdm.auto's widget), log lines
+    elsewhere, nothing with ``--quiet``."""
     if quiet:
         return tqdm(iterable, disable=True)
-    if sys.stderr.isatty():
+    if sys.stderr.isatty() or in_notebook():
         return tqdm(iterable, desc=desc, total=total, dynamic_ncols=True, leave=False)
     return LoggedProgress(iterable, desc, total)
+
+
+def in_notebook() -> bool:
+    """Whether this runs in a Jupyter kernel (whose stderr is no terminal, but shows tqdm.auto's widgets)."""
+    shell = getattr(sys.modules.get("IPython"), "get_ipython", lambda: None)()
+    return type(shell).__name__ == "ZMQInteractiveShell"
 
 
 class LoggedProgress:
