@@ -69,25 +69,27 @@ def cli(*args, store: Path) -> str:
 
 
 def graphsage(graph: Path, new: Path, seed: int, store: Path) -> dict:
-    """GraphSAGE trained on ``graph`` alone, scored on its test split and on the nodes of ``new`` added to it."""
+    """GraphSAGE trained on ``graph`` alone, scored on its test split and on the nodes of ``new`` added to it,
+    their features made as the graph's were (as ``predict --new-nodes`` makes them)."""
+    import torch
+
     from dre_pipeline.data import load_dataset, make_split
-    from dre_pipeline.data.extend import with_new_nodes
+    from dre_pipeline.data.extend import extend, read_new_nodes
     from dre_pipeline.harness.baselines import train_gnn
     from dre_pipeline.pipeline.artifacts import Store
     from dre_pipeline.pipeline.stages import features
-    import torch
 
     data = load_dataset(str(graph), None, store / "data")
     split = make_split(data, "random", seed)
-    featured, artifact = features.load("auto", data, None, Store(store), quiet=True)
+    featured, made = features.load("auto", data, None, Store(store), quiet=True)
     result = train_gnn("sage", featured, split, seed)
-    extended, added = with_new_nodes(data, new / "nodes.csv", new / "edges.csv")
-    x = torch.cat([featured.x, features.new_node_features(artifact, data, extended.text[data.num_nodes:],
-                                                          quiet=True)]) if artifact else extended.x
+    added = read_new_nodes(new / "nodes.csv", new / "edges.csv", data)
+    x = features.new_node_features(made, data.text, added.text, None, quiet=True) if made else None
+    extended = extend(featured, added, x)
     with torch.no_grad():
-        pred = result["model"](x, extended.edge_index).argmax(1).numpy()
-    truth = extended.y.numpy()
-    return {"test": result["test"]["accuracy"], "inductive": float((pred[added] == truth[added]).mean())}
+        pred = result["model"](extended.x, extended.edge_index).argmax(1).numpy()
+    truth, rows = extended.y.numpy(), slice(data.num_nodes, None)
+    return {"test": result["test"]["accuracy"], "inductive": float((pred[rows] == truth[rows]).mean())}
 
 
 def run(out: Path, seeds: list, store: Path, fit_only: bool, ft_epochs: int) -> None:
