@@ -117,7 +117,8 @@ def step_clock(times: list):
         yield
 
 
-def accuracy(num_nodes: int, shares: list, epochs: int, patience: int, noise: float, store_root: Path) -> list:
+def accuracy(num_nodes: int, shares: list, epochs: int, patience: int, noise: float, store_root: Path,
+             old: bool = True) -> list:
     store = Store(store_root)
     llm = build_tiny_llama(store_root / "tiny-llama", width=64)
     data = generated_graph(num_nodes)
@@ -126,7 +127,7 @@ def accuracy(num_nodes: int, shares: list, epochs: int, patience: int, noise: fl
     split_np = make_split(data, "random", 0)
     split = torch.from_numpy(split_np).long()
     rows = []
-    for share in [None, *shares]:  # None: as it was
+    for share in [None, *shares] if old else shares:  # None: as it was
         cfg = EncodeConfig(llm_path=str(llm), batch_nodes=SEEDS, max_codes=1024, epochs=epochs, patience=patience,
                            reconstruction_seeds=share or 0.0)
         codebook = codebook_stage.load(codebook_stage.run(cfg, resolve_llm(cfg.llm_path, store), store))
@@ -134,7 +135,7 @@ def accuracy(num_nodes: int, shares: list, epochs: int, patience: int, noise: fl
         batches = mock.patch.object(encode, "training_batches", batches_as_they_were) if share is None else nullcontext()
         with step_clock(times), batches:
             key = f"bench-{num_nodes}-{noise}-{epochs}-{name}"  # never one another's checkpoint to resume
-            model, history, seconds = encode.train(cfg, data, data, split, codebook, store, key, True)
+            model, history, seconds = encode.train(cfg, data, data, split, codebook, store, key, True, SEEDS)
         _, logits, _ = model.inference(data.x, data.edge_index)
         acc = split_accuracy(logits.argmax(-1), data.y, split)
         row = {"row": name, "nodes": num_nodes, "noise": noise, "test_accuracy": acc["test"], "val_accuracy": acc["val"],
@@ -155,6 +156,7 @@ def main() -> None:
     parser.add_argument("--noise", type=float, default=12.0, help="accuracy: extra feature noise (standard deviation)")
     parser.add_argument("--epochs", type=int, default=40)
     parser.add_argument("--patience", type=int, default=10)
+    parser.add_argument("--no-old", action="store_true", help="accuracy: the trimmed rows only")
     parser.add_argument("--store", default=None, help="a store holding the de-quantized SmolLM2 (default: a fresh one)")
     args = parser.parse_args()
     print(machine(), flush=True)
@@ -162,7 +164,8 @@ def main() -> None:
     if args.mode == "steps":
         steps([int(s) for s in args.sizes.split(",")], args.repeats, root)
     else:
-        accuracy(args.nodes, [float(s) for s in args.shares.split(",")], args.epochs, args.patience, args.noise, root)
+        accuracy(args.nodes, [float(s) for s in args.shares.split(",")], args.epochs, args.patience, args.noise, root,
+                 not args.no_old)
 
 
 if __name__ == "__main__":

@@ -6,7 +6,6 @@ import pytest
 
 from dre_pipeline.pipeline.artifacts import Store
 from dre_pipeline.pipeline.config import CodebookConfig, EncodeConfig, FinetuneConfig
-from dre_pipeline.pipeline.llm import embedding_width
 from dre_pipeline.pipeline.resolve import resolve
 from dre_pipeline.pipeline.stages import codebook, encode
 from dre_pipeline.pipeline.stages.finetune import workspace
@@ -40,7 +39,7 @@ def test_an_upstream_setting_reaches_a_downstream_key_only_through_the_upstream_
     assert fewer_codes.keys["codebook"] != plan.keys["codebook"]
     assert fewer_codes.keys["encode"] != plan.keys["encode"]  # through the codebook's key
     assert encode.encode_key(replace(cfg, max_codes=200), plan.keys["codebook"], plan.data,
-                             embedding_width(plan.llm)) == plan.keys["encode"]
+                             plan.batch_nodes) == plan.keys["encode"]
     more_views = resolve(replace(cfg, num_views=2), store)
     assert more_views.keys["codebook"] == plan.keys["codebook"] and more_views.keys["encode"] != plan.keys["encode"]
     # stage two's settings leave stage one's keys as they are

@@ -30,7 +30,7 @@ from ..model.codebook import text_vocabulary
 from .placement import CPU, Placement
 from .stages import features
 from .stages.codebook import codebook_key
-from .stages.encode import encode_key
+from .stages.encode import encode_key, mini_batch_size
 
 
 @dataclass(frozen=True)
@@ -45,6 +45,7 @@ class Plan:
     split: np.ndarray  # [N] int8: 0 train, 1 val, 2 test
     vocabulary: Optional[frozenset]  # the codebook's words under --text-codebook, else None
     keys: dict = field(default_factory=dict)  # stage -> its key: features (text features only), codebook, encode
+    batch_nodes: int = 0  # seeds per stage-one step (:func:`.stages.encode.mini_batch_size`), 0: full batch
     quiet: bool = False
     cached_only: bool = False  # nothing may be built: status, predict
 
@@ -63,8 +64,9 @@ def resolve(cfg: EncodeConfig, store: Store, placement: Placement = CPU, quiet: 
     vocabulary = text_vocabulary(data.text) if cfg.text_codebook and data.text is not None else None
     keys = {"features": text_features.key} if text_features is not None else {}
     keys["codebook"] = codebook_key(cfg, llm, vocabulary)
-    keys["encode"] = encode_key(cfg, keys["codebook"], data, embedding_width(llm))
-    return Plan(cfg, store, placement, llm, data, split, vocabulary, keys, quiet, cached_only)
+    batch_nodes = mini_batch_size(cfg, data.num_nodes, data.edge_index.size(1), data.x.size(1), embedding_width(llm))
+    keys["encode"] = encode_key(cfg, keys["codebook"], data, batch_nodes)
+    return Plan(cfg, store, placement, llm, data, split, vocabulary, keys, batch_nodes, quiet, cached_only)
 
 
 def load_graph(cfg: DataConfig, llm: Optional[ResolvedLLM], store: Store, quiet: bool = False,

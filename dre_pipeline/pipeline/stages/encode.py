@@ -149,10 +149,9 @@ KEY_FIELDS = ("dataset", "split", "features", "seed", "num_views", "codes_per_vi
 MINI_BATCH_KEY_FIELDS = ("reconstruction_seeds",)
 
 
-def encode_key(cfg: EncodeConfig, codebook_key: str, data: GraphData, width: int) -> str:
-    """Stage one's key on ``data`` with a codebook of ``width`` dimensions (which decides full batch or not)."""
-    batched = mini_batch_size(cfg, data.num_nodes, data.edge_index.size(1), data.x.size(1), width)
-    names = KEY_FIELDS + (MINI_BATCH_KEY_FIELDS if batched else ())
+def encode_key(cfg: EncodeConfig, codebook_key: str, data: GraphData, batch_nodes: int) -> str:
+    """Stage one's key on ``data``, trained in steps of ``batch_nodes`` seeds (:func:`mini_batch_size`; 0: full batch)."""
+    names = KEY_FIELDS + (MINI_BATCH_KEY_FIELDS if batch_nodes else ())
     return artifact_key({"settings": key_fields(cfg, names), "codebook": codebook_key, "data": data.fingerprint})
 
 
@@ -183,7 +182,7 @@ def run(plan: "Plan", force: bool = False) -> Artifact:
     graph = on_device(data, device)
     split = torch.from_numpy(split_np).long().to(device)
     started = time.time()
-    model, history, train_seconds = train(cfg, data, graph, split, codebook, store, key, quiet)
+    model, history, train_seconds = train(cfg, data, graph, split, codebook, store, key, quiet, plan.batch_nodes)
 
     # shrink: the residual norm per level, over views and nodes
     codes, logits, shrink = model.inference(graph.x, graph.edge_index)
@@ -214,15 +213,15 @@ def run(plan: "Plan", force: bool = False) -> Artifact:
 
 
 def train(cfg: EncodeConfig, data: GraphData, graph: GraphData, split: torch.Tensor, codebook: Codebook,
-          store: Store, key: str, quiet: bool) -> tuple:
-    """Stage one's loop on ``graph`` (``data`` on the training device; ``split`` [N] there too), resumed from the
-    checkpoint a killed run left under ``key``: (the model at its best validation, the history, the training
-    seconds over every run it resumes)."""
+          store: Store, key: str, quiet: bool, batch_nodes: int) -> tuple:
+    """Stage one's loop on ``graph`` (``data`` on the training device; ``split`` [N] there too) in steps of
+    ``batch_nodes`` seeds (0: full batch), resumed from the checkpoint a killed run left under ``key``: (the model
+    at its best validation, the history, the training seconds over every run it resumes)."""
     device = graph.x.device
     seed_everything(cfg.seed)
     model = build_model(cfg, data, codebook).to(device)  # initialised on the CPU: the same weights on any device
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    sampler, batch_nodes = batch_sampler(cfg, data, codebook)
+    sampler = batch_sampler(cfg, data, batch_nodes)
     log.info("encode: training on %s", device)
     keyword_targets = keyword_targets_for(cfg, data, codebook, model, device)
     # Patience is in epochs; the stopper counts evaluations.
@@ -257,17 +256,15 @@ def train(cfg: EncodeConfig, data: GraphData, graph: GraphData, split: torch.Ten
     return model, history, train_seconds
 
 
-def batch_sampler(cfg: EncodeConfig, data: GraphData, codebook: Codebook) -> tuple:
-    """(the neighbour sampler, seeds per step) of mini-batch training, or (None, 0): full batch. It samples the
-    CPU graph ``data``, so that every device trains on the batches a CPU run draws."""
-    batch_nodes = mini_batch_size(cfg, data.num_nodes, data.edge_index.size(1), data.x.size(1),
-                                  codebook.vectors.size(1))
-    sampler = NeighborSampler(data.edge_index, data.num_nodes, cfg.neighbors(), cfg.seed) if batch_nodes else None
-    if sampler:
-        log.info("encode: mini-batches of %d seeds (%.0f%% from outside the training set), %s neighbours sampled "
-                 "per hop, each layer computed for the seeds' reach only", batch_nodes, 100 * cfg.reconstruction_seeds,
-                 cfg.num_neighbors)
-    return sampler, batch_nodes
+def batch_sampler(cfg: EncodeConfig, data: GraphData, batch_nodes: int):
+    """The neighbour sampler of mini-batch training in steps of ``batch_nodes`` seeds, or None: full batch. It
+    samples the CPU graph ``data``, so that every device trains on the batches a CPU run draws."""
+    if not batch_nodes:
+        return None
+    log.info("encode: mini-batches of %d seeds (%.0f%% from outside the training set), %s neighbours sampled "
+             "per hop, each layer computed for the seeds' reach only", batch_nodes, 100 * cfg.reconstruction_seeds,
+             cfg.num_neighbors)
+    return NeighborSampler(data.edge_index, data.num_nodes, cfg.neighbors(), cfg.seed)
 
 
 def keyword_targets_for(cfg: EncodeConfig, data: GraphData, codebook: Codebook, model: StageOneModel,
