@@ -62,19 +62,22 @@ class Predictions:
 
 class DrE:
     """Dr.E with its settings: any option of ``dre-pipeline finetune`` as a keyword (``ft_epochs=2``,
-    ``llm_path=...``); ``store``: the artifact store; ``device``: auto, cpu or cuda[:N]; ``quiet``: no progress bars."""
+    ``llm_path=...``); ``store``: the artifact store; ``device``: auto, cpu or cuda[:N]; ``quiet``: no progress bars;
+    ``log_dir``: TensorBoard scalars of the stages :meth:`fit` trains."""
 
     def __init__(self, store: Union[str, Path, Store] = "artifacts", device: str = "auto", quiet: bool = False,
-                 **settings):
+                 log_dir: Optional[Union[str, Path]] = None, **settings):
         self.cfg, self.given = FinetuneConfig(**settings), set(settings)
         self.store = store if isinstance(store, Store) else Store(Path(store))
         self.device, self.quiet = device, quiet
+        self.log_dir = Path(log_dir) if log_dir is not None else None  # TensorBoard scalars of what fit trains
         self.graph: Optional[GraphData] = None  # a graph given in Python (else the settings' dataset)
         self.bundle: Optional[bundles.Bundle] = None  # a loaded model: answers come from it, not from the store
 
     @classmethod
-    def from_config(cls, cfg: FinetuneConfig, store: Store, device: str = "auto", quiet: bool = False) -> "DrE":
-        model = cls(store, device, quiet)
+    def from_config(cls, cfg: FinetuneConfig, store: Store, device: str = "auto", quiet: bool = False,
+                    log_dir: Optional[Path] = None) -> "DrE":
+        model = cls(store, device, quiet, log_dir)
         model.cfg = cfg
         return model
 
@@ -87,7 +90,8 @@ class DrE:
             split = "public" if self.graph.public_split is not None and "split" not in self.given else self.cfg.split
             self.cfg = replace(self.cfg, dataset=self.graph.name, split=split)
         self.bundle = None
-        self.artifact: Artifact = commands.finetune(self.cfg, self.store, force, self.quiet, self.device, self.graph)
+        self.artifact: Artifact = commands.finetune(self.cfg, self.store, force, self.quiet, self.device, self.graph,
+                                                    self.log_dir)
         return self
 
     def predict(self, nodes=None, new_nodes: Union[NewNodes, tuple, None] = None, recode: bool = False) -> Predictions:

@@ -22,6 +22,7 @@ from .pipeline.artifacts import Store
 from .harness.bench_config import BenchConfig
 from .pipeline.config import PRESETS, CodebookConfig, EncodeConfig, FinetuneConfig, StoreConfig
 from .errors import InputError
+from .pipeline import run_file
 from .pipeline.runtime import check_environment, setup_logging
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Dr.E: graphs as words for LLMs.")
@@ -35,18 +36,12 @@ def _option(name: str, annotation, default, help: str) -> inspect.Parameter:
 RUN_OPTIONS = [
     _option("store", Path, Path("artifacts"), "Artifact store folder ($DRE_STORE overrides the default)."),
     _option("quiet", bool, False, "No progress bars, warnings only."),
+    _option("config", Optional[Path], None, "A run file (TOML) of options by name, e.g. an artifact's run.toml; "
+            "options given here win over it, and it over --preset."),
 ]
 FORCE = _option("force", bool, False, "Recompute even when a cached artifact matches.")
 PRESET = _option("preset", str, "none", f"none | {' | '.join(PRESETS)}: a named bundle of settings "
                  "(paper: the reference run's); options given here win over it.")
-
-
-def with_preset(values: dict, preset: str, context: typer.Context) -> dict:
-    """``values`` with the preset's settings where the command line left an option at its default."""
-    if preset != "none" and preset not in PRESETS:
-        raise InputError(f"--preset must be one of none, {', '.join(PRESETS)}, got {preset!r}")
-    given = {name for name in values if context.get_parameter_source(name).name != "DEFAULT"}
-    return {**values, **{k: v for k, v in PRESETS.get(preset, {}).items() if k in values and k not in given}}
 
 
 def _store(path: Path) -> Store:
@@ -103,18 +98,21 @@ def stage_command(name: str, config_cls, extra: tuple = (), computes: bool = Tru
         config_names = [f.name for f in fields(config_cls)]
 
         def command(ctx: typer.Context, **kwargs):
-            setup_logging(kwargs["quiet"])
             with user_errors():
+                given = {option for option in kwargs if ctx.get_parameter_source(option).name != "DEFAULT"}
+                kwargs, given = run_file.apply(kwargs.pop("config"), kwargs, given, options, name)
+                setup_logging(kwargs["quiet"])
                 check_environment()
-                cfg = config_cls(**with_preset({k: kwargs[k] for k in config_names}, kwargs.get("preset", "none"), ctx))
+                cfg = config_cls(**run_file.with_preset({k: kwargs[k] for k in config_names},
+                                                        kwargs.get("preset", "none"), given))
                 if "device" in kwargs:  # a device this machine lacks stops here, not after the work before it
                     from .pipeline.llm import resolve_device
 
                     kwargs["device"] = resolve_device(kwargs["device"])
                 store = _store(kwargs["store"])
                 run_options = {k: v for k, v in kwargs.items() if k not in (*config_names, "store", "preset")}
-                if "given" in inspect.signature(body).parameters:  # the options the command line set
-                    run_options["given"] = {k for k in config_names if ctx.get_parameter_source(k).name != "DEFAULT"}
+                if "given" in inspect.signature(body).parameters:  # the options the command line or run file set
+                    run_options["given"] = given & set(config_names)
                 body(cfg, store, **run_options)
 
         params = [_option(f.name, f.type, f.default if f.default is not MISSING else f.default_factory(),
@@ -122,6 +120,8 @@ def stage_command(name: str, config_cls, extra: tuple = (), computes: bool = Tru
         context = inspect.Parameter("ctx", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=typer.Context)
         command.__signature__ = inspect.Signature([context] + params + RUN_OPTIONS + ([PRESET] if presets else [])
                                                   + ([FORCE] if computes else []) + list(extra))
+        options = {p.name: p.annotation for p in command.__signature__.parameters.values()
+                   if isinstance(p.default, typer.models.OptionInfo) and p.name != "config"}
         command.__doc__ = body.__doc__
         app.command(name)(command)
         return body
@@ -143,27 +143,29 @@ DEVICE = _option("device", str, "auto", "auto | cpu | cuda[:N]: where stage one 
 # finetune's own field; for encode a run-time setting: only --features llm loads the LLM there
 QUANTIZATION = _option("quantization", str, "none", "--features llm: the LLM's weights as "
                        + FinetuneConfig.__dataclass_fields__["quantization"].metadata["help"])
+LOG_DIR = _option("log_dir", Optional[Path], None, "Write the training curves as TensorBoard scalars, one folder "
+                  "per run (<stage>-<key>); needs the tensorboard extra. A run-time setting: no key holds it.")
 
 
-@stage_command("encode", EncodeConfig, extra=(DEVICE, QUANTIZATION))
-def encode(cfg: EncodeConfig, store: Store, force: bool, quiet: bool, device, quantization: str):
+@stage_command("encode", EncodeConfig, extra=(DEVICE, QUANTIZATION, LOG_DIR))
+def encode(cfg: EncodeConfig, store: Store, force: bool, quiet: bool, device, quantization: str, log_dir):
     """Stage one: multi-view GNN with dual-level residual VQ; writes codes.parquet."""
     from .pipeline import commands
     from .pipeline.placement import Placement
 
-    artifact = commands.encode(cfg, store, force, quiet, Placement.resolve(device, quantization))
+    artifact = commands.encode(cfg, store, force, quiet, Placement.resolve(device, quantization), log_dir)
     acc = artifact.manifest["label_head_accuracy"]
     typer.echo(f"encode: label head test accuracy {acc['test']:.4f} (val {acc['val']:.4f}) → {artifact.path}")
 
 
-@stage_command("finetune", FinetuneConfig, extra=(DEVICE,))
-def finetune(cfg: FinetuneConfig, store: Store, force: bool, quiet: bool, device: str):
+@stage_command("finetune", FinetuneConfig, extra=(DEVICE, LOG_DIR))
+def finetune(cfg: FinetuneConfig, store: Store, force: bool, quiet: bool, device: str, log_dir: Optional[Path]):
     """Stage two: LoRA-finetune the LLM on graph-word prompts (runs missing upstream stages)."""
     from .api import DrE
     from .harness.status import summary_table
     from .pipeline import distributed
 
-    artifact = DrE.from_config(cfg, store, device, quiet).fit(force=force).artifact
+    artifact = DrE.from_config(cfg, store, device, quiet, log_dir).fit(force=force).artifact
     if distributed.is_main():  # under torchrun, one summary
         typer.echo(summary_table(store, artifact))
 

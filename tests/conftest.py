@@ -1,7 +1,9 @@
-"""Shared fixtures: the real datasets folder, a tiny random Llama, the embedded SmolLM2."""
+"""Shared fixtures: the real datasets folder, a tiny random Llama, the embedded SmolLM2, one tiny run."""
 
 import os
 from pathlib import Path
+
+import json
 
 import numpy as np
 import pytest
@@ -54,3 +56,29 @@ def smollm2_store(tmp_path_factory) -> Store:
     store = Store(tmp_path_factory.mktemp("store"))
     resolve_llm(None, store)
     return store
+
+
+# A few seconds for the three stages and the joint pass on the tiny Llama.
+TINY_RUN = ["--dataset", "synthetic", "--epochs", "2", "--eval-epochs", "1", "--ft-epochs", "1", "--lora-layers", "1",
+            "--max-codes", "300", "--joint", "--quiet"]
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory, tiny_llm) -> tuple:
+    """A store after one ``finetune TINY_RUN`` under ``--log-dir``: (its store folder, its log folder). Read it,
+    never change it."""
+    from typer.testing import CliRunner
+
+    from dre_pipeline.cli import app
+
+    root = tmp_path_factory.mktemp("tiny-run")
+    store, logs = root / "store", root / "logs"
+    result = CliRunner().invoke(app, ["finetune", *TINY_RUN, "--llm-path", str(tiny_llm), "--store", str(store),
+                                      "--log-dir", str(logs)])
+    assert result.exit_code == 0, result.output
+    return store, logs
+
+
+def artifact_times(store: Path) -> dict:
+    """Every artifact folder of ``store`` with its manifest's creation time: equal before and after a cache hit."""
+    return {str(p): json.loads((p / "manifest.json").read_text())["created"] for p in sorted(store.glob("*/[!.]*"))}

@@ -1,6 +1,7 @@
 """What each command runs, from its settings: its plan, resolved once (:mod:`.resolve`), then the stages in
 order. The CLI, the harness and a script all enter here; the stages below take the plan and derive none of it."""
 
+from pathlib import Path
 from typing import Optional
 
 from . import bundle, distributed
@@ -24,16 +25,18 @@ def codebook(cfg: CodebookConfig, store: Store, force: bool = False) -> Artifact
 
 
 def encode(cfg: EncodeConfig, store: Store, force: bool = False, quiet: bool = False,
-           placement: Placement = CPU) -> Artifact:
-    """Stage one (and the codebook and text features it reads) on ``placement``."""
-    return encode_stage.run(resolve(cfg, store, placement, quiet), force)
+           placement: Placement = CPU, log_dir: Optional[Path] = None) -> Artifact:
+    """Stage one (and the codebook and text features it reads) on ``placement``; its training curves under
+    ``log_dir`` where one is given."""
+    return encode_stage.run(resolve(cfg, store, placement, quiet, log_dir=log_dir), force)
 
 
 def finetune(cfg: FinetuneConfig, store: Store, force: bool = False, quiet: bool = False,
-             device="auto", graph: Optional[GraphData] = None) -> Artifact:
+             device="auto", graph: Optional[GraphData] = None, log_dir: Optional[Path] = None) -> Artifact:
     """Stage two, and every stage upstream of it that is not in the store yet (on ``graph``, where it is given
-    rather than loaded from ``--dataset``). Under ``torchrun`` every process runs this (:mod:`.distributed`)."""
-    plan = _plan(cfg, store, quiet, device, graph=graph)
+    rather than loaded from ``--dataset``); the training curves of each stage it trains under ``log_dir`` where one
+    is given. Under ``torchrun`` every process runs this (:mod:`.distributed`)."""
+    plan = _plan(cfg, store, quiet, device, graph=graph, log_dir=log_dir)
     targets = lora_targets(plan.llm, cfg.lora_targets)  # an impossible setting stops before any training
     ws = _workspace(plan)
     return finetune_stage.run(ws, targets, force)
@@ -81,11 +84,11 @@ def _new(new_nodes, ws: workspace_stage.Workspace):
 
 
 def _plan(cfg: FinetuneConfig, store: Store, quiet: bool, device, cached_only: bool = False,
-          graph: Optional[GraphData] = None) -> Plan:
+          graph: Optional[GraphData] = None, log_dir: Optional[Path] = None) -> Plan:
     """Stage two's plan on ``--device`` (under ``torchrun``, this process's GPU) with ``--quantization``; only the
     first process shows progress."""
     placement = Placement.resolve(distributed.setup(resolve_device(device)), cfg.quantization)
-    return resolve(cfg, store, placement, quiet or not distributed.is_main(), cached_only, graph)
+    return resolve(cfg, store, placement, quiet or not distributed.is_main(), cached_only, graph, log_dir)
 
 
 def _workspace(plan: Plan) -> workspace_stage.Workspace:

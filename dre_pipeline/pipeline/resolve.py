@@ -18,6 +18,7 @@ keyed by the raw graph's fingerprint and the encoder's identity.
 """
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Optional
 
 import numpy as np
@@ -26,6 +27,7 @@ from .artifacts import Store
 from .config import DataConfig, EncodeConfig
 from ..data import GraphData, load_dataset, make_split
 from .llm import ResolvedLLM, embedding_width, quantization_config, resolve_llm
+from . import metrics_log
 from ..model.codebook import text_vocabulary
 from .placement import CPU, Placement
 from .stages import features
@@ -48,16 +50,20 @@ class Plan:
     batch_nodes: int = 0  # seeds per stage-one step (:func:`.stages.encode.mini_batch_size`), 0: full batch
     quiet: bool = False
     cached_only: bool = False  # nothing may be built: status, predict
+    log_dir: Optional[Path] = None  # --log-dir: each training run's TensorBoard scalars go below it
 
 
 def resolve(cfg: EncodeConfig, store: Store, placement: Placement = CPU, quiet: bool = False,
-            cached_only: bool = False, graph: Optional[GraphData] = None) -> Plan:
+            cached_only: bool = False, graph: Optional[GraphData] = None, log_dir: Optional[Path] = None) -> Plan:
     """The plan of ``cfg``; text features are computed here if they are not cached (unless ``cached_only``,
     where a missing one is an :class:`~dre_pipeline.errors.InputError`), nothing else is built.
 
     ``placement``: the command's, where and how ``--features llm`` runs the LLM; ``graph``: the graph itself
-    (one built in Python), instead of loading ``--dataset``.
+    (one built in Python), instead of loading ``--dataset``; ``log_dir``: ``--log-dir``, refused here, before any
+    work, where TensorBoard is missing.
     """
+    if log_dir is not None:
+        metrics_log.require(log_dir)
     llm = resolve_llm(cfg.llm_path, store)
     quantization_config(placement.quantization, placement.device, llm)  # an impossible placement stops here
     data, split, text_features = load_graph(cfg, llm, store, quiet, cached_only, placement, graph)
@@ -66,7 +72,7 @@ def resolve(cfg: EncodeConfig, store: Store, placement: Placement = CPU, quiet: 
     keys["codebook"] = codebook_key(cfg, llm, vocabulary)
     batch_nodes = mini_batch_size(cfg, data.num_nodes, data.edge_index.size(1), data.x.size(1), embedding_width(llm))
     keys["encode"] = encode_key(cfg, keys["codebook"], data, batch_nodes)
-    return Plan(cfg, store, placement, llm, data, split, vocabulary, keys, batch_nodes, quiet, cached_only)
+    return Plan(cfg, store, placement, llm, data, split, vocabulary, keys, batch_nodes, quiet, cached_only, log_dir)
 
 
 def load_graph(cfg: DataConfig, llm: Optional[ResolvedLLM], store: Store, quiet: bool = False,

@@ -9,7 +9,8 @@ import pyarrow.parquet as pq
 
 from ..artifacts import Artifact, Store, artifact_key, digest, read_matrix, write_matrix
 from ...model.codebook import Codebook, refine_vocabulary
-from ..config import CodebookConfig, key_fields
+from .. import run_file
+from ..config import CodebookConfig, key_fields, subset
 from ...errors import InputError
 from ..llm import ResolvedLLM, load_embeddings, load_tokenizer
 from ..runtime import log
@@ -52,6 +53,7 @@ def run(cfg: CodebookConfig, llm: ResolvedLLM, store: Store, vocabulary: frozens
     }
     with store.writing("codebook", key, manifest) as out:
         save(codebook, out)
+        run_file.write(out / "run.toml", subset(cfg, CodebookConfig))  # encode's config reaches here too
     log.info("codebook: refined %s's vocabulary in %.1fs", llm.name, manifest["seconds"])
     return store.find("codebook", key, cached=False)
 

@@ -12,6 +12,8 @@ ends as an uninterrupted one would.
 import math
 import time
 from dataclasses import replace
+from pathlib import Path
+from typing import Optional
 
 import numpy as np
 import torch
@@ -26,6 +28,8 @@ from ...model.grounding import hop_keyword_targets, keyword_loss, seed_rows
 from ...model.quantizer import perplexity
 from ...model.evaluation import split_accuracy
 from ...model.sampling import NeighborSampler
+from .. import run_file
+from ..metrics_log import ScalarLog
 from ..runtime import EarlyStopping, TrainingState, log, progress, seed_everything, snapshot
 from . import codebook as codebook_stage
 from .code_table import write_codes
@@ -182,7 +186,8 @@ def run(plan: "Plan", force: bool = False) -> Artifact:
     graph = on_device(data, device)
     split = torch.from_numpy(split_np).long().to(device)
     started = time.time()
-    model, history, train_seconds = train(cfg, data, graph, split, codebook, store, key, quiet, plan.batch_nodes)
+    model, history, train_seconds = train(cfg, data, graph, split, codebook, store, key, quiet, plan.batch_nodes,
+                                          plan.log_dir)
 
     # shrink: the residual norm per level, over views and nodes
     codes, logits, shrink = model.inference(graph.x, graph.edge_index)
@@ -206,6 +211,7 @@ def run(plan: "Plan", force: bool = False) -> Artifact:
                     codebook)
         write_json(out / "metrics.json", metrics)
         save_torch({"state_dict": {name: t.cpu() for name, t in model.state_dict().items()}}, out / "gnn.pt")
+        run_file.write(out / "run.toml", cfg)
     log.info("encode: label head accuracy train %.4f val %.4f test %.4f; perplexity per view %s; %.1fs → %s",
              acc["train"], acc["val"], acc["test"], [round(p, 1) for p in metrics["perplexity"]], train_seconds,
              store.root / "encode" / key)
@@ -213,10 +219,11 @@ def run(plan: "Plan", force: bool = False) -> Artifact:
 
 
 def train(cfg: EncodeConfig, data: GraphData, graph: GraphData, split: torch.Tensor, codebook: Codebook,
-          store: Store, key: str, quiet: bool, batch_nodes: int) -> tuple:
+          store: Store, key: str, quiet: bool, batch_nodes: int, log_dir: Optional[Path] = None) -> tuple:
     """Stage one's loop on ``graph`` (``data`` on the training device; ``split`` [N] there too) in steps of
     ``batch_nodes`` seeds (0: full batch), resumed from the checkpoint a killed run left under ``key``: (the model
-    at its best validation, the history, the training seconds over every run it resumes)."""
+    at its best validation, the history, the training seconds over every run it resumes). ``log_dir``: each
+    evaluation goes there too, as TensorBoard scalars."""
     device = graph.x.device
     seed_everything(cfg.seed)
     model = build_model(cfg, data, codebook).to(device)  # initialised on the CPU: the same weights on any device
@@ -229,6 +236,8 @@ def train(cfg: EncodeConfig, data: GraphData, graph: GraphData, split: torch.Ten
     state = TrainingState(store, "encode", key, device, model=model, optimizer=optimizer, stopper=stopper,
                           sampler_rng=sampler.generator if sampler else None)
     history, start_epoch, losses_since_eval, train_mask = [], 0, [], split == 0
+    # any process may write: the one that trains the key is the one that holds its lock (under torchrun too)
+    board = ScalarLog(log_dir, f"encode-{key}")
     if resumed := state.resume():
         history, start_epoch = resumed["history"], resumed["epoch"]
         log.info("encode: resuming an interrupted run after epoch %d", start_epoch)
@@ -246,12 +255,14 @@ def train(cfg: EncodeConfig, data: GraphData, graph: GraphData, split: torch.Ten
             continue
         history.append(evaluation(model, graph, split, len(codebook), epoch + 1, losses_since_eval))
         losses_since_eval = []
+        board.stage_one(history[-1])
         bar.set_postfix(loss=f"{history[-1]['loss']:.3f}", val=f"{history[-1]['accuracy']['val']:.3f}")
         stopper.update(history[-1]["accuracy"]["val"])
         if stopper.stop:  # no checkpoint: the run ends here
             break
         state.save(history=history, epoch=epoch + 1)
     train_seconds = state.seconds
+    board.close()
     model.load_state_dict(stopper.best_state)
     return model, history, train_seconds
 

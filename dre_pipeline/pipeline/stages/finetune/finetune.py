@@ -14,7 +14,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
-from ... import distributed
+from ... import distributed, run_file
 from ...artifacts import Artifact, Store, save_torch, write_json
 from ...config import key_fields
 from ....data import split_names
@@ -116,6 +116,7 @@ def _write(store: Store, ws: Workspace, model, codes: np.ndarray, nodes: np.ndar
                                  ws.codebook)
         pq.write_table(predictions_table(ws, nodes, scores), out / "predictions.parquet")
         write_json(out / "metrics.json", metrics)
+        run_file.write(out / "run.toml", ws.cfg)
         write_json(out / "prompt.json", {"instruction": ws.template.instruction,
                                          "scoring": "first-token" if ws.template.first_token_unique else "sequence"})
         if gnn_state is not None:  # the GNN (and projector) the final model reads through

@@ -1,7 +1,8 @@
 """Stage two's training loop (nanoGPT-style, one loop read top to bottom) and its scoring.
 
 :func:`train`: shuffle the training nodes, batch, loss, backward, clip, step, schedule;
-score validation every ``eval_every`` steps or each epoch, keep the best state, stop early.
+score validation every ``eval_every`` steps or each epoch, keep the best state, stop early; under ``--log-dir``
+(the plan's) each step's loss and each evaluation go there too, as TensorBoard scalars tagged ``<phase>/``.
 :func:`score` / :func:`evaluate` rank the class names for given nodes (predict uses them too).
 """
 
@@ -16,6 +17,7 @@ from torch import nn
 from ... import distributed
 from ...artifacts import Store
 from ...config import FinetuneConfig
+from ...metrics_log import ScalarLog
 from ....data import SPLIT_NAMES
 from ....model.evaluation import classification_report
 from ....model.predictor import GraphWordPredictor
@@ -81,6 +83,7 @@ def train(predictor: GraphWordPredictor, node_tokens: nn.Module, ws: Workspace, 
                           node_tokens=node_tokens, optimizer=optimizer, scheduler=scheduler, stopper=stopper,
                           batches_rng=generator, node_tokens_rng=node_tokens.generator)
     history, step, tokens, prompts, gnn_norms, start_epoch, start_accuracy = [], 0, 0, 0, [], 0, None
+    board = ScalarLog(ws.plan.log_dir, f"finetune-{ws.key}", distributed.is_main())
     if resumed := state.resume():
         history, step, tokens, prompts, gnn_norms, start_epoch, start_accuracy = (resumed[k] for k in (
             "history", "step", "tokens", "prompts", "gnn_norms", "epoch", "start_accuracy"))
@@ -99,6 +102,7 @@ def train(predictor: GraphWordPredictor, node_tokens: nn.Module, ws: Workspace, 
             tokens, prompts, step = tokens + batch_tokens, prompts + len(batch), step + 1
             if cfg.eval_every and step % cfg.eval_every == 0 or i == len(batches):  # every epoch ends evaluated
                 history.append(validation(predictor, node_tokens, ws, quiet, phase, epoch, step, losses, epoch_start))
+                board.stage_two(phase, history[-1], losses)
                 stopper.update(history[-1]["val_accuracy"])
                 if stopper.stop:
                     break
@@ -107,6 +111,7 @@ def train(predictor: GraphWordPredictor, node_tokens: nn.Module, ws: Workspace, 
         state.save(history=history, step=step, tokens=tokens, prompts=prompts, gnn_norms=gnn_norms, epoch=epoch + 1,
                    start_accuracy=start_accuracy)
     train_seconds = state.seconds
+    board.close()
     lora, tokens_state = stopper.best_state
     trained.load_state_dict(lora)
     node_tokens.load_state_dict(tokens_state)
