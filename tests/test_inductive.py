@@ -153,3 +153,19 @@ def test_labels_of_new_nodes_must_be_classes_of_the_graph(held_out, tmp_path):
     ws = commands.workspace(cfg, store, quiet=True, cached_only=True, device="cpu")
     with pytest.raises(InputError, match="label 'astrology' is not a class of graph"):
         read_new_nodes(tables / "nodes.csv", tables / "edges.csv", ws.data)
+
+
+def test_on_text_features_new_nodes_take_the_graphs_bag_of_words(held_out, tiny_llm):
+    cfg, store, full, tables = held_out
+    bow = FinetuneConfig(llm_path=cfg.llm_path, dataset=cfg.dataset, features="bow", **SETTINGS)
+    commands.finetune(bow, store, quiet=True, device="cpu")
+    rows = commands.predict(bow, store, None, "cpu", True, (tables / "nodes.csv", tables / "edges.csv"))
+    ws = commands.workspace(bow, store, quiet=True, cached_only=True, device="cpu")
+    from sklearn.feature_extraction.text import CountVectorizer
+
+    vocabulary = CountVectorizer(binary=True, stop_words="english", max_features=1433).fit(ws.data.text)
+    x = torch.from_numpy(vocabulary.transform(full.text[-HELD_OUT:]).toarray().astype("float32"))
+    extended = extend(ws.data, read_new_nodes(tables / "nodes.csv", tables / "edges.csv", ws.data), x)
+    codes, _, _ = workspace.stage_one_model(ws).inference(extended.x, extended.edge_index)
+    assert [r["words"] for r in rows] == [[[ws.codebook.words[c] for c in view] for view in node]
+                                          for node in codes[-HELD_OUT:].tolist()]

@@ -32,7 +32,8 @@ class NewNodes:
             ``N..N+n-1`` in order; each new node's edges, directed either way.
         text (list): per node its text, where the graph has text (else None).
         titles (list): each text's title, where the graph's texts have them.
-        x (Tensor): ``[n, F]`` feature vectors where the graph has its own, else ``[n, 0]`` (made from the text).
+        x (Tensor): ``[n, F]`` feature vectors where the graph has its own (:func:`extend` checks their width
+            where they are read), else ``[n, 0]`` (made from the text).
         y (ndarray): ``[n]`` class ids, :data:`UNLABELLED` where unknown.
     """
 
@@ -69,9 +70,6 @@ def read_new_nodes(nodes_path: Path, edges_path: Path, graph: GraphData) -> NewN
     if graph.titles is not None and titles is None and text is not None:
         titles = split_titles(text) or [""] * len(text)
     x = torch.from_numpy(_folder_features(nodes, nodes_path, has_text=text is not None))
-    if graph.has_features and x.size(1) != graph.x.size(1):
-        raise InputError(f"{nodes_path}: {graph.name}'s nodes have {graph.x.size(1)} features, the new ones "
-                         f"{x.size(1)}: give the same feature columns")
     edges = _read_table(edges_path, ["src", "dst"], empty_ok=True)
 
     def positions(column: str) -> np.ndarray:
@@ -109,10 +107,14 @@ def _labels(nodes, path: Path, graph: GraphData) -> np.ndarray:
 
 def extend(graph: GraphData, new: NewNodes, x: torch.Tensor = None) -> GraphData:
     """``graph`` with ``new`` appended (undirected edges, as every graph here); ``x``: the new nodes' feature rows
-    as the graph's ``x`` holds them (made from their text where the graph's are), default ``new.x``."""
+    as the graph's ``x`` holds them (made from their text where the graph's are), default ``new.x``, which must
+    then be as wide as the graph's."""
     num_nodes = graph.num_nodes + len(new.node_ids)
     edges = torch.cat([graph.edge_index, to_undirected(new.edges, num_nodes=num_nodes)], dim=1)
     edge_index = to_undirected(edges[:, edges[0] != edges[1]], num_nodes=num_nodes)
+    if x is None and new.x.size(1) != graph.x.size(1):
+        raise InputError(f"{graph.name}'s nodes have {graph.x.size(1)} features, the new ones {new.x.size(1)}: "
+                         "give the same feature columns")
     x = torch.cat([graph.x, new.x if x is None else x.to(graph.x.dtype)])
     y = torch.cat([graph.y, torch.from_numpy(new.y)])
     text = graph.text + new.text if graph.text is not None else None
