@@ -43,10 +43,12 @@ def write_markdown(out_dir: Path) -> None:
             "machines of one kind differ in CPU features (AVX-512 with native bf16, or only AVX2).", ""]
     text += bench_time_markdown(files)
     for name, payload in files.items():
-        if name not in ("speed", "targets", "scale", "economy"):
+        if name not in ("speed", "targets", "scale", "economy", "inductive", "memory_peaks"):
             text += accuracy_markdown(payload, out_dir)
     if "economy" in files:
         text += economy_markdown(files["economy"])
+    if "inductive" in files:
+        text += inductive_markdown(files["inductive"])
     if "scale" in files:
         from .scale import markdown as scale_markdown
 
@@ -222,6 +224,21 @@ def per_seed_markdown(results: list) -> list:
         table.append(f"| {seed} | {pair(sage)} | {pair(head, 'stage_one_')} | "
                      + " | ".join(pair(f) for f in found) + " | " + " | ".join(margin(f) for f in found) + " |")
     return table + [""]
+
+
+def inductive_markdown(payload: dict) -> list:
+    """Dr.E and GraphSAGE on nodes held out of training entirely, beside their test splits (benchmarks/inductive.py)."""
+    lines = [f"## Inductive: {payload['dataset']}, {100 * payload['share']:.0f} % of the nodes held out", "",
+             f"- command: `{payload['command']}`", f"- machine: {payload['machine']}", f"- date: {payload['date']}",
+             f"- {payload['note']}", "",
+             "| seed | held-out nodes | Dr.E test % | Dr.E held-out % | held-out − test | GraphSAGE test % "
+             "| GraphSAGE held-out % | fit s | predict s |", "|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in payload["rows"]:
+        d, g = r["dre"], r["graphsage"]
+        lines.append(f"| {r['seed']} | {r['held_out']} | {100 * d['test']:.2f} | {100 * d['inductive']:.2f} | "
+                     f"{100 * (d['inductive'] - d['test']):+.2f} | {100 * g['test']:.2f} | {100 * g['inductive']:.2f} | "
+                     f"{r['fit_seconds']:.0f} | {r['predict_seconds']:.0f} |")
+    return lines + [""]
 
 
 def targets_markdown(payload: dict) -> list:
