@@ -87,7 +87,7 @@ def steps(sizes: list, repeats: int, store_root: Path) -> list:
         old = [timed_step(model, optimizer, data, train_mask, torch.randperm(num_nodes, generator=sampler.generator)[:SEEDS],
                           sampler, cfg, False) for _ in range(repeats)]
         old_steps = math.ceil(num_nodes / SEEDS)
-        new_steps = math.ceil(int(train_mask.sum()) / round(SEEDS * (1 - cfg.reconstruction_seeds)))
+        new_steps = encode.steps_per_epoch(int(train_mask.sum()), SEEDS, cfg.reconstruction_seeds)
         row = {"nodes": num_nodes, "edges": int(data.edge_index.size(1))}
         for name, runs, count in (("as_it_was", old, old_steps), ("trimmed", new, new_steps)):
             mean = sum(r["seconds"] for r in runs) / len(runs)

@@ -2,6 +2,8 @@
 
 import json
 
+import pytest
+
 from dre_pipeline.pipeline.artifacts import Store
 from dre_pipeline.harness.bench import run
 from dre_pipeline.harness.markdown import summarise
@@ -63,7 +65,13 @@ def test_quick_scale_bench_measures_training_steps_encoding_and_memory_per_size(
     assert [r["nodes"] for r in results] == [2000, 4000]
     for r in results:
         assert 8 <= r["edges"] / r["nodes"] <= 10  # about 10 per node, less the duplicates
-        assert r["train"]["seconds_per_step"] > 0 and r["train"]["subgraph_nodes_per_step"] > r["train"]["batch_nodes"]
+        train = r["train"]
+        assert train["seconds_per_step"] > 0 and 0 < train["search_share"] < 1 and 0 < train["sample_share"] < 1
+        # trimmed steps: each layer for the seeds' reach, the last for the seeds alone
+        first, second, last = train["layer_nodes_per_step"]
+        assert first > second > last == train["batch_nodes"]
+        train_nodes = 0.6 * r["nodes"]  # the random split's share
+        assert train["steps_per_epoch"] == pytest.approx(train_nodes / (train["batch_nodes"] / 2), abs=1)
         assert r["encode"]["nodes_per_second"] > 0 and r["peak_memory_mb"] > 0
         assert r["search"]["matmul_gflops"] > 0 and r["search"]["of_matmul"] > 0
     assert "Stage one at scale" in (out / "RESULTS.md").read_text() and (out / "scale.png").exists()

@@ -574,3 +574,27 @@ def test_joint_pass_codes_of_the_whole_graph_in_node_chunks_are_the_whole_graphs
     with torch.no_grad():
         whole = torch.stack([v.codes for v in loop.encoder(data.x, data.edge_index)], dim=1).numpy()
     assert np.array_equal(loop.all_codes(chunk=41), whole) and np.array_equal(loop.all_codes(), whole)
+
+
+def test_a_prompt_budget_samples_each_epoch_by_class_share_and_covers_every_node_without_one():
+    nodes = np.arange(100, 400)
+    classes = np.zeros(400, dtype=int)
+    classes[100:160], classes[160:250] = 1, 2  # shares 60 / 90 / 150 of 300
+    generator = np.random.default_rng(0)
+    first, second = (training.epoch_sample(nodes, classes, 50, generator) for _ in range(2))
+    for sample in (first, second):
+        assert len(sample) == len(set(sample)) == 50 and set(sample) <= set(nodes)
+        assert np.bincount(classes[sample], minlength=3).tolist() == [25, 10, 15]  # 50 x 150/300, 60/300, 90/300
+    assert set(first) != set(second)  # drawn anew each epoch
+    everything = training.epoch_sample(nodes, classes, len(nodes), generator)
+    assert sorted(everything) == nodes.tolist() and (everything != nodes).any()  # all of them, shuffled
+
+
+def test_finetune_trains_the_prompt_budget_per_epoch(run):
+    cfg, store, artifact = run
+    budget, epochs = 12, 2
+    assert budget < int((commands.workspace(cfg, store, quiet=True).split == 0).sum())
+    artifact = commands.finetune(replace(cfg, joint=False, ft_epochs=epochs, ft_patience=epochs,
+                                         ft_prompts_per_epoch=budget), store, quiet=True, device="cpu")
+    steps = json.loads((artifact.path / "metrics.json").read_text())["finetune"]["steps"]
+    assert steps == epochs * -(-budget // cfg.batch_size)

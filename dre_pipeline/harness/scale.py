@@ -9,6 +9,7 @@ so the table says how close the hot loop runs to the machine's limit.
 """
 
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 from .runner import in_fresh_process
@@ -52,7 +53,6 @@ def measure_size(num_nodes: int, settings: dict, store_root: str, steps: int, qu
     from ..data import make_split
     from ..model.quantizer import ResidualVQ, search_dtype
     from ..pipeline.runtime import host_peak_mb, log, setup_logging
-    from ..model.sampling import NeighborSampler
     from .speed import timed
     from ..pipeline.llm import resolve_llm
     from ..pipeline.stages import codebook as codebook_stage
@@ -71,21 +71,7 @@ def measure_size(num_nodes: int, settings: dict, store_root: str, steps: int, qu
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     batch_nodes = encode.mini_batch_size(cfg, data.num_nodes, data.edge_index.size(1), data.x.size(1),
                                          codebook.vectors.size(1)) or encode.AUTO_BATCH_NODES
-    sampler = NeighborSampler(data.edge_index, num_nodes, cfg.neighbors(), seed=0)
-    seconds, sizes = [], []
-    model.train()
-    for step in range(steps):
-        log.info("bench --scale %d nodes: training step %d of %d", num_nodes, step + 1, steps)
-        begun = time.perf_counter()
-        seeds = torch.randperm(num_nodes, generator=sampler.generator)[:batch_nodes]
-        nodes, edges = sampler.sample(seeds)
-        encode.train_step(model, optimizer, data, train_mask, nodes, edges, len(seeds), cfg)
-        seconds.append(time.perf_counter() - begun)
-        sizes.append(len(nodes))
-    per_step = sum(seconds) / steps
-    result["train"] = {"batch_nodes": batch_nodes, "num_neighbors": cfg.num_neighbors, "steps": steps,
-                       "seconds_per_step": per_step, "subgraph_nodes_per_step": sum(sizes) / steps,
-                       "epoch_seconds_estimate": per_step * -(-num_nodes // batch_nodes)}
+    result["train"] = training_steps(model, optimizer, data, train_mask, batch_nodes, cfg, steps)
     log.info("bench --scale %d nodes: encoding every node", num_nodes)
     begun = time.perf_counter()
     model.inference(data.x, data.edge_index)
@@ -107,7 +93,64 @@ def measure_size(num_nodes: int, settings: dict, store_root: str, steps: int, qu
     return result
 
 
-def run(settings: dict, store_root: Path, save, sizes=SIZES, steps: int = 1, quiet: bool = False) -> list:
+def training_steps(model, optimizer, data, train_mask, batch_nodes: int, cfg, steps: int) -> dict:
+    """``steps`` mini-batch steps as ``encode`` takes them (seeds from :func:`~..pipeline.stages.encode.epoch_seeds`,
+    each layer trimmed to the seeds' reach), after one untimed step that builds the search tables: seconds per
+    step, the share of them in the sampler and in the code search, the target nodes each layer computed, and
+    the epoch they add up to."""
+    import torch
+
+    from ..model.sampling import NeighborSampler
+    from ..pipeline.runtime import log
+    from ..pipeline.stages import encode
+
+    sampler = NeighborSampler(data.edge_index, data.num_nodes, cfg.neighbors(), seed=0)
+    seeds = encode.epoch_seeds(train_mask, batch_nodes, cfg.reconstruction_seeds, sampler.generator)
+    search_seconds, seconds, sample_seconds, layer_nodes = [], [], 0.0, []
+    model.train()
+    with clocked(model.encoder.quantizer, "search", search_seconds):
+        for step in range(steps + 1):
+            log.info("bench --scale %d nodes: training step %d of %d", data.num_nodes, step, steps)
+            begun = time.perf_counter()
+            batch = next(seeds)
+            nodes, edges, *hops = sampler.sample_hops(batch)
+            sampled = time.perf_counter()
+            encode.train_step(model, optimizer, data, train_mask, nodes, edges, len(batch), cfg, None, hops)
+            if step == 0:  # the search tables are built once per run, not per step
+                search_seconds.clear()
+                continue
+            seconds.append(time.perf_counter() - begun)
+            sample_seconds += sampled - begun
+            num_sampled_nodes, num_layers = hops[0], len(hops[1])
+            layer_nodes.append([sum(num_sampled_nodes[: num_layers - t]) for t in range(num_layers)])
+    per_step = sum(seconds) / steps
+    epoch_steps = encode.steps_per_epoch(int(train_mask.sum()), batch_nodes, cfg.reconstruction_seeds)
+    return {"batch_nodes": batch_nodes, "num_neighbors": cfg.num_neighbors, "steps": steps,
+            "reconstruction_seeds": cfg.reconstruction_seeds, "seconds_per_step": per_step,
+            "sample_share": sample_seconds / sum(seconds), "search_share": sum(search_seconds) / sum(seconds),
+            "layer_nodes_per_step": [sum(step[t] for step in layer_nodes) / steps for t in range(len(layer_nodes[0]))],
+            "steps_per_epoch": epoch_steps, "epoch_seconds_estimate": per_step * epoch_steps}
+
+
+@contextmanager
+def clocked(owner, name: str, seconds: list):
+    """Every call of ``owner.name`` adds its seconds to ``seconds`` while the block runs."""
+    real = getattr(owner, name)
+
+    def timed_call(*args, **kwargs):
+        begun = time.perf_counter()
+        result = real(*args, **kwargs)
+        seconds.append(time.perf_counter() - begun)
+        return result
+
+    setattr(owner, name, timed_call)
+    try:
+        yield
+    finally:
+        delattr(owner, name)  # the class's method again
+
+
+def run(settings: dict, store_root: Path, save, sizes=SIZES, steps: int = 3, quiet: bool = False) -> list:
     """Every size in its own fresh process, one after the other (they share the cores); ``save(results)``
     after each, so a stopped run keeps the sizes it finished."""
     from ..pipeline.runtime import log
@@ -125,22 +168,30 @@ def markdown(payload: dict, out_dir: Path) -> list:
     """The scale section of RESULTS.md, and its plot."""
     chart = out_dir / "scale.png"
     plot(payload["results"], chart)
+    t0 = payload["results"][0]["train"]
     lines = ["## Stage one at scale (generated graphs)", "", f"- command: `{payload['command']}`",
              f"- machine: {payload['machine']}; {payload['results'][0]['threads']} torch thread(s) per size",
              f"- date: {payload['date']}",
-             f"- graph: about {EDGES_PER_NODE} edges per node, {FEATURES}-dim features, {CLASSES} classes; "
-             "codebook of the LLM below; training steps as `encode` takes them where a full-batch step exceeds "
-             "its memory budget (mini-batches of sampled neighbourhoods); the epoch is steps x seconds per step",
+             f"- graph: about {EDGES_PER_NODE} edges per node, {FEATURES}-dim features, {CLASSES} classes, a random "
+             "60/20/20 split; codebook of the LLM below",
+             f"- train: mini-batch steps as `encode` takes them ({t0['batch_nodes']} seeds, "
+             f"{100 * t0['reconstruction_seeds']:.0f} % of them from outside the training set, {t0['num_neighbors']} "
+             "neighbours, each layer computed for the seeds' reach only), the mean of "
+             f"{t0['steps']} after a first one; layer nodes: the target nodes layers 1, 2, 3 computed per step; "
+             "sampler / search: their shares of the step; the epoch is the steps that take every training node "
+             "once as a seed, times seconds per step",
              "- encode: every node's codes, hop by hop over whole neighbourhoods, in chunks of target nodes",
              "- search: the code search's equivalent GFLOP/s (one product per level) against a plain product of "
              "level 1's shape, same process, same dtype",
-             "", "| nodes | edges | train s/step | subgraph nodes/step | epoch estimate s | encode s | encode nodes/s | "
-             "search GFLOP/s | matmul GFLOP/s | of matmul | peak MB |",
-             "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+             "", "| nodes | edges | train s/step | layer nodes/step | sampler | search | steps/epoch | "
+             "epoch estimate s | encode s | encode nodes/s | search GFLOP/s | matmul GFLOP/s | of matmul | peak MB |",
+             "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in payload["results"]:
         t, s = r["train"], r["search"]
-        lines.append(f"| {r['nodes']:,} | {r['edges']:,} | {t['seconds_per_step']:.1f} | "
-                     f"{t['subgraph_nodes_per_step']:,.0f} | {t['epoch_seconds_estimate']:,.0f} | "
+        layers = " / ".join(f"{n:,.0f}" for n in t["layer_nodes_per_step"])
+        lines.append(f"| {r['nodes']:,} | {r['edges']:,} | {t['seconds_per_step']:.2f} | {layers} | "
+                     f"{100 * t['sample_share']:.0f} % | {100 * t['search_share']:.0f} % | {t['steps_per_epoch']:,} | "
+                     f"{t['epoch_seconds_estimate']:,.0f} | "
                      f"{r['encode']['seconds']:.0f} | {r['encode']['nodes_per_second']:,.0f} | "
                      f"{s['search_gflops_equivalent']:.1f} | {s['matmul_gflops']:.1f} | {s['of_matmul']:.2f} | "
                      f"{r['peak_memory_mb']:,.0f} |")

@@ -279,6 +279,12 @@ class FinetuneConfig(EncodeConfig):
     )
     batch_size: int = field(default=8, metadata=_help("Prompts per optimisation step.", check="at-least-1"))
     ft_epochs: int = field(default=20, metadata=_help("Maximum fine-tuning epochs.", check="at-least-1"))
+    ft_prompts_per_epoch: int = field(
+        default=0,
+        metadata=_help("Training prompts per epoch, for large graphs: a sample of the training nodes stratified by "
+                       "class (each class in its share), drawn anew each epoch; 0 = every training node.",
+                       check="non-negative", neutral=0),
+    )
     ft_patience: int = field(
         default=2,
         metadata=_help("Stop after this many evaluations without a better val accuracy.", check="at-least-1"),

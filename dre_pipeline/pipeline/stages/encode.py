@@ -101,14 +101,24 @@ def seed_edges(edges: torch.Tensor, num_seeds: int) -> torch.Tensor:
     return edges[:, (edges < num_seeds).all(0)]
 
 
+def labelled_seeds(batch_nodes: int, share: float) -> int:
+    """Training nodes among a mini-batch step's ``batch_nodes`` seeds, ``share`` of them drawn from the others."""
+    return max(1, round(batch_nodes * (1 - share)))
+
+
+def steps_per_epoch(num_train: int, batch_nodes: int, share: float) -> int:
+    """Mini-batch steps in an epoch of :func:`epoch_seeds` over ``num_train`` training nodes."""
+    return math.ceil(num_train / labelled_seeds(batch_nodes, share))
+
+
 def epoch_seeds(train_mask: torch.Tensor, batch_nodes: int, share: float, generator: torch.Generator):
     """Each step's seeds for one epoch of mini-batch training: the training nodes (``train_mask`` [N], on the CPU)
-    in a random order, each once, ``round(batch_nodes * (1 - share))`` a step, each step completed to
-    ``batch_nodes`` by the next ones of the other nodes in a random order (round and round; none twice in a step)."""
+    in a random order, each once, :func:`labelled_seeds` a step, each step completed to ``batch_nodes`` by the
+    next ones of the other nodes in a random order (round and round; none twice in a step)."""
     train, other = train_mask.nonzero().view(-1), (~train_mask).nonzero().view(-1)
     train = train[torch.randperm(len(train), generator=generator)]
     other = other[torch.randperm(len(other), generator=generator)]
-    labelled = max(1, round(batch_nodes * (1 - share)))
+    labelled = labelled_seeds(batch_nodes, share)
     extra = min(batch_nodes - labelled, len(other))
     for step, seeds in enumerate(train.split(labelled)):
         yield torch.cat([seeds, other[(step * extra + torch.arange(extra)) % max(1, len(other))]])

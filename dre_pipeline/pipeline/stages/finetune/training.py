@@ -74,8 +74,9 @@ def train(predictor: GraphWordPredictor, node_tokens: nn.Module, ws: Workspace, 
     cfg, trained = ws.cfg, TrainedParameters(predictor.model)
     targets, weights = training_targets(ws, pseudo_labels)
     train_nodes = np.flatnonzero(weights > 0)
-    optimizer, scheduler = optimizer_for(trained, node_tokens, cfg,
-                                         epochs * math.ceil(len(train_nodes) / cfg.batch_size))
+    classes = (targets.argmax(-1) if targets.dim() == 2 else targets).numpy()  # the strata of a prompt budget
+    epoch_prompts = min(cfg.ft_prompts_per_epoch or len(train_nodes), len(train_nodes))
+    optimizer, scheduler = optimizer_for(trained, node_tokens, cfg, epochs * math.ceil(epoch_prompts / cfg.batch_size))
     stopper = EarlyStopping(cfg.ft_patience,
                             lambda: (snapshot(trained.state_dict()), snapshot(node_tokens.state_dict())))
     generator = np.random.default_rng(seed)
@@ -92,7 +93,8 @@ def train(predictor: GraphWordPredictor, node_tokens: nn.Module, ws: Workspace, 
         start_accuracy = evaluate(predictor, node_tokens, ws, quiet, parts=("val",))[2]["val"]["accuracy"]
         stopper.update(start_accuracy)
     for epoch in range(start_epoch, epochs):
-        epoch_start, losses, batches = time.time(), [], train_batches(train_nodes, cfg.batch_size, generator)
+        epoch_start, losses, batches = time.time(), [], train_batches(
+            epoch_sample(train_nodes, classes, epoch_prompts, generator), cfg.batch_size)
         for i, batch in enumerate(progress(batches, quiet=quiet, desc=f"{phase} epoch {epoch + 1}"), start=1):
             loss, batch_tokens, gnn_norm = train_step(predictor, node_tokens, optimizer, scheduler, batch,
                                                       targets, weights, cfg)
@@ -236,6 +238,20 @@ def lr_scheduler(optimizer, cfg: FinetuneConfig, total_steps: int):
                          num_training_steps=total_steps)
 
 
-def train_batches(nodes: np.ndarray, batch_size: int, generator: np.random.Generator):
-    shuffled = generator.permutation(nodes)
-    return [shuffled[i: i + batch_size] for i in range(0, len(shuffled), batch_size)]
+def epoch_sample(nodes: np.ndarray, classes: np.ndarray, size: int, generator: np.random.Generator) -> np.ndarray:
+    """One epoch's training nodes in a random order: all of ``nodes``, or where ``size`` is fewer, a sample
+    of ``size`` without replacement, stratified by ``classes`` ([N]): each class's quota is its share of
+    ``size``, rounded by largest remainder (Hamilton's method), so the sample's class counts are the nodes'."""
+    if size >= len(nodes):
+        return generator.permutation(nodes)
+    labels = classes[nodes]
+    kinds, counts = np.unique(labels, return_counts=True)
+    exact = size * counts / len(nodes)
+    quota = np.floor(exact).astype(int)
+    quota[np.argsort(quota - exact, kind="stable")[: size - quota.sum()]] += 1
+    picked = [generator.choice(nodes[labels == kind], count, replace=False) for kind, count in zip(kinds, quota)]
+    return generator.permutation(np.concatenate(picked))
+
+
+def train_batches(nodes: np.ndarray, batch_size: int) -> list:
+    return [nodes[i: i + batch_size] for i in range(0, len(nodes), batch_size)]
