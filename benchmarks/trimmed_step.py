@@ -46,14 +46,14 @@ def machine() -> str:
             f"capability {torch.backends.cpu.get_cpu_capability()}")
 
 
-def batches_as_they_were(data, sampler, batch_nodes, train_mask, share):
+def batches_as_they_were(data, sampler, batch_nodes, train_mask, share, order):
     """fb0c622's ``training_batches``: every node once a seed per epoch, no per-hop counts (no trimming)."""
     if sampler is None:
-        yield slice(None), data.edge_index, data.num_nodes, None
+        yield slice(None), data.edge_index, data.num_nodes, None, 1.0
         return
     for seeds in torch.randperm(data.num_nodes, generator=sampler.generator).split(batch_nodes):
         nodes, edges = sampler.sample(seeds)
-        yield nodes, edges, len(seeds), None
+        yield nodes, edges, len(seeds), None, 1.0
 
 
 def timed_step(model, optimizer, data, train_mask, seeds, sampler, cfg, trimmed: bool) -> dict:

@@ -157,8 +157,9 @@ def test_a_full_batch_step_is_the_untrimmed_whole_graph_step(tiny_llm, tmp_path)
     data = load_dataset("synthetic", None, tmp_path / "data")
     cfg = EncodeConfig(llm_path=str(tiny_llm), dataset="synthetic")
     train = torch.arange(data.num_nodes) % 3 == 0
-    (nodes, edges, num_seeds, hops), = encode.training_batches(data, None, 0, train, cfg.reconstruction_seeds)
-    assert hops is None and num_seeds == data.num_nodes
+    (nodes, edges, num_seeds, hops, weight), = encode.training_batches(data, None, 0, train, cfg.reconstruction_seeds,
+                                                                        None)
+    assert hops is None and num_seeds == data.num_nodes and weight == 1
     model = tiny_stage_one(num_features=data.x.size(1), num_classes=data.num_classes)
     before = copy.deepcopy(model)
     stepped = []

@@ -27,8 +27,9 @@ def codebook(cfg: CodebookConfig, store: Store, force: bool = False) -> Artifact
 def encode(cfg: EncodeConfig, store: Store, force: bool = False, quiet: bool = False,
            placement: Placement = CPU, log_dir: Optional[Path] = None) -> Artifact:
     """Stage one (and the codebook and text features it reads) on ``placement``; its training curves under
-    ``log_dir`` where one is given."""
-    return encode_stage.run(resolve(cfg, store, placement, quiet, log_dir=log_dir), force)
+    ``log_dir`` where one is given. Under ``torchrun`` every process runs this, each on its share of every step
+    (:func:`~.stages.encode.training_batches`); only the first shows progress."""
+    return encode_stage.run(resolve(cfg, store, placement, quiet or not distributed.is_main(), log_dir=log_dir), force)
 
 
 def finetune(cfg: FinetuneConfig, store: Store, force: bool = False, quiet: bool = False,

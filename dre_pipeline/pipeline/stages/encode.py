@@ -28,7 +28,7 @@ from ...model.grounding import hop_keyword_targets, keyword_loss, seed_rows
 from ...model.quantizer import perplexity
 from ...model.evaluation import split_accuracy
 from ...model.sampling import NeighborSampler
-from .. import run_file
+from .. import distributed, run_file
 from ..metrics_log import ScalarLog
 from ..runtime import EarlyStopping, TrainingState, log, progress, seed_everything, snapshot
 from . import codebook as codebook_stage
@@ -75,13 +75,14 @@ def mini_batch_size(cfg: EncodeConfig, num_nodes: int, num_edges: int, num_featu
 
 def train_step(model: StageOneModel, optimizer, data: GraphData, train_mask: torch.Tensor, nodes,
                edges: torch.Tensor, num_seeds: int, cfg: EncodeConfig, keyword_targets: list = None,
-               hops: tuple = None) -> dict:
+               hops: tuple = None, weight: float = 1.0) -> dict:
     """One step on the subgraph of ``nodes`` (the first ``num_seeds`` are the batch's seeds); its losses.
 
     ``keyword_targets``: the whole graph's :func:`~dre_pipeline.model.grounding.hop_keyword_targets`, or None.
     ``hops``: the sampler's per-hop counts, for a trimmed step: each layer computes only what the seeds need, so
     every loss is the seeds' (the adjacency loss on the sampled edges between them). None: every layer on the whole
-    subgraph (full batch: the graph), the label loss the seeds'.
+    subgraph (full batch: the graph), the label loss the seeds'. ``weight``: this process's share of the step
+    (:func:`optimizer_step`).
     """
     x, y, labelled = data.x[nodes], data.y[nodes], train_mask[nodes].clone()
     labelled[num_seeds:] = False
@@ -90,10 +91,18 @@ def train_step(model: StageOneModel, optimizer, data: GraphData, train_mask: tor
     if hops is not None:
         x, y, labelled, edges = x[:num_seeds], y[:num_seeds], labelled[:num_seeds], seed_edges(edges, num_seeds)
     loss, parts = losses.stage_one_loss(views, *decoded, x, edges, y, labelled, cfg, keywords)
-    optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    optimizer.step()
+    optimizer_step(optimizer, loss, weight, model.parameters())
     return {"loss": loss.item(), **{k: v.item() for k, v in parts.items()}}
+
+
+def optimizer_step(optimizer, loss: torch.Tensor, weight: float, params) -> None:
+    """Backward on ``weight`` x ``loss`` (this process's share of the step's seeds: 1 in one process), the gradients
+    summed over the processes under ``torchrun`` (:mod:`..distributed`), and the step: every process steps alike,
+    as one process would on the whole step's loss, the mean of the shares'."""
+    optimizer.zero_grad(set_to_none=True)
+    (loss * weight).backward()
+    distributed.sum_gradients(list(params))
+    optimizer.step()
 
 
 def seed_edges(edges: torch.Tensor, num_seeds: int) -> torch.Tensor:
@@ -124,32 +133,35 @@ def epoch_seeds(train_mask: torch.Tensor, batch_nodes: int, share: float, genera
         yield torch.cat([seeds, other[(step * extra + torch.arange(extra)) % max(1, len(other))]])
 
 
-def training_batches(data: GraphData, sampler, batch_nodes: int, train_mask: torch.Tensor, share: float):
-    """(nodes, edges, number of seeds, per-hop counts) per step, on ``data``'s device. Full batch: the whole graph,
-    every node a seed, no counts. Mini-batch: :func:`epoch_seeds`, each with its sampled neighbourhood, ordered by
-    hop for a trimmed step (:func:`train_step`); only the seeds' outputs are exact up to sampling, so only they
-    enter the losses. The sampler draws on the CPU, so a device draws the batches a CPU run draws."""
+def training_batches(data: GraphData, sampler, batch_nodes: int, train_mask: torch.Tensor, share: float,
+                     order: torch.Generator):
+    """(nodes, edges, number of seeds, per-hop counts, this process's share) per step, on ``data``'s device. Full
+    batch: the whole graph, every node a seed, no counts. Mini-batch: :func:`epoch_seeds` in the order ``order``
+    draws, each step's seeds with their sampled neighbourhood, ordered by hop for a trimmed step
+    (:func:`train_step`); only the seeds' outputs are exact up to sampling, so only they enter the losses. The
+    sampler draws on the CPU, so a device draws the batches a CPU run draws. Under ``torchrun`` each process
+    takes its share of every step's seeds (:func:`~..distributed.shard`); a full-batch step is every process's."""
     if sampler is None:  # a slice: the whole graph's tensors as views, not copies
-        yield slice(None), data.edge_index, data.num_nodes, None
+        yield slice(None), data.edge_index, data.num_nodes, None, 1 / distributed.world()
         return
-    for seeds in epoch_seeds(train_mask.cpu(), batch_nodes, share, sampler.generator):
-        nodes, edges, *hops = sampler.sample_hops(seeds)
-        yield nodes.to(data.x.device), edges.to(data.x.device), len(seeds), hops
+    for seeds in epoch_seeds(train_mask.cpu(), batch_nodes, share, order):
+        mine = distributed.shard(seeds)
+        nodes, edges, *hops = sampler.sample_hops(mine)
+        yield nodes.to(data.x.device), edges.to(data.x.device), len(mine), hops, len(mine) / len(seeds)
 
 
-def fit_keywords(model: StageOneModel, data: GraphData, sampler, batch_nodes: int, train_mask: torch.Tensor,
-                 share: float, targets: list, epochs: int, quiet: bool) -> None:
+def fit_keywords(model: StageOneModel, data: GraphData, sampler, order: torch.Generator, batch_nodes: int,
+                 train_mask: torch.Tensor, share: float, targets: list, epochs: int, quiet: bool) -> None:
     """Fit the views to their keyword targets alone (:mod:`~dre_pipeline.model.grounding`) before the joint objective."""
     if not epochs:
         return
     optimizer = torch.optim.AdamW(model.encoder.parameters(), lr=KEYWORD_LR)
     model.train()
     for _ in progress(range(epochs), quiet=quiet, desc="keyword epoch"):
-        for nodes, edges, num_seeds, hops in training_batches(data, sampler, batch_nodes, train_mask, share):
+        for nodes, edges, num_seeds, hops, weight in training_batches(data, sampler, batch_nodes, train_mask, share,
+                                                                      order):
             loss = keyword_loss(model.encoder(data.x[nodes], edges, hops), seed_rows(targets, nodes, num_seeds))
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
+            optimizer_step(optimizer, loss, weight, model.encoder.parameters())
     log.info("encode: views fitted to their keywords in %d epochs (keyword loss %.3f)", epochs, loss.item())
 
 
@@ -187,8 +199,12 @@ def run(plan: "Plan", force: bool = False) -> Artifact:
     quiet, cached_only = plan.quiet, plan.cached_only
     codebook_artifact = codebook_stage.run(cfg, plan.llm, store, plan.vocabulary, cached_only=cached_only)
     key = plan.keys["encode"]
-    if found := store.lookup("encode", key, force, cached_only):
-        return found
+    if cached_only:
+        return store.lookup("encode", key, force, cached_only)
+    # under torchrun every process trains (each its share of every step); the first decides on the cache and writes
+    found = store.lookup("encode", key, force) if distributed.is_main() else None
+    if distributed.agree(found is not None):
+        return found or store.find("encode", key)
     log.info("encode: %s (%d nodes), codebook %s", data.name, data.num_nodes, codebook_artifact.path)
 
     codebook = codebook_stage.load(codebook_artifact)
@@ -216,16 +232,23 @@ def run(plan: "Plan", force: bool = False) -> Artifact:
         "settings": key_fields(cfg), "label_head_accuracy": acc, "perplexity": metrics["perplexity"],
         "num_nodes": data.num_nodes, "class_names": data.class_names, "seconds": round(time.time() - started, 2),
     }
+    if distributed.is_main():
+        write(store, key, manifest, data, split_np, codes, codebook, metrics, model, cfg)
+    distributed.barrier()
+    log.info("encode: label head accuracy train %.4f val %.4f test %.4f; perplexity per view %s; %.1fs → %s",
+             acc["train"], acc["val"], acc["test"], [round(p, 1) for p in metrics["perplexity"]], train_seconds,
+             store.root / "encode" / key)
+    return store.find("encode", key, cached=False)
+
+
+def write(store: Store, key: str, manifest: dict, data: GraphData, split_np: np.ndarray, codes: torch.Tensor,
+          codebook: Codebook, metrics: dict, model: StageOneModel, cfg: EncodeConfig) -> None:
     with store.writing("encode", key, manifest) as out:
         write_codes(out / "codes.parquet", data, split_np, [codes[:, t].cpu().numpy() for t in range(codes.size(1))],
                     codebook)
         write_json(out / "metrics.json", metrics)
         save_torch({"state_dict": {name: t.cpu() for name, t in model.state_dict().items()}}, out / "gnn.pt")
         run_file.write(out / "run.toml", cfg)
-    log.info("encode: label head accuracy train %.4f val %.4f test %.4f; perplexity per view %s; %.1fs → %s",
-             acc["train"], acc["val"], acc["test"], [round(p, 1) for p in metrics["perplexity"]], train_seconds,
-             store.root / "encode" / key)
-    return store.find("encode", key, cached=False)
 
 
 def train(cfg: EncodeConfig, data: GraphData, graph: GraphData, split: torch.Tensor, codebook: Codebook,
@@ -239,28 +262,31 @@ def train(cfg: EncodeConfig, data: GraphData, graph: GraphData, split: torch.Ten
     model = build_model(cfg, data, codebook).to(device)  # initialised on the CPU: the same weights on any device
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     sampler = batch_sampler(cfg, data, batch_nodes)
+    # the epochs' seed order, the same in every process; one process draws it from the sampler's generator
+    order = sampler and (sampler.generator if distributed.world() == 1 else torch.Generator().manual_seed(cfg.seed))
+    own_order = {"order_rng": order} if sampler and order is not sampler.generator else {}
     log.info("encode: training on %s", device)
     keyword_targets = keyword_targets_for(cfg, data, codebook, model, device)
     # Patience is in epochs; the stopper counts evaluations.
     stopper = EarlyStopping(math.ceil(cfg.patience / cfg.eval_epochs), lambda: snapshot(model.state_dict()))
-    state = TrainingState(store, "encode", key, device, model=model, optimizer=optimizer, stopper=stopper,
-                          sampler_rng=sampler.generator if sampler else None)
+    state = TrainingState(store, "encode", key, device, distributed.is_main(), model=model, optimizer=optimizer,
+                          stopper=stopper, sampler_rng=sampler.generator if sampler else None,
+                          **own_order)
     history, start_epoch, losses_since_eval, train_mask = [], 0, [], split == 0
-    # any process may write: the one that trains the key is the one that holds its lock (under torchrun too)
-    board = ScalarLog(log_dir, f"encode-{key}")
+    board = ScalarLog(log_dir, f"encode-{key}", distributed.is_main())
     if resumed := state.resume():
         history, start_epoch = resumed["history"], resumed["epoch"]
         log.info("encode: resuming an interrupted run after epoch %d", start_epoch)
     elif keyword_targets is not None:  # a resumed run has fitted them already
-        fit_keywords(model, graph, sampler, batch_nodes, train_mask, cfg.reconstruction_seeds, keyword_targets,
+        fit_keywords(model, graph, sampler, order, batch_nodes, train_mask, cfg.reconstruction_seeds, keyword_targets,
                      cfg.keyword_epochs, quiet)
     bar = progress(range(start_epoch, cfg.epochs), quiet=quiet, desc="encode epoch")
     for epoch in bar:
         model.train()
-        for nodes, edges, num_seeds, hops in training_batches(graph, sampler, batch_nodes, train_mask,
-                                                              cfg.reconstruction_seeds):
+        for nodes, edges, num_seeds, hops, weight in training_batches(graph, sampler, batch_nodes, train_mask,
+                                                                      cfg.reconstruction_seeds, order):
             losses_since_eval.append(train_step(model, optimizer, graph, train_mask, nodes, edges, num_seeds, cfg,
-                                                keyword_targets, hops))
+                                                keyword_targets, hops, weight))
         if (epoch + 1) % cfg.eval_epochs and epoch + 1 < cfg.epochs:
             continue
         history.append(evaluation(model, graph, split, len(codebook), epoch + 1, losses_since_eval))
@@ -285,7 +311,9 @@ def batch_sampler(cfg: EncodeConfig, data: GraphData, batch_nodes: int):
     log.info("encode: mini-batches of %d seeds (%.0f%% from outside the training set), %s neighbours sampled "
              "per hop, each layer computed for the seeds' reach only", batch_nodes, 100 * cfg.reconstruction_seeds,
              cfg.num_neighbors)
-    return NeighborSampler(data.edge_index, data.num_nodes, cfg.neighbors(), cfg.seed)
+    # under torchrun each process samples its share's neighbourhoods, from a generator of its own
+    seed = cfg.seed if distributed.world() == 1 else cfg.seed + 1 + distributed.rank()
+    return NeighborSampler(data.edge_index, data.num_nodes, cfg.neighbors(), seed)
 
 
 def keyword_targets_for(cfg: EncodeConfig, data: GraphData, codebook: Codebook, model: StageOneModel,
