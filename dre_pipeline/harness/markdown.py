@@ -238,7 +238,16 @@ def inductive_markdown(payload: dict) -> list:
         lines.append(f"| {r['seed']} | {r['held_out']} | {100 * d['test']:.2f} | {100 * d['inductive']:.2f} | "
                      f"{100 * (d['inductive'] - d['test']):+.2f} | {100 * g['test']:.2f} | {100 * g['inductive']:.2f} | "
                      f"{r['fit_seconds']:.0f} | {r['predict_seconds']:.0f} |")
-    return lines + [""]
+    rows = payload["rows"]
+    mean = {model: {part: 100 * sum(r[model][part] for r in rows) / len(rows) for part in ("test", "inductive")}
+            for model in ("dre", "graphsage")}
+    d, g = mean["dre"], mean["graphsage"]
+    lines.append(f"| mean | | {d['test']:.2f} | {d['inductive']:.2f} | {d['inductive'] - d['test']:+.2f} | "
+                 f"{g['test']:.2f} | {g['inductive']:.2f} | | |")
+    held_out, accuracy = rows[0]["held_out"], d["inductive"] / 100
+    return lines + ["", f"GraphSAGE's held-out − test, mean: {g['inductive'] - g['test']:+.2f}. One held-out node is "
+                    f"{100 / held_out:.2f} points; the standard error of an accuracy of {100 * accuracy:.0f} % on "
+                    f"{held_out} nodes is {100 * (accuracy * (1 - accuracy) / held_out) ** 0.5:.1f} points.", ""]
 
 
 def targets_markdown(payload: dict) -> list:

@@ -1,12 +1,14 @@
-"""Data-parallel stage two under ``torchrun``: several processes, one model each.
+"""Data-parallel stages one and two under ``torchrun``: several processes, one model each.
 
 ``torchrun --nproc-per-node N -m dre_pipeline.cli finetune ...`` starts N copies of the
-command. Each takes every N-th prompt of each global batch, so a step sees the same
+command. In stage two each takes every N-th prompt of each global batch, so a step sees the same
 prompts as a single process would; the gradients of the trainable parameters are summed
 over the processes (``all_reduce``, what ``DistributedDataParallel`` does in buckets)
 before clipping and the optimiser step, and every process keeps the same weights.
 Scoring is split the same way and gathered, so early stopping decides the same
-everywhere. Only the first process logs, checkpoints and writes the artifact.
+everywhere. Stage one (``encode``, or upstream of ``finetune``) shares each mini-batch step's seeds the
+same way, each process drawing its seeds' neighbours itself; a full-batch step is every process's, at
+1/N weight. Only the first process logs, checkpoints and writes the artifact.
 
 The process group uses NCCL on CUDA and gloo on CPU. NCCL serves CUDA tensors only, so
 every tensor a collective here builds goes on :func:`collective_device`. Without ``torchrun``
