@@ -102,6 +102,23 @@ def steps(sizes: list, repeats: int, store_root: Path) -> list:
     return rows
 
 
+def write_steps(rows: list, sizes: list, repeats: int, results: Path) -> None:
+    """``rows`` into ``<results>/results/trimmed_step.json``, and RESULTS.md rewritten with it."""
+    import datetime
+
+    from dre_pipeline.harness.markdown import write_markdown
+
+    payload = {"rows": rows, "machine": machine(), "date": datetime.date.today().isoformat(),
+               "command": f"PYTHONPATH=. python benchmarks/trimmed_step.py steps --sizes {','.join(map(str, sizes))} "
+                          f"--repeats {repeats}",
+               "note": f"bench --scale's generated graphs, the embedded SmolLM2's codebook, {SEEDS} seeds, 15,10,5 "
+                       f"neighbours, the mean of {repeats} steps per row after one untimed; as it was (fb0c622): every "
+                       "layer and its search over the whole sampled subgraph, every node a seed once per epoch; "
+                       "trimmed: encode's step today (training-node seeds, --reconstruction-seeds 0.5)"}
+    (results / "results" / "trimmed_step.json").write_text(json.dumps(payload, indent=2) + "\n")
+    write_markdown(results)
+
+
 @contextmanager
 def step_clock(times: list):
     """Every ``encode.train_step``'s seconds into ``times``."""
@@ -162,7 +179,8 @@ def main() -> None:
     print(machine(), flush=True)
     root = Path(args.store or tempfile.mkdtemp(prefix="trimmed-step-"))
     if args.mode == "steps":
-        steps([int(s) for s in args.sizes.split(",")], args.repeats, root)
+        sizes = [int(s) for s in args.sizes.split(",")]
+        write_steps(steps(sizes, args.repeats, root), sizes, args.repeats, Path(__file__).parent)
     else:
         accuracy(args.nodes, [float(s) for s in args.shares.split(",")], args.epochs, args.patience, args.noise, root,
                  not args.no_old)

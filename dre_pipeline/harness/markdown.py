@@ -43,7 +43,7 @@ def write_markdown(out_dir: Path) -> None:
             "machines of one kind differ in CPU features (AVX-512 with native bf16, or only AVX2).", ""]
     text += bench_time_markdown(files)
     for name, payload in files.items():
-        if name not in ("speed", "targets", "scale", "economy", "inductive", "memory_peaks"):
+        if name not in ("speed", "targets", "scale", "trimmed_step", "economy", "inductive", "memory_peaks"):
             text += accuracy_markdown(payload, out_dir)
     if "economy" in files:
         text += economy_markdown(files["economy"])
@@ -53,6 +53,8 @@ def write_markdown(out_dir: Path) -> None:
         from .scale import markdown as scale_markdown
 
         text += scale_markdown(files["scale"], out_dir)
+    if "trimmed_step" in files:
+        text += trimmed_step_markdown(files["trimmed_step"])
     if "speed" in files:
         text += speed_markdown(files["speed"])
     if "targets" in files:
@@ -248,6 +250,21 @@ def inductive_markdown(payload: dict) -> list:
     return lines + ["", f"GraphSAGE's held-out − test, mean: {g['inductive'] - g['test']:+.2f}. One held-out node is "
                     f"{100 / held_out:.2f} points; the standard error of an accuracy of {100 * accuracy:.0f} % on "
                     f"{held_out} nodes is {100 * (accuracy * (1 - accuracy) / held_out) ** 0.5:.1f} points.", ""]
+
+
+def trimmed_step_markdown(payload: dict) -> list:
+    """Stage one's mini-batch step as it was and trimmed, side by side in one process (benchmarks/trimmed_step.py)."""
+    lines = ["## Stage one's step as it was and trimmed, side by side", "", f"- command: `{payload['command']}`",
+             f"- machine: {payload['machine']}", f"- date: {payload['date']}", f"- {payload['note']}", "",
+             "| nodes | step as it was s | trimmed s | step speed-up | epoch as it was s | trimmed s | epoch speed-up "
+             "| layer nodes as it was | trimmed |", "|---:|---:|---:|---:|---:|---:|---:|---|---|"]
+    for r in payload["rows"]:
+        old, new = r["as_it_was"], r["trimmed"]
+        layers = [" / ".join(f"{n:,.0f}" for n in row["layer_nodes"]) for row in (old, new)]
+        lines.append(f"| {r['nodes']:,} | {old['seconds_per_step']:.2f} | {new['seconds_per_step']:.2f} | "
+                     f"{r['step_speedup']:.1f}x | {old['epoch_seconds_estimate']:,.0f} | "
+                     f"{new['epoch_seconds_estimate']:,.0f} | {r['epoch_speedup']:.1f}x | {layers[0]} | {layers[1]} |")
+    return lines + [""]
 
 
 def targets_markdown(payload: dict) -> list:
