@@ -331,11 +331,12 @@ def test_stage_one_puts_model_graph_and_batches_on_its_device(tmp_path, monkeypa
     real_step, real_on_device = encode.train_step, encode.on_device
 
     def train_step(model, optimizer, data, train_mask, nodes, edges, num_seeds, cfg, keyword_targets=None,
-                   hops=None):
+                   hops=None, weight=1.0):
         tensors = [next(model.parameters()), data.x, data.edge_index, data.y, train_mask, edges,
                    *([] if isinstance(nodes, slice) else [nodes]), *(keyword_targets or [])]
         seen.append({t.device for t in tensors})
-        return real_step(model, optimizer, data, train_mask, nodes, edges, num_seeds, cfg, keyword_targets, hops)
+        return real_step(model, optimizer, data, train_mask, nodes, edges, num_seeds, cfg, keyword_targets, hops,
+                         weight)
 
     asked = []
     monkeypatch.setattr(encode, "train_step", train_step)
