@@ -175,3 +175,18 @@ def test_a_full_batch_step_is_the_untrimmed_whole_graph_step(tiny_llm, tmp_path)
             optimizer.step()
         stepped.append(list(m.parameters()))
     assert all(torch.equal(a, b) for a, b in zip(*stepped))
+
+
+def test_a_process_whose_share_of_a_step_is_empty_takes_a_seed_at_weight_zero(monkeypatch):
+    """Under torchrun a last step may hold fewer seeds than processes: every process must still step (the
+    gradients are summed over all of them), so an empty share takes one seed that weighs nothing."""
+    from dre_pipeline.pipeline import distributed
+
+    monkeypatch.setattr(distributed, "world", lambda: 2)
+    monkeypatch.setattr(distributed, "rank", lambda: 1)
+    edge_index = torch.tensor([[0, 1, 2, 3], [1, 2, 3, 0]])
+    data = type("Graph", (), {"x": torch.zeros(4, 2), "num_nodes": 4})()
+    sampler = NeighborSampler(edge_index, 4, [2, 2], seed=0)
+    train = torch.tensor([True, False, False, False])
+    (nodes, _, num_seeds, _, weight), = encode.training_batches(data, sampler, 4, train, 0.0, torch.Generator())
+    assert num_seeds == 1 and nodes[0] == 0 and weight == 0

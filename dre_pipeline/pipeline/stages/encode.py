@@ -146,8 +146,11 @@ def training_batches(data: GraphData, sampler, batch_nodes: int, train_mask: tor
         return
     for seeds in epoch_seeds(train_mask.cpu(), batch_nodes, share, order):
         mine = distributed.shard(seeds)
+        weight = len(mine) / len(seeds)
+        if not len(mine):  # fewer seeds than processes: a seed at weight 0, so that this process still steps alike
+            mine = seeds[:1]
         nodes, edges, *hops = sampler.sample_hops(mine)
-        yield nodes.to(data.x.device), edges.to(data.x.device), len(mine), hops, len(mine) / len(seeds)
+        yield nodes.to(data.x.device), edges.to(data.x.device), len(mine), hops, weight
 
 
 def fit_keywords(model: StageOneModel, data: GraphData, sampler, order: torch.Generator, batch_nodes: int,
