@@ -246,8 +246,10 @@ def compute_dtype(device: torch.device) -> torch.dtype:
 
     Not fp16 on older GPUs (T4, V100): fp16's range (max 65504) lets activations of the frozen layers
     overflow and small gradients underflow, and this training loop has no loss scaler (``GradScaler``) to
-    guard them; fp32 is slower there but trains the same as on the CPU. Not bf16 on CPUs either: bf16
-    LoRA steps are not faster there.
+    guard them; fp32 is slower there but trains the same as on the CPU. Not bf16 on CPUs yet, although a CPU
+    with native bf16 runs SmolLM2's step about 3x faster in it (``benchmarks/bf16_step.py`` on AVX-512: 0.73-0.81 s
+    against 2.20-2.50 s): its effect on accuracy against fp32 is not measured, and every CPU result in the store
+    and in RESULTS.md is fp32's. The AVX2 class emulates bf16, ~100x slower.
     """
     if device.type == "cuda" and native_bf16(device):
         return torch.bfloat16
