@@ -22,14 +22,14 @@ import platform
 import subprocess
 import tempfile
 import time
-from contextlib import contextmanager, nullcontext
+from contextlib import nullcontext
 from pathlib import Path
 from unittest import mock
 
 import torch
 
 from dre_pipeline.data import make_split
-from dre_pipeline.harness.scale import generated_graph
+from dre_pipeline.harness.scale import clocked, generated_graph
 from dre_pipeline.model.evaluation import split_accuracy
 from dre_pipeline.model.sampling import NeighborSampler
 from dre_pipeline.pipeline.artifacts import Store
@@ -119,21 +119,6 @@ def write_steps(rows: list, sizes: list, repeats: int, results: Path) -> None:
     write_markdown(results)
 
 
-@contextmanager
-def step_clock(times: list):
-    """Every ``encode.train_step``'s seconds into ``times``."""
-    real = encode.train_step
-
-    def clocked(*args, **kwargs):
-        begun = time.perf_counter()
-        result = real(*args, **kwargs)
-        times.append(time.perf_counter() - begun)
-        return result
-
-    with mock.patch.object(encode, "train_step", clocked):
-        yield
-
-
 def accuracy(num_nodes: int, shares: list, epochs: int, patience: int, noise: float, store_root: Path,
              old: bool = True) -> list:
     store = Store(store_root)
@@ -150,7 +135,7 @@ def accuracy(num_nodes: int, shares: list, epochs: int, patience: int, noise: fl
         codebook = codebook_stage.load(codebook_stage.run(cfg, resolve_llm(cfg.llm_path, store), store))
         times, name = [], "as it was" if share is None else f"trimmed, share {share}"
         batches = mock.patch.object(encode, "training_batches", batches_as_they_were) if share is None else nullcontext()
-        with step_clock(times), batches:
+        with clocked(encode, "train_step", times), batches:
             key = f"bench-{num_nodes}-{noise}-{epochs}-{name}"  # never one another's checkpoint to resume
             model, history, seconds = encode.train(cfg, data, data, split, codebook, store, key, True, SEEDS)
         _, logits, _ = model.inference(data.x, data.edge_index)

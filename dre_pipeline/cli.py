@@ -151,11 +151,9 @@ LOG_DIR = _option("log_dir", Optional[Path], None, "Write the training curves as
 def encode(cfg: EncodeConfig, store: Store, force: bool, quiet: bool, device, quantization: str, log_dir):
     """Stage one: multi-view GNN with dual-level residual VQ; writes codes.parquet."""
     from .pipeline import commands, distributed
-    from .pipeline.llm import resolve_device
     from .pipeline.placement import Placement
 
-    placement = Placement.resolve(distributed.setup(resolve_device(device)), quantization)  # torchrun: this process's
-    artifact = commands.encode(cfg, store, force, quiet, placement, log_dir)
+    artifact = commands.encode(cfg, store, force, quiet, Placement.resolve(device, quantization), log_dir)
     acc = artifact.manifest["label_head_accuracy"]
     if distributed.is_main():  # under torchrun, one summary
         typer.echo(f"encode: label head test accuracy {acc['test']:.4f} (val {acc['val']:.4f}) → {artifact.path}")

@@ -134,7 +134,10 @@ def training_steps(model, optimizer, data, train_mask, batch_nodes: int, cfg, st
 
 @contextmanager
 def clocked(owner, name: str, seconds: list):
-    """Every call of ``owner.name`` adds its seconds to ``seconds`` while the block runs."""
+    """Every call of ``owner.name`` (a module's function or an object's method) adds its seconds to ``seconds``
+    while the block runs."""
+    from unittest import mock
+
     real = getattr(owner, name)
 
     def timed_call(*args, **kwargs):
@@ -143,11 +146,8 @@ def clocked(owner, name: str, seconds: list):
         seconds.append(time.perf_counter() - begun)
         return result
 
-    setattr(owner, name, timed_call)
-    try:
+    with mock.patch.object(owner, name, timed_call):
         yield
-    finally:
-        delattr(owner, name)  # the class's method again
 
 
 def run(settings: dict, store_root: Path, save, sizes=SIZES, steps: int = 3, quiet: bool = False) -> list:

@@ -28,7 +28,8 @@ def encode(cfg: EncodeConfig, store: Store, force: bool = False, quiet: bool = F
            placement: Placement = CPU, log_dir: Optional[Path] = None) -> Artifact:
     """Stage one (and the codebook and text features it reads) on ``placement``; its training curves under
     ``log_dir`` where one is given. Under ``torchrun`` every process runs this, each on its share of every step
-    (:func:`~.stages.encode.training_batches`); only the first shows progress."""
+    (:func:`~.stages.encode.training_batches`) on its own device; only the first shows progress."""
+    placement = Placement(distributed.setup(placement.device), placement.quantization)
     return encode_stage.run(resolve(cfg, store, placement, quiet or not distributed.is_main(), log_dir=log_dir), force)
 
 

@@ -27,8 +27,8 @@ from ..encode import build_model
 # settings (--use-text, --max-text-tokens) enter through the prompts they make, so a graph without text gets the
 # same key whatever they say.
 KEY_FIELDS = ("lora_r", "lora_alpha", "lora_dropout", "lora_targets", "lora_layers", "token_economy", "batch_size",
-              "ft_epochs", "ft_prompts_per_epoch", "ft_patience", "eval_every", "llm_lr", "lr_schedule", "warmup_ratio", "max_grad_norm",
-              "code_samples", "ft_loss", "distill_weight", "gnn_lr", "ft_weight_decay", "node_tokens", "joint",
+              "ft_epochs", "ft_prompts_per_epoch", "ft_patience", "eval_every", "llm_lr", "lr_schedule", "warmup_ratio",
+              "max_grad_norm", "code_samples", "ft_loss", "distill_weight", "gnn_lr", "ft_weight_decay", "node_tokens", "joint",
               "joint_epochs", "joint_stage_one_weight", "quantization")
 
 
