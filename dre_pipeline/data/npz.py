@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from ..errors import InputError
-from .graph import GraphData, _find_shared, _graph, _numbered_classes, _reason
+from .graph import GraphData, _find_shared, _graph, _numbered_classes, _reason, _resolve_data_dir
 
 # Built-in sparse-npz graphs: name -> file, looked up beside the Planetoid data (see _find_npz).
 _NPZ = {"cora-ml": "cora_ml.npz"}
@@ -18,12 +18,20 @@ _NPZ = {"cora-ml": "cora_ml.npz"}
 _NPZ_SPELLINGS = ("{}_matrix.{}", "{}_{}")
 
 
+NAMES = tuple(_NPZ)
+
+
+def load(name: str, data_dir: str | Path | None, cache_dir: Path, seed: int = 0) -> GraphData:
+    """A built-in graph of the collection, found beside the Planetoid data."""
+    return load_file(_find_npz(_NPZ[name], _resolve_data_dir(data_dir)), name)
+
+
 def _find_npz(file: str, data_dir: Path | None) -> Path:
     """``<data_dir>/../npz``, ``<data_dir>/npz`` or ``<data_dir>``, then ``../shared/datasets/npz``."""
     return _find_shared("npz", file, data_dir)
 
 
-def _load_npz(path: Path, name: str) -> GraphData:
+def load_file(path: Path, name: str) -> GraphData:
     """A graph in the gnn-benchmark sparse-npz layout, either key spelling.
 
     CSR adjacency and attributes, ``labels``, optional ``node_names``, ``attr_names`` and

@@ -11,14 +11,18 @@ import numpy as np
 import torch
 
 from ..errors import InputError
-from .graph import GraphData, _graph, _mirror, _split_from_masks
+from .graph import GraphData, _graph, _mirror, _resolve_data_dir, _split_from_masks
 
 _ARXIV_DIR = "ogbn_arxiv"
 _ARXIV_RELEASE = "RELEASE_v1.txt"  # ogb asks on stdin when this marker is missing
 
 
-def _load_arxiv(data_dir: Path | None, cache_dir: Path) -> GraphData:
+NAMES = ("ogbn-arxiv",)
+
+
+def load(name: str, data_dir: str | Path | None, cache_dir: Path, seed: int = 0) -> GraphData:
     """ogbn-arxiv via the optional ``ogb`` package, imported only when asked for."""
+    data_dir = _resolve_data_dir(data_dir)
     try:
         from ogb.nodeproppred import PygNodePropPredDataset
     except ImportError as err:

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import InputError
-from .graph import GraphData, _graph, _mirror, _split_from_masks
+from .graph import GraphData, _graph, _mirror, _resolve_data_dir, _split_from_masks
 
 # Planetoid's own folder names and its label ids in order; the ids are fixed by the raw
 # files, so the names are constants rather than something to read from disk.
@@ -35,12 +35,15 @@ _PLANETOID = {
         ],
     ),
 }
+NAMES = tuple(_PLANETOID)
 _PLANETOID_RAW_SUFFIXES = ("x", "tx", "allx", "y", "ty", "ally", "graph", "test.index")
 
 
-def _load_planetoid(key: str, data_dir: Path | None, cache_dir: Path) -> GraphData:
+def load(key: str, data_dir: str | Path | None, cache_dir: Path, seed: int = 0) -> GraphData:
     """Cora/CiteSeer/PubMed via PyG, processed in ``cache_dir`` so ``data_dir`` stays untouched."""
     from torch_geometric.datasets import Planetoid
+
+    data_dir = _resolve_data_dir(data_dir)
 
     folder, class_names = _PLANETOID[key]
     root = cache_dir / "planetoid"

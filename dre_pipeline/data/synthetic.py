@@ -43,8 +43,12 @@ _SYNTHETIC_TOPIC_SHARE = 0.7
 _SYNTHETIC_NOISE = 2.0
 
 
-def _make_synthetic(seed: int) -> GraphData:
-    """A small homophilous graph with real-word text: fast, offline, deterministic in ``seed``."""
+NAMES = ("synthetic",)
+
+
+def load(name: str, data_dir, cache_dir, seed: int = 0) -> GraphData:
+    """A small homophilous graph with real-word text: fast, offline, deterministic in ``seed`` (it reads no
+    files: ``data_dir`` and ``cache_dir`` are the sources' common signature)."""
     rng = np.random.default_rng(seed)
     class_names = list(_SYNTHETIC_CLASSES)
     num_classes = len(class_names)

@@ -13,11 +13,20 @@ import pyarrow.parquet as pq
 import torch
 
 from ..errors import InputError
-from .graph import SPLIT_NAMES, GraphData, _find_shared, _graph, _numbered_classes, _reason, split_titles
+from .graph import (SPLIT_NAMES, GraphData, _find_shared, _graph, _numbered_classes, _reason, _resolve_data_dir,
+                    split_titles)
 
 # Built-in node tables with text: name -> folder under the data root's text/ (see _find_text_folder).
 _TEXT_FOLDERS = {"cora-text": "cora"}
 _SPLIT_CODES = {name: code for code, name in enumerate(SPLIT_NAMES)}
+
+
+NAMES = tuple(_TEXT_FOLDERS)
+
+
+def load(name: str, data_dir: str | Path | None, cache_dir: Path, seed: int = 0) -> GraphData:
+    """A built-in graph with text, found under the data root's ``text/``."""
+    return load_folder(_find_text_folder(_TEXT_FOLDERS[name], _resolve_data_dir(data_dir)), name)
 
 
 def _find_text_folder(name: str, data_dir: Path | None) -> Path:
@@ -25,7 +34,7 @@ def _find_text_folder(name: str, data_dir: Path | None) -> Path:
     return _find_shared("text", name, data_dir)
 
 
-def _load_folder(folder: Path, name: str | None = None) -> GraphData:
+def load_folder(folder: Path, name: str | None = None) -> GraphData:
     """A user's own graph as two tables: ``nodes.csv`` + ``edges.csv``, or the same as ``.parquet``.
 
     ``nodes``: ``node_id`` (integers or names), ``label`` (class names, or integers named by an optional
