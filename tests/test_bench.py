@@ -147,10 +147,11 @@ def test_quick_economy_bench_puts_the_plain_forward_and_quantized_weights_beside
     assert results_file.name == "economy.json"
     by = {r["row"]: r for r in json.loads(results_file.read_text())["results"]}
     assert list(by) == list(ECONOMY_ROWS)
-    for row in ("dre", "plain", "8bit"):
+    for row in ("dre", "plain", "bf16", "plain-bf16", "8bit"):
         assert by[row]["trained_prompts_per_second"] > 0 and by[row]["peak_memory_mb"] > 0
     # the same scores and loss: the plain forward reaches what Dr.E reaches, up to numerics
     assert abs(by["plain"]["val_accuracy"] - by["dre"]["val_accuracy"]) <= 0.05
     assert "multiples of 64" in by["4bit"]["refused"]  # the tiny Llama's widths: bitsandbytes' CPU 4-bit cannot
     markdown = (out / "RESULTS.md").read_text()
-    assert "Token economy and 8-/4-bit weights" in markdown and "| 1.00x |" in markdown and "refused:" in markdown
+    assert "Token economy, bf16 and 8-/4-bit weights" in markdown and "| 1.00x |" in markdown
+    assert "refused:" in markdown and "x (bf16) |" in markdown  # the bf16 plain row against bf16 Dr.E

@@ -24,6 +24,7 @@ from dre_pipeline.pipeline.llm import compute_dtype, quantization_config
 from dre_pipeline.pipeline import commands
 from dre_pipeline.pipeline.llm import resolve_llm
 from dre_pipeline.pipeline.stages.finetune import finetune, predict
+from dre_pipeline.pipeline.placement import Placement
 
 CPU, META = torch.device("cpu"), torch.device("meta")
 
@@ -96,6 +97,9 @@ def test_bf16_only_on_the_gpu_given_that_multiplies_it_natively(gpus):
     assert not native_bf16(t4) and native_bf16(a100)
     assert compute_dtype(t4) == torch.float32 and compute_dtype(a100) == torch.bfloat16
     assert quantization_config("4bit", t4).bnb_4bit_compute_dtype == torch.float32
+    # --precision names the dtype whatever the device: bf16 on this CPU too, fp32 on the A100
+    assert compute_dtype(CPU, "bf16") == torch.bfloat16 and compute_dtype(a100, "fp32") == torch.float32
+    assert Placement.resolve("cpu", "none", "bf16").llm_dtype == torch.bfloat16
 
 
 # --- 3. torch files load onto the run's device ----------------------------------------------------
@@ -223,11 +227,11 @@ def unquantized_dtypes(model) -> dict:
 
 
 def test_8bit_training_and_predict_keep_the_compute_dtype_and_score_alike(tmp_path, monkeypatch, tiny_llm):
-    """bf16 asked for, as on a GPU that multiplies it natively: the unquantized weights stay bf16 in the model finetune
-    trains and in the one predict loads (PEFT's prepare_model_for_kbit_training cast them to fp32, for training
-    only), and predict gives the scores finetune wrote for the same nodes (to bitsandbytes' CPU int8 kernels'
-    precision: they differ by up to 1e-3 between the two in fp32 too)."""
-    monkeypatch.setattr(llm, "compute_dtype", lambda device: torch.bfloat16)
+    """bf16 asked for (``--precision bf16``, as auto picks on a GPU that multiplies it natively): the unquantized
+    weights stay bf16 in the model finetune trains and in the one predict loads (PEFT's
+    prepare_model_for_kbit_training cast them to fp32, for training only), and predict gives the scores finetune
+    wrote for the same nodes (to bitsandbytes' CPU int8 kernels' precision: they differ by up to 1e-3 between the
+    two in fp32 too)."""
     models = {}
 
     def recording(stage):
@@ -243,7 +247,7 @@ def test_8bit_training_and_predict_keep_the_compute_dtype_and_score_alike(tmp_pa
     recording(predict)
     store = Store(tmp_path)
     cfg = FinetuneConfig(llm_path=str(tiny_llm), dataset="synthetic", epochs=5, patience=5, ft_epochs=1,
-                         batch_size=16, lora_layers=1, quantization="8bit")
+                         batch_size=16, lora_layers=1, quantization="8bit", precision="bf16")
     artifact = commands.finetune(cfg, store, quiet=True, device="cpu")
     saved = pq.read_table(artifact.path / "predictions.parquet").to_pydict()
     rows = commands.predict(cfg, store, saved["node_id"], device="cpu", quiet=True)  # the same nodes, batched alike
@@ -254,10 +258,10 @@ def test_8bit_training_and_predict_keep_the_compute_dtype_and_score_alike(tmp_pa
     assert torch.allclose(again, torch.tensor(saved["scores"]), atol=5e-3)
 
 
-def test_a_quantized_base_with_lora_keeps_the_compute_dtype(tmp_path, monkeypatch, tiny_llm):
-    monkeypatch.setattr(llm, "compute_dtype", lambda device: torch.bfloat16)
+def test_a_quantized_base_with_lora_keeps_the_compute_dtype(tmp_path, tiny_llm):
     tiny = llm.resolve_llm(str(tiny_llm), Store(tmp_path))
-    model = llm.attach_lora(llm.load_model(tiny, CPU, "8bit"), FinetuneConfig(lora_layers=1), ["q_proj", "v_proj"])
+    model = llm.attach_lora(llm.load_model(tiny, CPU, "8bit", "bf16"), FinetuneConfig(lora_layers=1),
+                            ["q_proj", "v_proj"])
     assert set(unquantized_dtypes(model).values()) == {torch.bfloat16}
     assert {name for name, p in model.named_parameters() if p.requires_grad} == {
         name for name, _ in model.named_parameters() if "lora_" in name}  # the base is frozen, LoRA trains
@@ -279,7 +283,7 @@ def test_llm_text_features_run_on_the_commands_device(tmp_path, monkeypatch, tin
     class Loaded(Exception):
         """Where the load would begin: there is no GPU here to load onto."""
 
-    def load_model(llm, device, quantization="none"):
+    def load_model(llm, device, quantization="none", precision="auto"):
         asked.append(device)
         raise Loaded
 
@@ -370,7 +374,8 @@ def test_quantized_llm_features_load_the_quantized_model_under_a_key_of_their_ow
 
     loaded, real_load = [], features.load_model
     monkeypatch.setattr(features, "load_model",
-                        lambda llm, device, quantization="none": loaded.append(quantization) or real_load(llm, device, quantization))
+                        lambda llm, device, quantization="none", precision="auto":
+                        loaded.append(quantization) or real_load(llm, device, quantization, precision))
     store, data = Store(tmp_path), load_dataset("synthetic", None, tmp_path / "data")
     plain = features.run("llm", data, resolve_llm(str(tiny_llm), store), store, quiet=True)
     quantized = features.run("llm", data, resolve_llm(str(tiny_llm), store), store, quiet=True, placement=Placement.resolve("cpu", "8bit"))

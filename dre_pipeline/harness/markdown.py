@@ -152,7 +152,6 @@ def provenance(payload: dict) -> list:
 def economy_markdown(payload: dict) -> list:
     """Dr.E's token economy against the plain forward, and 8-/4-bit weights: cost and accuracy side by side."""
     by = {r["row"]: r for r in payload["results"]}
-    ours = by.get("dre", {}).get("trained_prompts_per_second")
     table = ["| row | val % | test % | fine-tuning s | train prompts/s | of Dr.E's | train tok/s | infer nodes/s | "
              "peak MB | peak GPU MB |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for row in ECONOMY_ROWS:
@@ -162,21 +161,23 @@ def economy_markdown(payload: dict) -> list:
         if "refused" in r:
             table.append(f"| {r['label']} | refused: {r['refused']} |" + " – |" * 8)
             continue
-        prompts = r.get("trained_prompts_per_second")
-        ratio = f"{prompts / ours:.2f}x" if prompts and ours else "–"
+        prompts, versus = r.get("trained_prompts_per_second"), ECONOMY_ROWS[row].versus
+        ours = by.get(versus, {}).get("trained_prompts_per_second")
+        ratio = (f"{prompts / ours:.2f}x" + (f" ({versus})" if versus != "dre" else "")) if prompts and ours else "–"
         table.append(f"| {r['label']} | {100 * r['val_accuracy']:.2f} | {100 * r['test_accuracy']:.2f} | "
                      f"{r['seconds']['finetune']:.0f} | {prompts or 0:.2f} | {ratio} | "
                      f"{r['trained_tokens_per_second']:.0f} | {r['inference_nodes_per_second']:.1f} | "
                      f"{r['peak_memory_mb']:.0f} | {gpu_peak(r)} |")
     return [
-        f"## Token economy and 8-/4-bit weights: {payload['settings']['dataset']}",
+        f"## Token economy, bf16 and 8-/4-bit weights: {payload['settings']['dataset']}",
         "",
         *provenance(payload),
         f"- LLM: {payload['settings']['llm_path'] or 'embedded SmolLM2-135M-Instruct'}; seed 0; "
         f"{payload['settings']['ft_epochs']} fine-tuning epochs each, best validation epoch kept; every row in a "
         "process of its own, one after the other",
-        "- the plain row computes the same scores and loss (tested); it runs each full, padded prompt through "
-        "every layer at every step, as a plain PEFT + transformers loop does",
+        "- the plain rows compute the same scores and loss (tested); they run each full, padded prompt through "
+        "every layer at every step, as a plain PEFT + transformers loop does; of Dr.E's: a row's train prompts/s "
+        "over the fp32 Dr.E row's, or over the row named (the bf16 plain row against bf16 Dr.E)",
         "- train tok/s counts the tokens a step runs through the model (the shared prefix once per batch for "
         "Dr.E, once per prompt for the plain forward); train prompts/s is the rate that compares them; "
         "fine-tuning s includes the validation passes and, for Dr.E, filling the frozen-layer cache",

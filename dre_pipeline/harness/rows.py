@@ -13,6 +13,7 @@ class Row:
     overrides: dict = field(default_factory=dict)  # FinetuneConfig fields
     main: bool = True  # in make bench, all --seeds; else behind --extra, --ablation-seeds
     needs_text: bool = False  # runs on graphs with text only
+    versus: str = "dre"  # --economy: the row whose training prompts/s its own are a multiple of
 
 
 # The joint pass is one of the paper's Table 3 ablations.
@@ -39,11 +40,14 @@ ROWS = {
     "dre": Row("Dr.E (full: graph words, and text where the graph has it)", "llm"),
     "joint": Row("Dr.E + joint pass", "llm", {"joint": True}, main=False),
 }
-# bench --economy: Dr.E's token economy against the plain way, and its weights in 8 and 4 bits (on CPU too).
+# bench --economy: Dr.E's token economy against the plain way at the same precision (fp32, bf16), and its weights
+# in 8 and 4 bits (on CPU too).
+PLAIN = "Plain PEFT + transformers forward: full padded prompts every step, no prefix or frozen-layer cache"
 ECONOMY_ROWS = {
     "dre": ROWS["dre"],
-    "plain": Row("Plain PEFT + transformers forward: full padded prompts every step, no prefix or frozen-layer cache",
-                 "llm", {"token_economy": False}),
+    "plain": Row(PLAIN, "llm", {"token_economy": False}),
+    "bf16": Row("Dr.E in bf16 (--precision bf16)", "llm", {"precision": "bf16"}),
+    "plain-bf16": Row(f"{PLAIN}, in bf16", "llm", {"token_economy": False, "precision": "bf16"}, versus="bf16"),
     "8bit": Row("Dr.E, 8-bit weights (bitsandbytes LLM.int8)", "llm", {"quantization": "8bit"}),
     "4bit": Row("Dr.E, 4-bit nf4 weights (bitsandbytes)", "llm", {"quantization": "4bit"}),
 }

@@ -1,6 +1,7 @@
 """What each command runs, from its settings: its plan, resolved once (:mod:`.resolve`), then the stages in
 order. The CLI, the harness and a script all enter here; the stages below take the plan and derive none of it."""
 
+from dataclasses import replace
 from pathlib import Path
 from typing import Optional
 
@@ -29,7 +30,7 @@ def encode(cfg: EncodeConfig, store: Store, force: bool = False, quiet: bool = F
     """Stage one (and the codebook and text features it reads) on ``placement``; its training curves under
     ``log_dir`` where one is given. Under ``torchrun`` every process runs this, each on its share of every step
     (:func:`~.stages.encode.training_batches`) on its own device; only the first shows progress."""
-    placement = Placement(distributed.setup(placement.device), placement.quantization)
+    placement = replace(placement, device=distributed.setup(placement.device))
     return encode_stage.run(resolve(cfg, store, placement, quiet or not distributed.is_main(), log_dir=log_dir), force)
 
 
@@ -89,7 +90,7 @@ def _plan(cfg: FinetuneConfig, store: Store, quiet: bool, device, cached_only: b
           graph: Optional[GraphData] = None, log_dir: Optional[Path] = None) -> Plan:
     """Stage two's plan on ``--device`` (under ``torchrun``, this process's GPU) with ``--quantization``; only the
     first process shows progress."""
-    placement = Placement.resolve(distributed.setup(resolve_device(device)), cfg.quantization)
+    placement = Placement.resolve(distributed.setup(resolve_device(device)), cfg.quantization, cfg.precision)
     return resolve(cfg, store, placement, quiet or not distributed.is_main(), cached_only, graph, log_dir)
 
 

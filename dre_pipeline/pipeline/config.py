@@ -357,6 +357,13 @@ class FinetuneConfig(EncodeConfig):
         metadata=_help("none | 4bit | 8bit (bitsandbytes, on CUDA or CPU) | auto: 4bit on CUDA, none on CPU.",
                        choices=("none", "4bit", "8bit", "auto")),
     )
+    precision: str = field(
+        default="auto",
+        metadata=_help("The LLM's compute dtype in stage two. auto: bf16 on a GPU that multiplies it natively, fp32 "
+                       "elsewhere | fp32 | bf16 (on a CPU, fast only where it multiplies bf16 natively: AVX-512 BF16 or "
+                       "AMX; the AVX2 class emulates it, about 100x slower).",
+                       choices=("auto", "fp32", "bf16"), neutral="auto"),
+    )
 
     def __post_init__(self):
         super().__post_init__()

@@ -240,9 +240,10 @@ def resolve_device(device) -> torch.device:
     return torch.device(device)
 
 
-def compute_dtype(device: torch.device) -> torch.dtype:
-    """The dtype the LLM is loaded and computes in on ``device``: bf16 on a GPU that multiplies it natively
-    (:func:`~dre_pipeline.hardware.native_bf16`), fp32 everywhere else.
+def compute_dtype(device: torch.device, precision: str = "auto") -> torch.dtype:
+    """The dtype the LLM is loaded and computes in on ``device`` under ``--precision``: ``fp32`` or ``bf16`` as
+    named; ``auto``: bf16 on a GPU that multiplies it natively (:func:`~dre_pipeline.hardware.native_bf16`), fp32
+    everywhere else.
 
     Not fp16 on older GPUs (T4, V100): fp16's range (max 65504) lets activations of the frozen layers
     overflow and small gradients underflow, and this training loop has no loss scaler (``GradScaler``) to
@@ -251,6 +252,8 @@ def compute_dtype(device: torch.device) -> torch.dtype:
     against 2.20-2.50 s): its effect on accuracy against fp32 is not measured, and every CPU result in the store
     and in RESULTS.md is fp32's. The AVX2 class emulates bf16, ~100x slower.
     """
+    if precision != "auto":
+        return {"fp32": torch.float32, "bf16": torch.bfloat16}[precision]
     if device.type == "cuda" and native_bf16(device):
         return torch.bfloat16
     return torch.float32
@@ -260,13 +263,15 @@ def compute_dtype(device: torch.device) -> torch.dtype:
 NF4_CPU_BLOCK = 64
 
 
-def quantization_config(quantization: str, device: torch.device, llm: "ResolvedLLM" = None):
+def quantization_config(quantization: str, device: torch.device, llm: "ResolvedLLM" = None,
+                        dtype: torch.dtype = None):
     """bitsandbytes settings for ``--quantization``; a clear stop where the backend cannot do it.
 
     bitsandbytes (0.45+) runs 8-bit and nf4 4-bit layers on CPU as well as on CUDA, so both
     are allowed on either; ``auto`` quantizes (4-bit) on CUDA only, where it saves the memory
     that limits a run. On CPU the 4-bit kernels need layer widths that are multiples of 64,
-    checked against ``llm``'s config when given.
+    checked against ``llm``'s config when given. ``dtype``: the 4-bit layers' compute dtype (default
+    :func:`compute_dtype`'s on ``device``).
     """
     if quantization == "none" or (quantization == "auto" and device.type != "cuda"):
         return None
@@ -283,12 +288,13 @@ def quantization_config(quantization: str, device: torch.device, llm: "ResolvedL
             raise InputError(f"--quantization 4bit on CPU needs layer widths that are multiples of {NF4_CPU_BLOCK} "
                              f"(bitsandbytes' block); {llm.name} has {sorted(widths)}: use 8bit or none")
     return BitsAndBytesConfig(
-        load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=compute_dtype(device)
+        load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=dtype or compute_dtype(device)
     )
 
 
-def load_model(llm: ResolvedLLM, device: torch.device, quantization: str = "none"):
-    """The frozen base LLM on ``device``, in :func:`compute_dtype` or with ``--quantization``'s k-bit layers.
+def load_model(llm: ResolvedLLM, device: torch.device, quantization: str = "none", precision: str = "auto"):
+    """The frozen base LLM on ``device``, in :func:`compute_dtype` under ``--precision``, or with ``--quantization``'s
+    k-bit layers.
 
     Finetune, predict and ``--features llm`` all take their model from here, so predict scores with the
     model training scored with. It is loaded straight onto ``device``: a load to the CPU, then ``.to(device)``,
@@ -296,9 +302,10 @@ def load_model(llm: ResolvedLLM, device: torch.device, quantization: str = "none
     """
     from transformers import AutoModelForCausalLM
 
-    quant = quantization_config(quantization, device, llm)
+    dtype = compute_dtype(device, precision)
+    quant = quantization_config(quantization, device, llm, dtype)
     placement = "cpu" if device.type == "cpu" else (device.index or 0)
-    kwargs = {"dtype": compute_dtype(device), "device_map": {"": placement}}
+    kwargs = {"dtype": dtype, "device_map": {"": placement}}
     if quant is not None:
         kwargs["quantization_config"] = quant
     model = AutoModelForCausalLM.from_pretrained(llm.folder, **kwargs)

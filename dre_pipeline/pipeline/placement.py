@@ -4,8 +4,8 @@
   fp32, its code search in :func:`~dre_pipeline.model.quantizer.search_dtype` of that device. Its artifact is the
   same whatever the device: the device stays out of every key, and so does anything chosen from the
   machine's memory (see :func:`~dre_pipeline.pipeline.stages.encode.mini_batch_size`).
-- The LLM (``--features llm``, stage two) loads on the same device in :func:`~dre_pipeline.pipeline.llm.compute_dtype`,
-  with ``--quantization``'s k-bit layers. Quantized weights are another model: their text features are
+- The LLM (``--features llm``, stage two) loads on the same device in :func:`~dre_pipeline.pipeline.llm.compute_dtype`
+  under stage two's ``--precision``, with ``--quantization``'s k-bit layers. Quantized weights are another model: their text features are
   cached under a key of their own (:mod:`~dre_pipeline.pipeline.stages.features`).
 """
 
@@ -22,24 +22,26 @@ QUANTIZATIONS = FinetuneConfig.__dataclass_fields__["quantization"].metadata["ch
 
 @dataclass(frozen=True)
 class Placement:
-    """``device``: the command's; ``quantization``: none, 8bit or 4bit (``auto`` already resolved)."""
+    """``device``: the command's; ``quantization``: none, 8bit or 4bit (``auto`` already resolved); ``precision``:
+    ``--precision`` (auto, fp32, bf16)."""
 
     device: torch.device
     quantization: str = "none"
+    precision: str = "auto"
 
     @classmethod
-    def resolve(cls, device="auto", quantization: str = "none") -> "Placement":
-        """``--device`` and ``--quantization`` as given; ``auto`` quantizes (4-bit) on CUDA only."""
+    def resolve(cls, device="auto", quantization: str = "none", precision: str = "auto") -> "Placement":
+        """``--device``, ``--quantization`` and ``--precision`` as given; ``auto`` quantizes (4-bit) on CUDA only."""
         device = resolve_device(device)
         if quantization not in QUANTIZATIONS:
             raise InputError(f"--quantization must be one of {', '.join(QUANTIZATIONS)}, got {quantization!r}")
         if quantization == "auto":
             quantization = "4bit" if device.type == "cuda" else "none"
-        return cls(device, quantization)
+        return cls(device, quantization, precision)
 
     @property
     def llm_dtype(self) -> torch.dtype:
-        return compute_dtype(self.device)
+        return compute_dtype(self.device, self.precision)
 
 
 CPU = Placement(torch.device("cpu"))

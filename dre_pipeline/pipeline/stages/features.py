@@ -91,7 +91,7 @@ def run(kind: str, data: GraphData, llm: ResolvedLLM, store: Store, quiet: bool 
         features = _llm_embeddings(data.text, llm, placement, quiet)
     manifest = {"dataset": data.name, "fingerprint": data.fingerprint, **identity, "kind": kind,
                 "shape": list(features.shape), "seconds": round(time.time() - started, 2)}
-    if kind == "llm":  # how it ran, not what it is: bf16 on a GPU, fp32 on a CPU, the same key
+    if kind == "llm":  # how it ran, not what it is (bf16 on a GPU or under --precision bf16), the same key
         manifest["dtype"] = str(placement.llm_dtype).removeprefix("torch.")
     with store.writing("features", key, manifest) as out:
         write_matrix(out / "features.zarr", features)
@@ -160,7 +160,8 @@ def _sentence_embeddings(texts: list, quiet: bool) -> torch.Tensor:
 
 def _llm_embeddings(texts: list, llm, placement: Placement, quiet: bool) -> torch.Tensor:
     device = placement.device
-    tokenizer, model = load_tokenizer(llm), load_model(llm, device, placement.quantization).eval()
+    tokenizer = load_tokenizer(llm)
+    model = load_model(llm, device, placement.quantization, placement.precision).eval()
     return _mean_pooled(texts, tokenizer, model, LLM_MAX_TOKENS, quiet, "llm features",
                         lambda batch: model.model(**{k: v.to(device) for k, v in batch.items()}).last_hidden_state,
                         normalise=False)

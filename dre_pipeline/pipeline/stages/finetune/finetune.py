@@ -43,7 +43,7 @@ def run(ws: Workspace, targets: list, force: bool = False) -> Artifact:
     started = time.time()
     reset_peak_memory(device)  # this run's own GPU peak, not the plain run's before a joint pass
     seed_everything(cfg.seed)
-    model = load_model(llm, device, placement.quantization)
+    model = load_model(llm, device, placement.quantization, placement.precision)
     if base:
         from peft import PeftModel
 

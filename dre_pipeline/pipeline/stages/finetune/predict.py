@@ -71,7 +71,8 @@ def run(ws: Workspace, trained: Trained, node_ids: Optional[list], new: Optional
     if new is not None:
         ws = with_new_nodes(ws, new)
     nodes = positions(ws, node_ids, old, part)
-    model = PeftModel.from_pretrained(load_model(ws.llm, placement.device, placement.quantization), trained.adapter)
+    base = load_model(ws.llm, placement.device, placement.quantization, placement.precision)
+    model = PeftModel.from_pretrained(base, trained.adapter)
     predictor = predictor_for(ws, model)
     if cfg.node_tokens == "soft":
         node_tokens = graph_in_the_loop(ws, predictor, soft=True, gnn_state=trained.in_the_loop)

@@ -29,7 +29,7 @@ from ..encode import build_model
 KEY_FIELDS = ("lora_r", "lora_alpha", "lora_dropout", "lora_targets", "lora_layers", "token_economy", "batch_size",
               "ft_epochs", "ft_prompts_per_epoch", "ft_patience", "eval_every", "llm_lr", "lr_schedule", "warmup_ratio",
               "max_grad_norm", "code_samples", "ft_loss", "distill_weight", "gnn_lr", "ft_weight_decay", "node_tokens", "joint",
-              "joint_epochs", "joint_stage_one_weight", "quantization")
+              "joint_epochs", "joint_stage_one_weight", "quantization", "precision")
 
 
 @dataclass(frozen=True)
