@@ -31,6 +31,7 @@ import torch
 from dre_pipeline.data import make_split
 from dre_pipeline.harness.scale import clocked, generated_graph
 from dre_pipeline.model.evaluation import split_accuracy
+from dre_pipeline.model.gnn import layer_targets
 from dre_pipeline.model.sampling import NeighborSampler
 from dre_pipeline.pipeline.artifacts import Store
 from dre_pipeline.pipeline.config import EncodeConfig
@@ -63,7 +64,7 @@ def timed_step(model, optimizer, data, train_mask, seeds, sampler, cfg, trimmed:
     encode.train_step(model, optimizer, data, train_mask, nodes, edges, len(seeds), cfg, None,
                       hops if trimmed else None)
     seconds = time.perf_counter() - begun
-    per_layer = [sum(hops[0][: layers - t]) if trimmed else len(nodes) for t in range(layers)]
+    per_layer = layer_targets(hops) if trimmed else [len(nodes)] * layers
     return {"seconds": seconds, "subgraph_nodes": len(nodes), "layer_nodes": per_layer}
 
 

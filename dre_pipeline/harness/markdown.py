@@ -35,33 +35,32 @@ def summarise(results: list) -> list:
 
 
 def write_markdown(out_dir: Path) -> None:
-    """RESULTS.md: each dataset's accuracy table, then stage one's speed and the wall-time targets per CPU class."""
-    from .speed import markdown as speed_markdown
-
+    """RESULTS.md: each dataset's accuracy table, then the other results' sections in :func:`sections`' order."""
     files = {f.stem: json.loads(f.read_text()) for f in sorted((out_dir / "results").glob("*.json"))}
     text = ["# Benchmarks", "", "Every number names the command and the CPU that gave it: "
             "machines of one kind differ in CPU features (AVX-512 with native bf16, or only AVX2).", ""]
     text += bench_time_markdown(files)
+    rendered = sections(out_dir)
     for name, payload in files.items():
-        if name not in ("speed", "targets", "scale", "trimmed_step", "economy", "inductive", "memory_peaks"):
+        if name not in rendered:
             text += accuracy_markdown(payload, out_dir)
-    if "economy" in files:
-        text += economy_markdown(files["economy"])
-    if "inductive" in files:
-        text += inductive_markdown(files["inductive"])
-    if "scale" in files:
-        from .scale import markdown as scale_markdown
-
-        text += scale_markdown(files["scale"], out_dir)
-    if "trimmed_step" in files:
-        text += trimmed_step_markdown(files["trimmed_step"])
-    if "speed" in files:
-        text += speed_markdown(files["speed"])
-    if "targets" in files:
-        text += targets_markdown(files["targets"])
+    for name, render in rendered.items():
+        if name in files and render is not None:
+            text += render(files[name])
     tmp = out_dir / "RESULTS.md.tmp"
     tmp.write_text("\n".join(text))
     tmp.rename(out_dir / "RESULTS.md")
+
+
+def sections(out_dir: Path) -> dict:
+    """The result files that are not a dataset's accuracy rows, in RESULTS.md's order, and their renderers
+    (None: rendered elsewhere, the memory peaks in docs/plan.md)."""
+    from .scale import markdown as scale_markdown
+    from .speed import markdown as speed_markdown
+
+    return {"economy": economy_markdown, "inductive": inductive_markdown,
+            "scale": lambda payload: scale_markdown(payload, out_dir), "trimmed_step": trimmed_step_markdown,
+            "speed": speed_markdown, "targets": targets_markdown, "memory_peaks": None}
 
 
 def accuracy_markdown(payload: dict, out_dir: Path) -> list:

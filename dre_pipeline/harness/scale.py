@@ -100,6 +100,7 @@ def training_steps(model, optimizer, data, train_mask, batch_nodes: int, cfg, st
     the epoch they add up to."""
     import torch
 
+    from ..model.gnn import layer_targets
     from ..model.sampling import NeighborSampler
     from ..pipeline.runtime import log
     from ..pipeline.stages import encode
@@ -121,8 +122,7 @@ def training_steps(model, optimizer, data, train_mask, batch_nodes: int, cfg, st
                 continue
             seconds.append(time.perf_counter() - begun)
             sample_seconds += sampled - begun
-            num_sampled_nodes, num_layers = hops[0], len(hops[1])
-            layer_nodes.append([sum(num_sampled_nodes[: num_layers - t]) for t in range(num_layers)])
+            layer_nodes.append(layer_targets(hops))
     per_step = sum(seconds) / steps
     epoch_steps = encode.steps_per_epoch(int(train_mask.sum()), batch_nodes, cfg.reconstruction_seeds)
     return {"batch_nodes": batch_nodes, "num_neighbors": cfg.num_neighbors, "steps": steps,

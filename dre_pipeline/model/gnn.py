@@ -84,14 +84,19 @@ class MultiViewSAGE(nn.Module):
         return view, h + view.z if self.inter_residual else h
 
 
-def trim(t: int, x: Tensor, edge_index: Tensor, hops: tuple) -> tuple:
-    """Layer t's (sources, targets) inputs and edges on a subgraph ordered by hop: the targets are the nodes within
-    T - 1 - t hops of the seeds (T = ``len(num_sampled_edges)``), the edges those that end at them; ``x`` holds the
-    nodes within T - t hops, layer t - 1's targets (all nodes at t = 0), every edge's source among them."""
+def layer_targets(hops: tuple) -> list:
+    """Per layer t, how many target nodes a trimmed step computes: the nodes within T - 1 - t hops of the seeds
+    (T = ``len(num_sampled_edges)``), first on a subgraph ordered by hop."""
     num_sampled_nodes, num_sampled_edges = hops
-    reach = len(num_sampled_edges) - t  # hops + 1 of layer t's targets
-    targets, edges = sum(num_sampled_nodes[:reach]), sum(num_sampled_edges[:reach])
-    return (x, x[:targets]), edge_index[:, :edges]
+    return [sum(num_sampled_nodes[: len(num_sampled_edges) - t]) for t in range(len(num_sampled_edges))]
+
+
+def trim(t: int, x: Tensor, edge_index: Tensor, hops: tuple) -> tuple:
+    """Layer t's (sources, targets) inputs and edges on a subgraph ordered by hop: the targets are
+    :func:`layer_targets`' t-th count, the edges those that end at them; ``x`` holds the nodes within T - t hops,
+    layer t - 1's targets (all nodes at t = 0), every edge's source among them."""
+    edges = sum(hops[1][: len(hops[1]) - t])
+    return (x, x[: layer_targets(hops)[t]]), edge_index[:, :edges]
 
 
 class StageOneModel(nn.Module):
