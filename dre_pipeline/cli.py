@@ -334,7 +334,6 @@ def _named_option(name: str, flag: str, annotation, default, help: str) -> inspe
     _option("device_memory", Optional[str], None, "The device's memory, e.g. 24GB or 80GB (default: the device's "
             "own, where this machine has it; a CPU's is the host's)."),
     _option("host_memory", Optional[str], None, "The host's memory, where stage one runs (default: this machine's)."),
-    _option("dtype", str, "auto", "auto | bf16 | fp16 | fp32: the LLM's compute dtype (auto: bf16 on a GPU, fp32 on a CPU)."),
     _option("nodes", Optional[int], None, "Instead of --dataset: the graph's node count (with --edges, --feature-dim, "
             "--classes)."),
     _option("edges", Optional[int], None, "Its edges as listed (each becomes two messages, one per direction)."),
@@ -346,7 +345,7 @@ def _named_option(name: str, flag: str, annotation, default, help: str) -> inspe
     _option("format", str, "text", "text | json."),
 ), computes=False)
 def plan(cfg: FinetuneConfig, store: Store, quiet: bool, target_device: str, device_memory: Optional[str],
-         host_memory: Optional[str], dtype: str, nodes: Optional[int], edges: Optional[int],
+         host_memory: Optional[str], nodes: Optional[int], edges: Optional[int],
          feature_dim: Optional[int], classes: Optional[int], text_tokens: Optional[int],
          prefix_tokens: Optional[int], format: str):
     """Each stage's expected peak memory and whether it fits, from the model's config and the graph's sizes
@@ -357,7 +356,7 @@ def plan(cfg: FinetuneConfig, store: Store, quiet: bool, target_device: str, dev
     from .pipeline.stages.encode import mini_batch_size
 
     _check_format(format)
-    where = plan_inputs.target(target_device, device_memory, host_memory, dtype)
+    where = plan_inputs.target(target_device, device_memory, host_memory, cfg.precision)
     graph, names = plan_inputs.graph_shape(cfg, store, nodes, edges, feature_dim, classes, text_tokens,
                                            prefix_tokens)
     config, name = plan_inputs.read_config(cfg.llm_path)

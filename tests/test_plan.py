@@ -156,7 +156,7 @@ def test_cli_prints_a_table_for_given_sizes(tmp_path):
     (["--nodes", "100"], "--edges, --feature-dim, --classes missing"),
     (["--device-memory", "lots"], "expected a memory size"),
     (["--device", "tpu"], "--device must be auto, cpu or cuda"),
-    (["--dtype", "int3"], "--dtype must be"),
+    (["--precision", "int3"], "--precision must be one of"),
     (["--nodes", "0", "--edges", "1", "--feature-dim", "1", "--classes", "2"], "--nodes must be at least 1"),
     (["--llm-path", "/nonexistent"], "expected a folder with config.json"),
 ])

@@ -59,7 +59,7 @@ WORD_LISTS_BYTES = 100 * 2**20
 # A prompt token held in a Python list: an 8-byte pointer and, above 256, a 28-byte int.
 PYTHON_TOKEN_BYTES = 36
 NF4_BYTES = 0.5 + 4 / 64
-DTYPE_BYTES = {"fp32": 4, "bf16": 2, "fp16": 2}
+DTYPE_BYTES = {"fp32": 4, "bf16": 2}
 
 
 @dataclass

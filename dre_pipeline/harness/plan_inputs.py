@@ -104,10 +104,10 @@ def machine_memory() -> int:
     return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
 
 
-def target(device: str, device_memory, host_memory, dtype: str) -> Target:
+def target(device: str, device_memory, host_memory, precision: str) -> Target:
     """``--device`` (a device this machine need not have), its memory (default: the device's own, where it is
-    here) and the compute dtype (``auto``: as :func:`~dre_pipeline.pipeline.llm.compute_dtype` picks; a GPU not here is
-    taken to be bf16-capable, Ampere or newer)."""
+    here) and ``--precision``, the compute dtype (``auto``: as :func:`~dre_pipeline.pipeline.llm.compute_dtype`
+    picks; a GPU not here is taken to be bf16-capable, Ampere or newer)."""
     import torch
 
     from ..model.quantizer import search_dtype
@@ -117,8 +117,6 @@ def target(device: str, device_memory, host_memory, dtype: str) -> Target:
     named = re.fullmatch(r"cpu|cuda(?::(\d+))?", device)
     if named is None:
         raise InputError(f"--device must be auto, cpu or cuda[:N], got {device!r}")
-    if dtype not in ("auto", *DTYPE_BYTES):
-        raise InputError(f"--dtype must be auto, {', '.join(DTYPE_BYTES)}, got {dtype!r}")
     here = device.startswith("cuda") and torch.cuda.is_available() and int(named.group(1) or 0) < torch.cuda.device_count()
     host = parse_size(host_memory) if host_memory else machine_memory()
     if device_memory:
@@ -129,7 +127,8 @@ def target(device: str, device_memory, host_memory, dtype: str) -> Target:
         memory = torch.cuda.get_device_properties(torch.device(device)).total_memory
     else:
         raise InputError(f"--device {device}: this machine has no such GPU; give its memory with --device-memory 24GB")
-    if dtype == "auto":
+    dtype = precision
+    if precision == "auto":
         from ..pipeline.llm import compute_dtype
 
         dtype = ("bf16" if compute_dtype(torch.device(device)) == torch.bfloat16 else "fp32") if here or device == "cpu" \
