@@ -45,8 +45,8 @@ ROWS = {
 PLAIN = "Plain PEFT + transformers forward: full padded prompts every step, no prefix or frozen-layer cache"
 ECONOMY_ROWS = {
     "dre": ROWS["dre"],
-    "plain": Row(PLAIN, "llm", {"token_economy": False}),
     "bf16": Row("Dr.E in bf16 (--precision bf16)", "llm", {"precision": "bf16"}),
+    "plain": Row(PLAIN, "llm", {"token_economy": False}),
     "plain-bf16": Row(f"{PLAIN}, in bf16", "llm", {"token_economy": False, "precision": "bf16"}, versus="bf16"),
     "8bit": Row("Dr.E, 8-bit weights (bitsandbytes LLM.int8)", "llm", {"quantization": "8bit"}),
     "4bit": Row("Dr.E, 4-bit nf4 weights (bitsandbytes)", "llm", {"quantization": "4bit"}),
