@@ -253,6 +253,7 @@ def test_8bit_training_and_predict_keep_the_compute_dtype_and_score_alike(tmp_pa
     rows = commands.predict(cfg, store, saved["node_id"], device="cpu", quiet=True)  # the same nodes, batched alike
     trained, loaded = (unquantized_dtypes(models[stage.__name__]) for stage in (finetune, predict))
     assert trained and set(trained.values()) == {torch.bfloat16} and loaded == trained
+    assert artifact.manifest["dtype"] == "bfloat16"  # how it ran, in its manifest
     names = artifact.manifest["class_names"]
     again = torch.tensor([[row["scores"][name] for name in names] for row in rows])
     assert torch.allclose(again, torch.tensor(saved["scores"]), atol=5e-3)
