@@ -57,7 +57,13 @@ def measure(args: list, store: str) -> dict:
     if done.returncode or line is None:
         raise SystemExit(f"{' '.join(args)} failed:\n{done.stderr[-3000:]}")
     memory = json.loads(line[len("MEMORY "):])
-    return {"command": "dre-pipeline " + " ".join(args), "seconds": round(time.time() - started, 1),
+    import torch
+
+    from dre_pipeline.pipeline.llm import compute_dtype
+
+    precision = "bf16" if compute_dtype(torch.device("cpu")) == torch.bfloat16 else "fp32"  # what auto ran in here
+    return {"command": "dre-pipeline " + " ".join(args), "precision": precision,
+            "seconds": round(time.time() - started, 1),
             "baseline_mb": round(memory["baseline_mb"], 1), "peak_mb": round(memory["peak_mb"], 1),
             "stage_peak_mb": round(memory["peak_mb"] - memory["baseline_mb"], 1)}
 

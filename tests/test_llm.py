@@ -129,7 +129,7 @@ def test_an_unquantized_model_loads_straight_onto_its_gpu(tmp_path, tiny_llm, mo
 def test_an_unquantized_model_loads_onto_the_cpu_frozen_in_fp32(tmp_path, tiny_llm):
     from transformers import AutoModelForCausalLM
 
-    model = llm.load_model(resolve_llm(str(tiny_llm), Store(tmp_path)), torch.device("cpu"))
+    model = llm.load_model(resolve_llm(str(tiny_llm), Store(tmp_path)), torch.device("cpu"), precision="fp32")
     plain = AutoModelForCausalLM.from_pretrained(tiny_llm)
     assert all(p.device.type == "cpu" and p.dtype == torch.float32 and not p.requires_grad for p in model.parameters())
     ids = torch.tensor([[1, 2, 3]])
