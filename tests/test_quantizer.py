@@ -69,7 +69,9 @@ def test_straight_through_words_are_llm_embeddings_with_gnn_gradient():
     ("AVX512", False, True, True),  # AMX tiles multiply bf16
     ("DEFAULT", True, True, False),
 ])
-def test_search_precision_follows_cpu_capability(monkeypatch, capability, avx512_bf16, amx, native):
+def test_search_and_llm_precision_follow_cpu_capability(monkeypatch, capability, avx512_bf16, amx, native):
+    from dre_pipeline.pipeline.llm import compute_dtype
+
     monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: capability)
     monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: avx512_bf16)
     monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx)
@@ -77,6 +79,7 @@ def test_search_precision_follows_cpu_capability(monkeypatch, capability, avx512
     assert native_bf16(cpu) is native
     expected = torch.bfloat16 if native else torch.float32
     assert search_dtype(cpu) == expected
+    assert compute_dtype(cpu) == expected  # stage two's LLM: the AVX2 class stays in fp32, as before
     vq = ResidualVQ(codebook(), num_codes=2)
     vq(torch.randn(5, 16))
     assert list(vq._tables) == [(cpu, expected)]  # the path taken
