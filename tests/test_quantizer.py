@@ -69,7 +69,7 @@ def test_straight_through_words_are_llm_embeddings_with_gnn_gradient():
     ("AVX512", False, True, True),  # AMX tiles multiply bf16
     ("DEFAULT", True, True, False),
 ])
-def test_search_and_llm_precision_follow_cpu_capability(monkeypatch, capability, avx512_bf16, amx, native):
+def test_search_precision_follows_cpu_capability(monkeypatch, capability, avx512_bf16, amx, native):
     from dre_pipeline.pipeline.llm import compute_dtype
 
     monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: capability)
@@ -79,7 +79,8 @@ def test_search_and_llm_precision_follow_cpu_capability(monkeypatch, capability,
     assert native_bf16(cpu) is native
     expected = torch.bfloat16 if native else torch.float32
     assert search_dtype(cpu) == expected
-    assert compute_dtype(cpu) == expected  # stage two's LLM: the AVX2 class stays in fp32, as before
+    assert compute_dtype(cpu) == torch.float32  # stage two's LLM: bf16 on a CPU only when --precision asks
+    assert compute_dtype(cpu, "bf16") == torch.bfloat16
     vq = ResidualVQ(codebook(), num_codes=2)
     vq(torch.randn(5, 16))
     assert list(vq._tables) == [(cpu, expected)]  # the path taken

@@ -242,19 +242,21 @@ def resolve_device(device) -> torch.device:
 
 def compute_dtype(device: torch.device, precision: str = "auto") -> torch.dtype:
     """The dtype the LLM is loaded and computes in on ``device`` under ``--precision``: ``fp32`` or ``bf16`` as
-    named; ``auto``: bf16 where ``device`` multiplies it natively (:func:`~dre_pipeline.hardware.native_bf16`: a GPU
-    of compute capability 8.0+, a CPU with AVX512-BF16 or AMX), fp32 everywhere else.
+    named; ``auto``: bf16 on a GPU that multiplies it natively (:func:`~dre_pipeline.hardware.native_bf16`), fp32
+    everywhere else.
 
-    On a CPU with native bf16, ``bench --economy`` on Cora measured bf16 against fp32 side by side (SmolLM2, seed 0,
-    benchmarks/RESULTS.md): 2.1x the training prompts/s and 3.1x the scoring rate, validation accuracy 0.37 points
-    lower (2 of 541 nodes) and test 0.18 higher (1 of 542). The AVX2 class emulates bf16, ~100x slower: fp32 there.
+    Not bf16 on CPUs by default yet, although on one with native bf16 (AVX512-BF16 or AMX) ``bench --economy`` on
+    Cora measured it side by side with fp32 (SmolLM2, seed 0, benchmarks/RESULTS.md): 2.1x the training prompts/s
+    and 3.1x the scoring rate, validation accuracy 0.37 points lower (2 of 541 nodes), test 0.18 higher (1 of 542).
+    A default is chosen on the validation data of several graphs, and this is one; ``--precision bf16`` asks for
+    it. The AVX2 class emulates bf16, ~100x slower.
     Not fp16 on older GPUs (T4, V100): fp16's range (max 65504) lets activations of the frozen layers
     overflow and small gradients underflow, and this training loop has no loss scaler (``GradScaler``) to
     guard them; fp32 is slower there but trains the same as on the CPU.
     """
     if precision != "auto":
         return {"fp32": torch.float32, "bf16": torch.bfloat16}[precision]
-    return torch.bfloat16 if native_bf16(device) else torch.float32
+    return torch.bfloat16 if device.type == "cuda" and native_bf16(device) else torch.float32
 
 
 # bitsandbytes' 4-bit CPU kernels quantize weights in blocks of 64 along each row.
