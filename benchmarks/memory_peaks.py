@@ -59,9 +59,9 @@ def measure(args: list, store: str) -> dict:
     memory = json.loads(line[len("MEMORY "):])
     import torch
 
-    from dre_pipeline.pipeline.llm import compute_dtype
+    from dre_pipeline.pipeline.llm import resolved_precision
 
-    precision = "bf16" if compute_dtype(torch.device("cpu")) == torch.bfloat16 else "fp32"  # what auto ran in here
+    precision = resolved_precision(torch.device("cpu"))  # what auto ran in here
     return {"command": "dre-pipeline " + " ".join(args), "precision": precision,
             "seconds": round(time.time() - started, 1),
             "baseline_mb": round(memory["baseline_mb"], 1), "peak_mb": round(memory["peak_mb"], 1),

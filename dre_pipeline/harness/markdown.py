@@ -176,7 +176,8 @@ def economy_markdown(payload: dict) -> list:
         "process of its own, one after the other",
         "- the plain rows compute the same scores and loss (tested); they run each full, padded prompt through "
         "every layer at every step, as a plain PEFT + transformers loop does; of Dr.E's: a row's train prompts/s "
-        "over the fp32 Dr.E row's, or over the row named (the bf16 plain row against bf16 Dr.E)",
+        "over the Dr.E row's (--precision auto: fp32 on a CPU), or over the row named (the bf16 plain row against "
+        "bf16 Dr.E)",
         "- train tok/s counts the tokens a step runs through the model (the shared prefix once per batch for "
         "Dr.E, once per prompt for the plain forward); train prompts/s is the rate that compares them; "
         "fine-tuning s includes the validation passes and, for Dr.E, filling the frozen-layer cache",

@@ -129,10 +129,9 @@ def target(device: str, device_memory, host_memory, precision: str) -> Target:
         raise InputError(f"--device {device}: this machine has no such GPU; give its memory with --device-memory 24GB")
     dtype = precision
     if precision == "auto":
-        from ..pipeline.llm import compute_dtype
+        from ..pipeline.llm import resolved_precision
 
-        dtype = ("bf16" if compute_dtype(torch.device(device)) == torch.bfloat16 else "fp32") if here or device == "cpu" \
-            else "bf16"
+        dtype = resolved_precision(torch.device(device)) if here or device == "cpu" else "bf16"
     kind = "cuda" if device.startswith("cuda") else "cpu"
     search = 2 if search_dtype(torch.device("cpu")) == torch.bfloat16 else 4  # stage one searches on this CPU
     return Target(kind, DTYPE_BYTES[dtype], memory if kind == "cuda" else host, host, search, dtype)

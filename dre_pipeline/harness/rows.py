@@ -40,8 +40,8 @@ ROWS = {
     "dre": Row("Dr.E (full: graph words, and text where the graph has it)", "llm"),
     "joint": Row("Dr.E + joint pass", "llm", {"joint": True}, main=False),
 }
-# bench --economy: Dr.E's token economy against the plain way at the same precision (fp32, bf16), and its weights
-# in 8 and 4 bits (on CPU too).
+# bench --economy: Dr.E's token economy against the plain way at the same precision (auto, bf16), and its weights
+# in 8 and 4 bits (on CPU too). "dre" is the bench's own row (the cache they share): auto, fp32 on a CPU.
 PLAIN = "Plain PEFT + transformers forward: full padded prompts every step, no prefix or frozen-layer cache"
 ECONOMY_ROWS = {
     "dre": ROWS["dre"],

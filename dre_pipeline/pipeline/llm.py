@@ -240,6 +240,16 @@ def resolve_device(device) -> torch.device:
     return torch.device(device)
 
 
+PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16}
+
+
+def resolved_precision(device: torch.device, precision: str = "auto") -> str:
+    """``--precision`` on ``device`` as the name of the dtype it computes in (fp32 or bf16): :func:`compute_dtype`."""
+    if precision != "auto":
+        return precision
+    return "bf16" if device.type == "cuda" and native_bf16(device) else "fp32"
+
+
 def compute_dtype(device: torch.device, precision: str = "auto") -> torch.dtype:
     """The dtype the LLM is loaded and computes in on ``device`` under ``--precision``: ``fp32`` or ``bf16`` as
     named; ``auto``: bf16 on a GPU that multiplies it natively (:func:`~dre_pipeline.hardware.native_bf16`), fp32
@@ -254,9 +264,7 @@ def compute_dtype(device: torch.device, precision: str = "auto") -> torch.dtype:
     overflow and small gradients underflow, and this training loop has no loss scaler (``GradScaler``) to
     guard them; fp32 is slower there but trains the same as on the CPU.
     """
-    if precision != "auto":
-        return {"fp32": torch.float32, "bf16": torch.bfloat16}[precision]
-    return torch.bfloat16 if device.type == "cuda" and native_bf16(device) else torch.float32
+    return PRECISIONS[resolved_precision(device, precision)]
 
 
 # bitsandbytes' 4-bit CPU kernels quantize weights in blocks of 64 along each row.

@@ -5,8 +5,8 @@
   same whatever the device: the device stays out of every key, and so does anything chosen from the
   machine's memory (see :func:`~dre_pipeline.pipeline.stages.encode.mini_batch_size`).
 - The LLM (``--features llm``, stage two) loads on the same device in :func:`~dre_pipeline.pipeline.llm.compute_dtype`
-  under stage two's ``--precision``, with ``--quantization``'s k-bit layers. Quantized weights are another model: their text features are
-  cached under a key of their own (:mod:`~dre_pipeline.pipeline.stages.features`).
+  under stage two's ``--precision``, with ``--quantization``'s k-bit layers. Quantized weights are another model:
+  their text features are cached under a key of their own (:mod:`~dre_pipeline.pipeline.stages.features`).
 """
 
 from dataclasses import dataclass
@@ -42,6 +42,11 @@ class Placement:
     @property
     def llm_dtype(self) -> torch.dtype:
         return compute_dtype(self.device, self.precision)
+
+    @property
+    def llm_dtype_name(self) -> str:
+        """The LLM's compute dtype as a manifest records how a run computed ("float32", "bfloat16")."""
+        return str(self.llm_dtype).removeprefix("torch.")
 
 
 CPU = Placement(torch.device("cpu"))

@@ -92,7 +92,7 @@ def run(kind: str, data: GraphData, llm: ResolvedLLM, store: Store, quiet: bool 
     manifest = {"dataset": data.name, "fingerprint": data.fingerprint, **identity, "kind": kind,
                 "shape": list(features.shape), "seconds": round(time.time() - started, 2)}
     if kind == "llm":  # how it ran, not what it is (bf16 on a GPU or under --precision bf16), the same key
-        manifest["dtype"] = str(placement.llm_dtype).removeprefix("torch.")
+        manifest["dtype"] = placement.llm_dtype_name
     with store.writing("features", key, manifest) as out:
         write_matrix(out / "features.zarr", features)
     log.info("features: %d nodes' text as %s features (%d dimensions) in %.1fs", data.num_nodes, kind,

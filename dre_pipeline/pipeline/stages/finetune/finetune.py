@@ -110,7 +110,7 @@ def _write(store: Store, ws: Workspace, model, codes: np.ndarray, nodes: np.ndar
         # the training run's peak, so that a later cache hit can still report it
         "peak_memory_mb": peak_memory_mb(device),
         # how it ran, not what it is (outside the key, as the device is): the LLM's compute dtype
-        "dtype": str(ws.plan.placement.llm_dtype).removeprefix("torch."),
+        "dtype": ws.plan.placement.llm_dtype_name,
     }
     with store.writing("finetune", ws.key, manifest) as out:
         model.save_pretrained(out / "adapter")
