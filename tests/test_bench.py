@@ -9,6 +9,7 @@ from dre_pipeline.harness.bench import run
 from dre_pipeline.harness.markdown import summarise
 from dre_pipeline.harness.rows import ROWS
 from dre_pipeline.harness.bench_config import BenchConfig
+from dre_pipeline.errors import InputError
 
 
 def test_quick_bench_writes_the_main_rows_then_the_extra_ones(tmp_path):
@@ -144,7 +145,7 @@ def test_quick_economy_bench_puts_the_plain_forward_and_quantized_weights_beside
 
     out = tmp_path / "benchmarks"
     results_file = run(BenchConfig(quick=True, economy=True, out=str(out)), Store(tmp_path / "store"), quiet=True)
-    assert results_file.name == "economy.json"
+    assert results_file.name == "economy-synthetic.json"  # one table per graph
     by = {r["row"]: r for r in json.loads(results_file.read_text())["results"]}
     assert list(by) == list(ECONOMY_ROWS)
     for row in ("dre", "plain", "bf16", "plain-bf16", "8bit"):
@@ -155,3 +156,27 @@ def test_quick_economy_bench_puts_the_plain_forward_and_quantized_weights_beside
     markdown = (out / "RESULTS.md").read_text()
     assert "Token economy, bf16 and 8-/4-bit weights" in markdown and "| 1.00x |" in markdown
     assert "refused:" in markdown and "x (bf16) |" in markdown  # the bf16 plain row against bf16 Dr.E
+
+
+def test_economy_rows_take_a_subset_in_the_tables_order_and_refuse_an_unknown_one():
+    from dre_pipeline.harness.rows import ECONOMY_ROWS, economy_rows
+
+    assert economy_rows("") == list(ECONOMY_ROWS)
+    assert economy_rows("bf16,dre") == ["dre", "bf16"]
+    with pytest.raises(InputError, match="unknown \\['gcn'\\]"):
+        economy_rows("dre,gcn")
+
+
+def test_each_graphs_economy_table_is_a_section_of_its_own(tmp_path):
+    from dre_pipeline.harness.bench import write_results
+
+    row = {"row": "dre", "label": "Dr.E", "seed": 0, "val_accuracy": 0.9, "test_accuracy": 0.8, "seconds": {"finetune": 1.0},
+           "trained_prompts_per_second": 2.0, "trained_tokens_per_second": 3.0, "inference_nodes_per_second": 4.0,
+           "peak_memory_mb": 5}
+    for graph in ("cora", "cora-ml"):
+        write_results(tmp_path, f"economy-{graph}", {"command": "c", "machine": "m", "date": "d", "results": [row],
+                                                    "settings": {"dataset": graph, "llm_path": None, "ft_epochs": 2}})
+    markdown = (tmp_path / "RESULTS.md").read_text()
+    assert "Token economy, bf16 and 8-/4-bit weights: cora\n" in markdown
+    assert "Token economy, bf16 and 8-/4-bit weights: cora-ml\n" in markdown
+    assert "## Accuracy: economy" not in markdown  # neither is read as a dataset's accuracy table

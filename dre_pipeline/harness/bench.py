@@ -23,7 +23,7 @@ from ..pipeline.config import EncodeConfig, FinetuneConfig, key_fields
 from ..pipeline.runtime import host_peak_mb, log, progress, setup_logging
 from .bench_config import BenchConfig
 from .markdown import write_markdown
-from .rows import ALL_ROWS, ECONOMY_ROWS, ROWS, selected_rows
+from .rows import ALL_ROWS, ROWS, economy_rows, selected_rows
 from .runner import in_fresh_process
 
 QUICK = {"dataset": "synthetic", "epochs": 15, "patience": 15}
@@ -121,7 +121,8 @@ def run(cfg: BenchConfig, store: Store, quiet: bool = False, command: str = "dre
         scale.run(stage_one, store.root, save, sizes=scale.QUICK_SIZES if cfg.quick else scale.SIZES, quiet=quiet)
         return out_dir / "results" / "scale.json"
     if cfg.economy:  # one seed: the rows differ in cost, and in accuracy only by numerics
-        return run_rows(cfg, "economy", [(row, 0) for row in ECONOMY_ROWS], settings, store, quiet, command)
+        jobs = [(row, 0) for row in economy_rows(cfg.rows)]
+        return run_rows(cfg, f"economy-{settings['dataset']}", jobs, settings, store, quiet, command)
     from ..data import load_dataset
 
     data = load_dataset(settings["dataset"], settings["data_dir"], store.root / "data")

@@ -35,7 +35,8 @@ class BenchConfig(LLMConfig):
         metadata=_help(
             "Comma-separated subset of: mlp, gcn, sage, {mlp,gcn,sage}-{bow,sbert,llm}, text, soft, one-view, single-code, "
             "no-inter, no-refine, no-pseudo, dre-words, dre, joint (default: the main rows the graph can run, or with "
-            "--extra the others; the -llm, text and dre-words rows need a graph with text)."
+            "--extra the others; the -llm, text and dre-words rows need a graph with text). With --economy: a subset of "
+            "dre, bf16, plain, plain-bf16, 8bit, 4bit (default: all)."
         ),
     )
     ft_epochs: int = field(
@@ -58,7 +59,7 @@ class BenchConfig(LLMConfig):
     economy: bool = field(
         default=False,
         metadata=_help("Instead of the rows: Dr.E's token economy against a plain PEFT + transformers forward, and "
-                       "its weights in 8 and 4 bits, seed 0 (accuracy, train prompts/s, peak memory)."),
+                       "its weights in 8 and 4 bits, seed 0 (accuracy, train prompts/s, peak memory), on --dataset."),
     )
     out: str = field(default="benchmarks", metadata=_help("Where results/<dataset>.json, RESULTS.md and the chart go."))
 

@@ -42,11 +42,12 @@ def write_markdown(out_dir: Path) -> None:
     text += bench_time_markdown(files)
     rendered = sections(out_dir)
     for name, payload in files.items():
-        if name not in rendered:
+        if section_of(name) not in rendered:
             text += accuracy_markdown(payload, out_dir)
-    for name, render in rendered.items():
-        if name in files and render is not None:
-            text += render(files[name])
+    for section, render in rendered.items():
+        for name in files:
+            if section_of(name) == section and render is not None:
+                text += render(files[name])
     tmp = out_dir / "RESULTS.md.tmp"
     tmp.write_text("\n".join(text))
     tmp.rename(out_dir / "RESULTS.md")
@@ -61,6 +62,11 @@ def sections(out_dir: Path) -> dict:
     return {"economy": economy_markdown, "inductive": inductive_markdown,
             "scale": lambda payload: scale_markdown(payload, out_dir), "trimmed_step": trimmed_step_markdown,
             "speed": speed_markdown, "targets": targets_markdown, "memory_peaks": None}
+
+
+def section_of(name: str) -> str:
+    """The section a result file belongs to: its name, or for a mode run per graph (``economy-cora``) the mode's."""
+    return "economy" if name.startswith("economy-") else name
 
 
 def accuracy_markdown(payload: dict, out_dir: Path) -> list:

@@ -59,11 +59,23 @@ PAPER = {"cora": {"gcn": 87.78, "sage": 88.24, "dre": 91.33}, "cora-text": {"dre
 def selected_rows(rows: str, has_text: bool, extra: bool = False, has_features: bool = True) -> list:
     """``--rows``, or the main rows the graph can run (``extra``: the others; the text rows need a graph with text;
     on a graph of text alone the plain GNN rows would repeat the rows on its default text features)."""
-    chosen = [r.strip() for r in rows.split(",") if r.strip()]
-    unknown = [r for r in chosen if r not in ROWS]
-    if unknown:
-        raise InputError(f"--rows: unknown {unknown}; choose from {', '.join(ROWS)}")
+    chosen = chosen_rows(rows, ROWS)
     if not has_text and (textual := [r for r in chosen if ROWS[r].needs_text]):
         raise InputError(f"--rows: {', '.join(textual)} need a graph with text")
     return chosen or [r for r, spec in ROWS.items() if (has_text or not spec.needs_text) and spec.main != extra
                       and (has_features or spec.kind != "gnn" or "features" in spec.overrides)]
+
+
+def economy_rows(rows: str) -> list:
+    """``--economy --rows``: a subset of the economy rows, in the table's order; none given: all of them."""
+    chosen = chosen_rows(rows, ECONOMY_ROWS)
+    return [r for r in ECONOMY_ROWS if r in chosen or not chosen]
+
+
+def chosen_rows(rows: str, known: dict) -> list:
+    """The rows ``--rows`` names, each one of ``known``."""
+    chosen = [r.strip() for r in rows.split(",") if r.strip()]
+    unknown = [r for r in chosen if r not in known]
+    if unknown:
+        raise InputError(f"--rows: unknown {unknown}; choose from {', '.join(known)}")
+    return chosen
