@@ -14,7 +14,7 @@ second :meth:`DrE.fit` with the same graph and settings is a cache hit.
 
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Optional, Union
+from typing import Iterable, Iterator, Optional, Union
 
 import pyarrow as pa
 import torch
@@ -38,10 +38,7 @@ class Predictions:
     @property
     def table(self) -> pa.Table:
         """node_id, split, label, prediction, correct, and one score column per class (log-probabilities)."""
-        columns = {key: [row[key] for row in self.rows] for key in ("node_id", "split", "label", "prediction",
-                                                                       "correct")}
-        columns.update({f"score:{name}": [row["scores"][name] for row in self.rows] for name in self.class_names})
-        return pa.table(columns)
+        return answers_table(self.rows, self.class_names)
 
     @property
     def scores(self) -> torch.Tensor:
@@ -58,6 +55,49 @@ class Predictions:
         """The share answered correctly among the nodes with a known label (None: no label known)."""
         known = [row["correct"] for row in self.rows if row["correct"] is not None]
         return sum(known) / len(known) if known else None
+
+
+def answers_table(rows: list, class_names: list) -> pa.Table:
+    """:attr:`Predictions.table` of ``rows``; its columns' types do not depend on the rows, so that the chunks of
+    one answer (:meth:`DrE.predict_chunks`) make one table (a chunk without labels too)."""
+    columns = {key: pa.array([row[key] for row in rows], type) for key, type in (
+        ("node_id", None), ("split", pa.string()), ("label", pa.string()), ("prediction", pa.string()),
+        ("correct", pa.bool_()))}
+    columns.update({f"score:{name}": pa.array([row["scores"][name] for row in rows], pa.float64())
+                    for name in class_names})
+    return pa.table(columns)
+
+
+def check_answers_path(path: Path) -> None:
+    if path.suffix != ".parquet" or path.is_dir() or not path.parent.is_dir():
+        raise InputError(f"{path}: the answers are written as Parquet, name a .parquet file in a folder that exists")
+
+
+def write_answers(chunks: Iterable[list], path: Path) -> tuple:
+    """Each chunk of rows (:meth:`DrE.predict_chunks`) into the Parquet file ``path`` as it comes, with
+    :func:`answers_table`'s columns, through a temporary file: a stopped run leaves no half-written answer.
+    Returns (rows, correct, labelled)."""
+    import pyarrow.parquet as pq
+
+    check_answers_path(path)
+    tmp, writer, counts = path.with_name(path.name + ".tmp"), None, [0, 0, 0]
+    try:
+        for rows in chunks:
+            table = answers_table(rows, list(rows[0]["scores"]))
+            writer = writer or pq.ParquetWriter(tmp, table.schema)
+            writer.write_table(table.cast(writer.schema))  # node ids: the first chunk's type
+            known = [row["correct"] for row in rows if row["correct"] is not None]
+            counts = [counts[0] + len(rows), counts[1] + sum(known), counts[2] + len(known)]
+        if writer is None:
+            raise InputError("no node to answer for")
+        writer.close()
+        tmp.rename(path)
+    except BaseException:
+        if writer is not None:
+            writer.close()
+        tmp.unlink(missing_ok=True)
+        raise
+    return tuple(counts)
 
 
 class DrE:
@@ -99,14 +139,19 @@ class DrE:
         new node where ``new_nodes`` are given, else every node). ``new_nodes``: a :class:`NewNodes` or the
         (node table, edge table) paths of nodes to add first; ``recode``: the graph's own nodes take the extended
         graph's codes."""
+        rows = [row for chunk in self.predict_chunks(nodes, new_nodes, recode) for row in chunk]
+        return Predictions(rows, list(rows[0]["scores"]) if rows else [])
+
+    def predict_chunks(self, nodes=None, new_nodes: Union[NewNodes, tuple, None] = None,
+                       recode: bool = False) -> Iterator[list]:
+        """:meth:`predict`'s rows a chunk of nodes at a time, each scored when it is asked for: a large graph's
+        answers can be written as they come (``predict --out``) instead of held whole."""
         ids, part = self._nodes(nodes)
         if self.bundle is not None:
-            rows = commands.predict_with_bundle(self.bundle, self.cfg, self.store, ids, self.device, self.quiet,
-                                                new_nodes, recode, self.graph, part)
-        else:
-            rows = commands.predict(self.cfg, self.store, ids, self.device, self.quiet, new_nodes, recode,
-                                    self.graph, part)
-        return Predictions(rows, list(rows[0]["scores"]) if rows else [])
+            return commands.predict_chunks_with_bundle(self.bundle, self.cfg, self.store, ids, self.device,
+                                                       self.quiet, new_nodes, recode, self.graph, part)
+        return commands.predict_chunks(self.cfg, self.store, ids, self.device, self.quiet, new_nodes, recode,
+                                       self.graph, part)
 
     def explain(self, node) -> dict:
         """One node's words per hop, its text, the prompt, the prediction with per-class scores, the true label."""
@@ -159,4 +204,4 @@ def load_pyg(name: str, data_dir: Optional[str] = None, store: Union[str, Path] 
     return to_pyg(load_dataset(name, data_dir, Path(store) / "data"))
 
 
-__all__ = ["DrE", "Predictions", "load_pyg", "read_new_nodes"]
+__all__ = ["DrE", "Predictions", "answers_table", "load_pyg", "read_new_nodes", "write_answers"]

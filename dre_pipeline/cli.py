@@ -112,7 +112,7 @@ def stage_command(name: str, config_cls, extra: tuple = (), computes: bool = Tru
                 store = _store(kwargs["store"])
                 run_options = {k: v for k, v in kwargs.items() if k not in (*config_names, "store", "preset")}
                 if "given" in inspect.signature(body).parameters:  # the options the command line or run file set
-                    run_options["given"] = given & set(config_names)
+                    run_options["given"] = given
                 body(cfg, store, **run_options)
 
         params = [_option(f.name, f.type, f.default if f.default is not MISSING else f.default_factory(),
@@ -190,16 +190,14 @@ MODEL = _option("model", Optional[Path], None, "A model bundle (dre-pipeline exp
 BUNDLE_DATA_OPTIONS = ("dataset", "data_dir", "split", "seed")
 
 
-def answers(cfg: FinetuneConfig, store: Store, device: str, quiet: bool, ids, new, recode: bool,
-            model: Optional[Path], given: set) -> list:
-    """The rows of ``DrE.predict``: the store's model of ``cfg``, or the bundle ``model`` on the data options the
-    command line gave (``given``)."""
+def answering(cfg: FinetuneConfig, store: Store, device: str, quiet: bool, model: Optional[Path], given: set):
+    """The ``DrE`` that answers: the store's model of ``cfg``, or the bundle ``model`` on the data options given."""
     from .api import DrE
 
     if model is None:
-        return DrE.from_config(cfg, store, device, quiet).predict(ids, new, recode).rows
-    data = {name: getattr(cfg, name) for name in BUNDLE_DATA_OPTIONS if name in given}
-    return DrE.load(model, cfg.llm_path, store, device, quiet, **data).predict(ids, new, recode).rows
+        return DrE.from_config(cfg, store, device, quiet)
+    return DrE.load(model, cfg.llm_path, store, device, quiet,
+                    **{name: getattr(cfg, name) for name in BUNDLE_DATA_OPTIONS if name in given})
 
 
 def _node_ids(node_ids: Optional[str], node_file: Optional[Path]) -> list:
@@ -215,9 +213,11 @@ def _node_ids(node_ids: Optional[str], node_file: Optional[Path]) -> list:
     return ids
 
 
-def _check_format(format: str) -> None:
+def _check_format(format: str, out: Optional[Path] = None, given: frozenset = frozenset()) -> None:
     if format not in ("text", "json"):
         raise InputError(f"--format must be text or json, got {format!r}")
+    if out is not None and "format" in given:
+        raise InputError("--out writes Parquet: give --out or --format, not both")
 
 
 @stage_command("predict", FinetuneConfig, extra=(
@@ -230,31 +230,45 @@ def _check_format(format: str) -> None:
     _option("recode", bool, False, "With --new-nodes: the graph's own nodes also take the extended graph's codes "
             "(default: the codes the model was trained on)."),
     _option("format", str, "text", "text | json."),
+    _option("out", Optional[Path], None, "Write the answers to this .parquet file as they come, a chunk of nodes "
+            "at a time (never all held at once); without --node-ids, every node. The screen gets one line at the end."),
     MODEL,
     DEVICE,
 ), computes=False)
 def predict(cfg: FinetuneConfig, store: Store, quiet: bool, node_ids: Optional[str], node_file: Optional[Path],
-            new_nodes: Optional[Path], new_edges: Optional[Path], recode: bool, format: str, model: Optional[Path],
-            device: str, given: set):
+            new_nodes: Optional[Path], new_edges: Optional[Path], recode: bool, format: str, out: Optional[Path],
+            model: Optional[Path], device: str, given: set):
     """Answer for some nodes with the saved adapter of the same settings, without retraining; --new-nodes answers
     for nodes that were not in the graph (inductive)."""
     from .pipeline import distributed
 
-    _check_format(format)
+    _check_format(format, out, given)
+    if out is not None:
+        from .api import check_answers_path, write_answers
+
+        check_answers_path(out)  # before the work, not after it
     if (new_nodes is None) != (new_edges is None):
         raise InputError("give --new-nodes and --new-edges together")
-    ids = _node_ids(node_ids, node_file) if node_ids or node_file or new_nodes is None else None
+    ids = _node_ids(node_ids, node_file) if node_ids or node_file or (new_nodes is None and out is None) else None
     new = (new_nodes, new_edges) if new_nodes is not None else None
-    rows = answers(cfg, store, device, quiet, ids, new, recode, model, given)
-    if not distributed.is_main():  # under torchrun, one answer
+    chunks = answering(cfg, store, device, quiet, model, given).predict_chunks(ids, new, recode)
+    if not distributed.is_main():  # under torchrun, one answer: the others score their shares
+        for _ in chunks:
+            pass
+        return
+    if out is not None:
+        rows, correct, labelled = write_answers(chunks, out)
+        accuracy = f", {correct} of {labelled} labelled nodes correct ({100 * correct / labelled:.2f} %)" if labelled else ""
+        typer.echo(f"wrote {rows} answers to {out}{accuracy}")
         return
     if format == "json":
-        typer.echo(json.dumps(rows, indent=2))
+        typer.echo(json.dumps([row for rows in chunks for row in rows], indent=2))
         return
-    for row in rows:
-        mark = {True: "✓", False: "✗", None: " "}[row["correct"]]
-        typer.echo(f"{row['node_id']!s:>6} {row['split']:<6} label={row['label'] or '?':<24} "
-                   f"prediction={row['prediction']:<24} {mark} score={row['scores'][row['prediction']]:.3f}")
+    for rows in chunks:
+        for row in rows:
+            mark = {True: "✓", False: "✗", None: " "}[row["correct"]]
+            typer.echo(f"{row['node_id']!s:>6} {row['split']:<6} label={row['label'] or '?':<24} "
+                       f"prediction={row['prediction']:<24} {mark} score={row['scores'][row['prediction']]:.3f}")
 
 
 @stage_command("explain", FinetuneConfig, extra=(
@@ -270,7 +284,7 @@ def explain(cfg: FinetuneConfig, store: Store, quiet: bool, node_id: str, format
     from .harness.report import explanation_text
 
     _check_format(format)
-    row = answers(cfg, store, device, quiet, _node_ids(node_id, None), None, False, model, given)[0]
+    row = answering(cfg, store, device, quiet, model, given).explain(_node_ids(node_id, None)[0])
     typer.echo(json.dumps(row, indent=2) if format == "json" else explanation_text(row))
 
 
@@ -279,8 +293,7 @@ def explain(cfg: FinetuneConfig, store: Store, quiet: bool, node_id: str, format
     _option("explain_nodes", int, 6, "Test nodes shown with their words and prompts (the paper's Table 4)."),
     DEVICE,
 ), computes=False)
-def report(cfg: FinetuneConfig, store: Store, quiet: bool, out: Optional[Path], explain_nodes: int,
-           device: str):
+def report(cfg: FinetuneConfig, store: Store, quiet: bool, out: Optional[Path], explain_nodes: int, device: str):
     """Write index.html and PNG figures about the fine-tuned model of these settings (opens with no server)."""
     from .harness.report import write_report
 
@@ -302,8 +315,7 @@ def status(cfg: StoreConfig, store: Store, quiet: bool):
     _option("stage", Optional[str], None, "Only this stage: llm | codebook | encode | finetune."),
     _option("stale_only", bool, False, "Only artifacts that are stale for this graph and LLM (see status)."),
 ), computes=False, presets=False)
-def clean(cfg: StoreConfig, store: Store, quiet: bool, dry_run: bool, stage: Optional[str],
-          stale_only: bool):
+def clean(cfg: StoreConfig, store: Store, quiet: bool, dry_run: bool, stage: Optional[str], stale_only: bool):
     """Remove artifact folders and leftovers of interrupted runs (all, one stage's, or the stale ones);
     what a live run uses is kept. Exit code 1 when something could not be removed."""
     from .harness.status import clean as remove, human_size
@@ -350,21 +362,16 @@ def plan(cfg: FinetuneConfig, store: Store, quiet: bool, target_device: str, dev
          prefix_tokens: Optional[int], format: str):
     """Each stage's expected peak memory and whether it fits, from the model's config and the graph's sizes
     (no weights are loaded)."""
-    from dataclasses import asdict, replace
+    from dataclasses import asdict
 
     from .harness import memory_plan as mp, plan_inputs
-    from .pipeline.stages.encode import mini_batch_size
 
     _check_format(format)
     where = plan_inputs.target(target_device, device_memory, host_memory, cfg.precision)
     graph, names = plan_inputs.graph_shape(cfg, store, nodes, edges, feature_dim, classes, text_tokens,
                                            prefix_tokens)
-    config, name = plan_inputs.read_config(cfg.llm_path)
-    model = plan_inputs.model_shape(config, name)
-    if cfg.features in ("llm", "sbert"):  # text features: the LLM's width, or MiniLM's
-        graph = replace(graph, feature_dim=model.hidden if cfg.features == "llm" else 384)
-    quantization = cfg.quantization if cfg.quantization != "auto" else ("4bit" if where.device == "cuda" else "none")
-    rows = mp.plan(model, graph, replace(cfg, quantization=quantization), where, mini_batch_size(cfg, graph.nodes, graph.messages, graph.feature_dim, model.hidden))
+    model = plan_inputs.model_shape(*plan_inputs.read_config(cfg.llm_path))
+    rows, graph, quantization = plan_inputs.planned(cfg, model, graph, where)
     if format == "json":
         typer.echo(json.dumps({"model": model.name, "graph": asdict(graph), "target": asdict(where),
                                "rows": [{**asdict(r), "total": r.total, "fits": r.fits} for r in rows]}, indent=2))

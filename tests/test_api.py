@@ -4,6 +4,7 @@ import json
 import re
 from pathlib import Path
 
+import pyarrow.parquet as pq
 import pytest
 import torch
 from typer.testing import CliRunner
@@ -97,6 +98,20 @@ def test_export_and_predict_model_on_the_command_line(tmp_path, tiny_llm, smollm
                                      "--format", "json"])  # the bundle's own dataset and settings
     assert with_model.exit_code == 0, with_model.output
     assert json.loads(with_model.stdout) == json.loads(from_store.stdout)
+    # --out: every node's answer into Parquet, chunk by chunk, the screen one line
+    out = tmp_path / "answers.parquet"
+    written = runner.invoke(app, ["predict", *options, "--store", str(store), "--out", str(out)])
+    assert written.exit_code == 0, written.output
+    table = pq.read_table(out)
+    assert table.num_rows == 300 and written.stdout.startswith(f"wrote 300 answers to {out}, ")
+    shown = {row["node_id"]: row for row in json.loads(from_store.stdout)}
+    assert [p for i, p in zip(table["node_id"].to_pylist(), table["prediction"].to_pylist()) if i in shown] == \
+        [shown[0]["prediction"], shown[5]["prediction"]]
+    for bad, says in ((["--out", str(tmp_path / "a.csv")], "name a .parquet file"),
+                      (["--out", str(tmp_path / "b.parquet"), "--format", "json"], "give --out or --format")):
+        refused = runner.invoke(app, ["predict", *options, "--store", str(store), *bad])
+        assert refused.exit_code == 2 and says in refused.stderr and len(refused.stderr.strip().splitlines()) == 1
+    assert sorted(p.name for p in tmp_path.iterdir() if p.is_file()) == ["answers.parquet"]  # nothing half-written
     refused = runner.invoke(app, ["predict", "--model", str(bundle), "--store", str(smollm2_store.root),
                                   "--node-ids", "0", "--quiet"])  # the embedded SmolLM2 is not the bundle's LLM
     assert refused.exit_code == 2 and len(refused.stderr.strip().splitlines()) == 1

@@ -107,6 +107,20 @@ def test_predict_agrees_with_saved_predictions(run):
     assert all(len(r["words"]) == cfg.num_views for r in rows)
 
 
+def test_predict_in_chunks_answers_as_all_at_once(run):
+    cfg, store, artifact = run
+    ws = commands.workspace(cfg, store, quiet=True, cached_only=True)
+    trained = predict.from_store(ws)
+    whole = predict.run(ws, trained, None)
+    chunks = list(predict.chunks(ws, trained, None, size=128))
+    assert [len(c) for c in chunks] == [128, 128, 44]  # 300 nodes
+    rows = [row for chunk in chunks for row in chunk]
+    assert [r["node_id"] for r in rows] == [r["node_id"] for r in whole] == list(range(300))
+    for a, b in zip(rows, whole):
+        assert a["prediction"] == b["prediction"] and a["words"] == b["words"] and a["prompt"] == b["prompt"]
+        assert a["scores"] == pytest.approx(b["scores"], abs=1e-4)  # each chunk pads its own batches
+
+
 def test_rerun_is_a_cache_hit(run):
     cfg, store, artifact = run
     started = time.time()

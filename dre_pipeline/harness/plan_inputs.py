@@ -164,3 +164,19 @@ def graph_shape(cfg, store, nodes, edges, feature_dim, classes, prompt_text_toke
     graph = mp.GraphShape(nodes, messages, feature_dim, classes, prompt_tokens(cfg, text),
                           shared_prefix_tokens or prefix_tokens(classes, class_names))
     return graph, names
+
+
+def planned(cfg, model: ModelShape, graph, where: Target) -> tuple:
+    """(rows, graph, quantization): :func:`.memory_plan.plan` of ``cfg``'s stages as its run would take them: the
+    node features as wide as ``--features`` makes them, ``--quantization auto`` resolved for the device, stage one's
+    batch as ``encode`` chooses it."""
+    from dataclasses import replace
+
+    from . import memory_plan
+    from ..pipeline.stages.encode import mini_batch_size
+
+    if cfg.features in ("llm", "sbert"):  # text features: the LLM's width, or MiniLM's
+        graph = replace(graph, feature_dim=model.hidden if cfg.features == "llm" else 384)
+    quantization = cfg.quantization if cfg.quantization != "auto" else ("4bit" if where.device == "cuda" else "none")
+    seeds = mini_batch_size(cfg, graph.nodes, graph.messages, graph.feature_dim, model.hidden)
+    return memory_plan.plan(model, graph, replace(cfg, quantization=quantization), where, seeds), graph, quantization

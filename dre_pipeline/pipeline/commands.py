@@ -3,7 +3,7 @@ order. The CLI, the harness and a script all enter here; the stages below take t
 
 from dataclasses import replace
 from pathlib import Path
-from typing import Optional
+from typing import Iterator, Optional
 
 from . import bundle, distributed
 from ..data import GraphData
@@ -51,25 +51,31 @@ def workspace(cfg: FinetuneConfig, store: Store, quiet: bool = False, cached_onl
     return _workspace(_plan(cfg, store, quiet, device, cached_only, graph))
 
 
-def predict(cfg: FinetuneConfig, store: Store, node_ids: Optional[list], device="auto", quiet: bool = False,
-            new_nodes=None, recode: bool = False, graph: Optional[GraphData] = None, part: Optional[str] = None) -> list:
+def predict(*args, **kwargs) -> list:
+    """:func:`predict_chunks`' rows, all at once."""
+    return [row for chunk in predict_chunks(*args, **kwargs) for row in chunk]
+
+
+def predict_chunks(cfg: FinetuneConfig, store: Store, node_ids: Optional[list], device="auto", quiet: bool = False,
+                   new_nodes=None, recode: bool = False, graph: Optional[GraphData] = None,
+                   part: Optional[str] = None) -> Iterator[list]:
     """Answers for ``node_ids`` (or the nodes of split ``part``) from the fine-tuned model of ``cfg``, read from the
-    store alone. ``new_nodes``: nodes to add to the graph first, as (node table, edge table) or
-    :class:`~dre_pipeline.data.extend.NewNodes`, whose ids ``node_ids`` may name (None: all of them); ``recode``:
-    the graph's own nodes take the extended graph's codes."""
+    store alone, a chunk of rows at a time (:func:`~.stages.finetune.predict.chunks`). ``new_nodes``: nodes to add
+    to the graph first, as (node table, edge table) or :class:`~dre_pipeline.data.extend.NewNodes`, whose ids
+    ``node_ids`` may name (None: all of them); ``recode``: the graph's own nodes take the extended graph's codes."""
     ws = workspace(cfg, store, quiet, cached_only=True, device=device, graph=graph)
-    return predict_stage.run(ws, predict_stage.from_store(ws), node_ids, _new(new_nodes, ws), recode, part)
+    return predict_stage.chunks(ws, predict_stage.from_store(ws), node_ids, _new(new_nodes, ws), recode, part)
 
 
-def predict_with_bundle(model: bundle.Bundle, cfg: FinetuneConfig, store: Store, node_ids: Optional[list],
-                        device="auto", quiet: bool = False, new_nodes=None, recode: bool = False,
-                        graph: Optional[GraphData] = None, part: Optional[str] = None) -> list:
-    """:func:`predict` with a saved bundle on the graph of ``cfg`` (the bundle's settings with the data and LLM
+def predict_chunks_with_bundle(model: bundle.Bundle, cfg: FinetuneConfig, store: Store, node_ids: Optional[list],
+                               device="auto", quiet: bool = False, new_nodes=None, recode: bool = False,
+                               graph: Optional[GraphData] = None, part: Optional[str] = None) -> Iterator[list]:
+    """:func:`predict_chunks` with a saved bundle on the graph of ``cfg`` (the bundle's settings with the data and LLM
     options of the command): its text features are made in ``store`` where missing, nothing else is built."""
     plan = _plan(cfg, store, quiet, device, graph=graph)
     bundle.check_graph(model, plan.data)
     ws = workspace_stage.with_codebook(plan, bundle.for_llm(model, plan.llm))
-    return predict_stage.run(ws, bundle.trained(model), node_ids, _new(new_nodes, ws), recode, part)
+    return predict_stage.chunks(ws, bundle.trained(model), node_ids, _new(new_nodes, ws), recode, part)
 
 
 def export(cfg: FinetuneConfig, store: Store, path, device="auto", quiet: bool = False,

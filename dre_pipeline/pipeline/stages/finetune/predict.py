@@ -7,9 +7,10 @@ one's GNN runs over the extended graph and quantizes them into words, and the LL
 nodes keep the codes the model was trained on, unless ``recode`` asks for the extended graph's.
 """
 
+import time
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Optional
+from typing import Iterator, Optional
 
 import numpy as np
 import torch
@@ -19,12 +20,16 @@ from ....data import SPLIT_NAMES, split_names, title_and_rest
 from ....data.extend import UNLABELLED, NewNodes, extend
 from ....errors import InputError
 from ...llm import load_model
+from ...runtime import log
 from ....model.prompts import render
 from ..code_table import read_codes
 from .. import features
 from .node_tokens import StoredWords, graph_in_the_loop
 from .training import score
 from .workspace import Workspace, predictor_for, prompts_with_text, stage_one_model, text_token_ids
+
+
+CHUNK = 4096  # nodes answered at a time: each chunk's rows (prompts included) are a few MB
 
 
 @dataclass(frozen=True)
@@ -60,9 +65,17 @@ def run(ws: Workspace, trained: Trained, node_ids: Optional[list], new: Optional
         recode: bool = False, part: Optional[str] = None) -> list:
     """One dict per node (id, split, label, prediction, per-class scores, its words, text and prompt) for
     ``node_ids`` (the graph's or the new nodes' ids), or the nodes of split ``part``; neither: every new node,
-    or without new nodes every node.
+    or without new nodes every node. All rows at once: :func:`chunks` streams them.
+    """
+    return [row for chunk in chunks(ws, trained, node_ids, new, recode, part) for row in chunk]
 
-    Under ``torchrun`` each process scores its share of the nodes and every process returns all rows.
+
+def chunks(ws: Workspace, trained: Trained, node_ids: Optional[list], new: Optional[NewNodes] = None,
+           recode: bool = False, part: Optional[str] = None, size: int = CHUNK) -> Iterator[list]:
+    """:func:`run`'s rows, ``size`` nodes at a time, each chunk scored as it is asked for: a large graph's answers
+    are written as they come, never held whole. The model loads once, before the first chunk.
+
+    Under ``torchrun`` each process scores its share of every chunk and every process yields all rows.
     """
     from peft import PeftModel
 
@@ -83,11 +96,16 @@ def run(ws: Workspace, trained: Trained, node_ids: Optional[list], new: Optional
             fresh = stage_one_codes(ws, trained, predictor)
             codes = fresh if codes is None or recode else np.concatenate([codes, fresh[len(codes):]])
         node_tokens = StoredWords(ws, codes)
-    scores = score(predictor, node_tokens, ws, nodes, quiet)
-    node_tokens.eval()
-    with torch.no_grad():
-        suffixes, _ = node_tokens.tokens(nodes)
-    return [answer(ws, i, row, codes[i], suffix, i >= old) for i, row, suffix in zip(nodes, scores, suffixes)]
+    started = time.time()
+    for start in range(0, len(nodes), size):
+        chunk = nodes[start: start + size]
+        scores = score(predictor, node_tokens, ws, chunk, quiet)
+        node_tokens.eval()
+        with torch.no_grad():
+            suffixes, _ = node_tokens.tokens(chunk)
+        yield [answer(ws, i, row, codes[i], suffix, i >= old) for i, row, suffix in zip(chunk, scores, suffixes)]
+        done = start + len(chunk)
+        log.info("predict: %d of %d nodes, %.1f nodes/s", done, len(nodes), done / max(time.time() - started, 1e-9))
 
 
 def with_new_nodes(ws: Workspace, new: NewNodes) -> Workspace:
