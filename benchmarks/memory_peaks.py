@@ -32,6 +32,7 @@ CHILD = """
 import json, resource, sys
 import dre_pipeline.cli, dre_pipeline.pipeline.stages.finetune.finetune, dre_pipeline.pipeline.stages.encode, dre_pipeline.pipeline.stages.finetune.predict
 import peft, transformers, wordfreq, sklearn.feature_extraction.text
+import zarr, pyarrow.dataset, torch.onnx, torch.profiler  # imported on the way: the store's arrays, the tables
 from transformers import AutoModelForCausalLM, AutoTokenizer
 import transformers.models.llama.modeling_llama
 def resident():
@@ -59,10 +60,12 @@ def measure(args: list, store: str) -> dict:
     memory = json.loads(line[len("MEMORY "):])
     import torch
 
+    from dre_pipeline.model.quantizer import search_dtype
     from dre_pipeline.pipeline.llm import resolved_precision
 
     precision = resolved_precision(torch.device("cpu"))  # what auto ran in here
-    return {"command": "dre-pipeline " + " ".join(args), "precision": precision,
+    search = "bf16" if search_dtype(torch.device("cpu")) == torch.bfloat16 else "fp32"  # stage one's code search
+    return {"command": "dre-pipeline " + " ".join(args), "precision": precision, "search": search,
             "seconds": round(time.time() - started, 1),
             "baseline_mb": round(memory["baseline_mb"], 1), "peak_mb": round(memory["peak_mb"], 1),
             "stage_peak_mb": round(memory["peak_mb"] - memory["baseline_mb"], 1)}

@@ -32,10 +32,10 @@ s of the code search's, q bytes per quantized weight.
   cache, :math:`32 S (2 L_f d_{kv} b + (4d + 2I) b)` (a chunk of prompts, no gradient); scoring,
   :math:`32 S (2 L d_{kv} b + (4d + 2I) b) + 8 \cdot 32 V`.
 - **stage one** (on the command's device, :mod:`~dre_pipeline.pipeline.placement`; on a GPU the graph as loaded
-  stays on the host too): graph
-  :math:`4NF + 16E + 9N`; codebook :math:`4Md` and search tables :math:`(dM + M^2)(s + 4)` (fp32 before
-  the cast; the Gram matrix only up to 1 GiB); GNN :math:`20\, n_{gnn}` (weights, gradient, AdamW,
-  snapshot); activations on a step of n nodes and e messages :math:`4(12 T n d + 6 e d + e \max(F, d)
+  stays on the host too): graph :math:`4NF + 16E + 9N`; codebook :math:`4Md` and search tables
+  :math:`(dM + M^2)(s + 4)` (fp32 before the cast; the Gram matrix only up to 1 GiB) and one chunk's search
+  buffers :math:`\min(512, n) M (4 + s)` (scores and Gram rows); GNN :math:`20\, n_{gnn}` (weights, gradient,
+  AdamW, snapshot); activations on a step of n nodes and e messages :math:`4(12 T n d + 6 e d + e \max(F, d)
   + n(2F + C + Td))`: about a dozen ``[n, d]`` tensors per view (SAGEConv's two products and sum,
   dropout, ELU, the word-scale normalisation, the quantized sum, the straight-through output), the
   adjacency loss's endpoint rows of the positive and the sampled negative edges (where e exceeds
@@ -159,6 +159,13 @@ def search_tables(model: ModelShape, words: int, search_bytes: int) -> int:
     return (model.hidden * words + gram) * (4 + cast)
 
 
+def search_buffers(words: int, rows: int, search_bytes: int) -> int:
+    """One chunk of the search: its fp32 scores and its products or Gram rows in the search dtype, [chunk, M] each."""
+    from ..model.quantizer import SEARCH_CHUNK
+
+    return min(SEARCH_CHUNK, rows) * words * (4 + search_bytes)
+
+
 def lora_params(model: ModelShape, cfg) -> int:
     targets = [t.strip() for t in cfg.lora_targets.split(",") if t.strip()]
     missing = [t for t in targets if t not in model.target_inputs]
@@ -208,6 +215,7 @@ def plan(model: ModelShape, graph: GraphShape, cfg, target: Target, stage_one_se
     nodes, messages = step_graph(graph, stage_one_seeds, cfg.neighbors())
     encode.parts["graph tensors"] = graph_tensors(graph) + (24 * graph.messages + 16 * N if stage_one_seeds else 0)
     encode.parts["codebook + search tables"] = 4 * M * d + search_tables(model, M, target.search_bytes)
+    encode.parts["code search (one chunk)"] = search_buffers(M, nodes, target.search_bytes)
     encode.parts["GNN + AdamW"] = 20 * n_gnn
     encode.parts[f"activations ({'full batch' if not stage_one_seeds else f'{nodes:,} nodes a step'})"] = (
         gnn_activations(graph, nodes, messages, d, T))
@@ -227,7 +235,8 @@ def plan(model: ModelShape, graph: GraphShape, cfg, target: Target, stage_one_se
                  "codebook words": 4 * M * d}
     # The stage-one head's pseudo-labels: the GNN over the whole graph, hop by hop, with its code search. Freed
     # before training, but counted: glibc keeps a freed heap resident (its mmap threshold rises with each free).
-    pseudo = {"stage-one GNN, pseudo-labels": 4 * n_gnn + search_tables(model, M, target.search_bytes) + 4 * (
+    pseudo = {"stage-one GNN, pseudo-labels": 4 * n_gnn + search_tables(model, M, target.search_bytes)
+              + search_buffers(M, N, target.search_bytes) + 4 * (
         2 * N * d + _chunk_messages(graph) * max(graph.feature_dim, d) + N * graph.classes)} if cfg.distill_weight else {}
 
     def llm_row(stage: str, trainable: bool) -> list:

@@ -88,22 +88,35 @@ class ResidualVQ(nn.Module):
         dtype = dtype or search_dtype(h.device)
         unit_t, gram = self.search_tables(h.device, dtype)
         codes = torch.empty(h.size(0), self.num_codes, dtype=torch.long, device=h.device)
-        for start in range(0, h.size(0), SEARCH_CHUNK):
-            rows = slice(start, start + SEARCH_CHUNK)
-            residual = h[rows]  # b d
-            scores = (residual.to(dtype) @ unit_t).float()  # b m; cos up to the norm of r
+        # One chunk's [rows, M] buffers, reused by every chunk and level: fresh temporaries each time left
+        # glibc's heap fragmented, ~86 MB resident above the live tensors with an 8k-word codebook.
+        chunk = max(1, min(SEARCH_CHUNK, h.size(0)))
+        scores = torch.empty(chunk, unit_t.size(1), device=h.device)  # b m; cos up to the norm of r
+        picked = torch.empty(chunk, unit_t.size(1), dtype=dtype, device=h.device)  # a product or Gram rows
+        for start in range(0, h.size(0), chunk):
+            residual = h[start:start + chunk]  # b d
+            b = residual.size(0)
+            self._score(residual.to(dtype), unit_t, scores[:b], picked[:b])
             for k in range(self.num_codes):
-                code = scores.argmax(dim=-1)
-                codes[rows, k] = code
+                code = scores[:b].argmax(dim=-1)
+                codes[start:start + b, k] = code
                 if k + 1 == self.num_codes:
                     break
                 # index_select: ~3x faster than fancy indexing for whole rows on CPU
                 if gram is not None:
-                    scores -= gram.index_select(0, code).float()
+                    scores[:b] -= torch.index_select(gram, 0, code, out=picked[:b])
                 else:
                     residual = residual - self.words.index_select(0, code)
-                    scores = (residual.to(dtype) @ unit_t).float()
+                    self._score(residual.to(dtype), unit_t, scores[:b], picked[:b])
         return codes
+
+    @staticmethod
+    def _score(residual: Tensor, unit_t: Tensor, scores: Tensor, product: Tensor) -> None:
+        """``scores`` (fp32) = ``residual @ unit_t``, multiplied in the search dtype."""
+        if product.dtype == scores.dtype:
+            torch.matmul(residual, unit_t, out=scores)
+        else:
+            scores.copy_(torch.matmul(residual, unit_t, out=product))
 
     def forward(self, h: Tensor) -> Quantized:
         codes = self.search(h.detach())
