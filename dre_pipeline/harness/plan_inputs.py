@@ -173,10 +173,11 @@ def planned(cfg, model: ModelShape, graph, where: Target) -> tuple:
     from dataclasses import replace
 
     from . import memory_plan
+    from ..pipeline.placement import auto_quantization
     from ..pipeline.stages.encode import mini_batch_size
 
     if cfg.features in ("llm", "sbert"):  # text features: the LLM's width, or MiniLM's
         graph = replace(graph, feature_dim=model.hidden if cfg.features == "llm" else 384)
-    quantization = cfg.quantization if cfg.quantization != "auto" else ("4bit" if where.device == "cuda" else "none")
+    quantization = auto_quantization(where.device) if cfg.quantization == "auto" else cfg.quantization
     seeds = mini_batch_size(cfg, graph.nodes, graph.messages, graph.feature_dim, model.hidden)
     return memory_plan.plan(model, graph, replace(cfg, quantization=quantization), where, seeds), graph, quantization

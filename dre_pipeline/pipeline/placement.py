@@ -20,6 +20,11 @@ from .llm import compute_dtype, resolve_device
 QUANTIZATIONS = FinetuneConfig.__dataclass_fields__["quantization"].metadata["choices"]
 
 
+def auto_quantization(device_type: str) -> str:
+    """What ``--quantization auto`` means on a device of this type: 4-bit on CUDA, none elsewhere."""
+    return "4bit" if device_type == "cuda" else "none"
+
+
 @dataclass(frozen=True)
 class Placement:
     """``device``: the command's; ``quantization``: none, 8bit or 4bit (``auto`` already resolved); ``precision``:
@@ -35,9 +40,7 @@ class Placement:
         device = resolve_device(device)
         if quantization not in QUANTIZATIONS:
             raise InputError(f"--quantization must be one of {', '.join(QUANTIZATIONS)}, got {quantization!r}")
-        if quantization == "auto":
-            quantization = "4bit" if device.type == "cuda" else "none"
-        return cls(device, quantization, precision)
+        return cls(device, auto_quantization(device.type) if quantization == "auto" else quantization, precision)
 
     @property
     def llm_dtype(self) -> torch.dtype:
