@@ -27,7 +27,7 @@ import numpy as np
 import pyarrow.parquet as pq
 
 from dre_pipeline.pipeline.artifacts import Store
-from dre_pipeline.model.codebook import WORDS, text_vocabulary
+from dre_pipeline.data import text_vocabulary
 from dre_pipeline.pipeline.config import EncodeConfig
 from dre_pipeline.pipeline import commands
 from dre_pipeline.pipeline.resolve import resolve
@@ -45,7 +45,7 @@ CODEBOOKS = {
 
 def topic_words(texts: list, labels: np.ndarray, train: np.ndarray) -> dict:
     """Per class, the words over-represented in that class's training papers."""
-    documents = [set(WORDS.findall(text.lower())) for text in texts]
+    documents = [text_vocabulary([text]) for text in texts]
     overall = Counter(word for i in np.flatnonzero(train) for word in documents[i])
     topics = {}
     for label in np.unique(labels[train]):

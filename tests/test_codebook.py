@@ -2,7 +2,8 @@
 
 import re
 
-from dre_pipeline.model.codebook import refine_vocabulary, text_vocabulary
+from dre_pipeline.data import text_vocabulary
+from dre_pipeline.model.codebook import refine_vocabulary
 
 
 def test_refinement_keeps_only_words(smollm2_tokenizer):

@@ -316,7 +316,7 @@ def test_auto_features_keep_a_graphs_own_and_embed_a_graph_of_text_alone(tmp_pat
 
 
 def test_text_codebook_narrows_the_codes_to_the_graphs_own_words(run, monkeypatch):
-    from dre_pipeline.model.codebook import text_vocabulary
+    from dre_pipeline.data import text_vocabulary
 
     cfg, store, artifact = run
     narrowed_cfg = replace(subset(cfg, EncodeConfig), text_codebook=True, epochs=2, patience=2)
@@ -339,12 +339,12 @@ def test_text_codebook_narrows_the_codes_to_the_graphs_own_words(run, monkeypatc
 
 
 def test_keyword_loss_makes_the_codes_the_words_of_their_hops(run):
-    from dre_pipeline.model.codebook import WORDS
+    from dre_pipeline.data import text_vocabulary
 
     cfg, store, artifact = run
     plain_cfg = replace(subset(cfg, EncodeConfig), text_codebook=True, epochs=2, patience=2)
     data = resolve(plain_cfg, store).data
-    own_words = [set(WORDS.findall(text.lower())) for text in data.text]
+    own_words = [text_vocabulary([text]) for text in data.text]
 
     def share_in_own_text(enc) -> float:  # of the first view's words (1 hop: the node's text weighs most)
         rows = pq.read_table(enc.path / "codes.parquet")["view1_words"].to_pylist()

@@ -13,11 +13,11 @@ from pathlib import Path
 
 from ..errors import InputError
 from .graph import (DATA_DIR_ENV, SPLIT_NAMES, GraphData, make_split, split_names, split_titles,
-                    title_and_rest)
+                    text_vocabulary, title_and_rest)
 from . import npz, ogb, planetoid, synthetic, tables
 
 __all__ = ["DATA_DIR_ENV", "DATASETS", "SOURCES", "SPLIT_NAMES", "GraphData", "load_dataset", "make_split",
-           "split_names", "split_titles", "title_and_rest"]
+           "split_names", "split_titles", "text_vocabulary", "title_and_rest"]
 
 # Each built-in dataset's source: a module's ``load(name, data_dir, cache_dir, seed)``.
 SOURCES = {**dict.fromkeys(planetoid.NAMES, planetoid.load), **dict.fromkeys(npz.NAMES, npz.load),

@@ -39,6 +39,7 @@ DATA_DIR_ENV = "DRE_DATA_DIR"
 _TITLE_SEPARATOR = re.compile(r"\s:\s")
 _TITLE_FALLBACK = re.compile(r":\s|\.\s")
 _TITLE_MAX_CHARS = 400
+_WORDS = re.compile(r"[a-z]+")
 
 
 @dataclass
@@ -266,6 +267,11 @@ def split_titles(texts: list[str]) -> list[str] | None:
         end = _TITLE_SEPARATOR.search(head) or _TITLE_FALLBACK.search(head)
         titles.append(text[: end.start()].strip(' ,."\'“”') if end else "")
     return titles
+
+
+def text_vocabulary(texts: list[str]) -> frozenset:
+    """The lower-case words (runs of letters) that occur anywhere in ``texts``: the words a graph's text uses."""
+    return frozenset(word for text in texts for word in _WORDS.findall(text.lower()))
 
 
 def title_and_rest(data: GraphData, node: int) -> tuple[str, str]:

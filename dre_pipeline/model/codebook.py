@@ -10,7 +10,7 @@ where wordfreq has seen it as an English word (BPE word-starts such as "affili" 
 "individ" are prefixes, rarely words), and ``drop_function_words`` removes scikit-learn's
 English stop words ("the", "and", "for"), which otherwise fill the residual levels.
 On a text-attributed graph, ``allowed`` narrows the codebook to the words of the graph's
-own text (``text_vocabulary``): the codes then read as the corpus's words ("bayesian",
+own text (:func:`dre_pipeline.data.text_vocabulary`): the codes then read as the corpus's words ("bayesian",
 "crossover", "reinforcement") rather than any English word that happens to separate the classes.
 """
 
@@ -23,7 +23,6 @@ import torch
 
 WORD_START_MARKERS = ("Ġ", "▁")  # byte-level BPE (GPT-2, SmolLM2) and SentencePiece (Llama)
 LETTERS = re.compile(r"^[A-Za-z]+$")
-WORDS = re.compile(r"[a-z]+")
 # wordfreq's Zipf scale is log10 of occurrences per billion words: 2.5 is about once in
 # three million. It keeps rare topic words ("bayesian" 2.95, "probabilistic" 2.86) and
 # drops BPE prefixes ("individ" 1.63, "barri" 1.91, "affili" 0).
@@ -42,11 +41,6 @@ def function_words() -> frozenset:
     from sklearn.feature_extraction.text import ENGLISH_STOP_WORDS
 
     return ENGLISH_STOP_WORDS
-
-
-def text_vocabulary(texts: list) -> frozenset:
-    """The lower-case words (runs of letters) that occur anywhere in ``texts``."""
-    return frozenset(word for text in texts for word in WORDS.findall(text.lower()))
 
 
 def refine_vocabulary(tokenizer, min_chars: int, word_start_only: bool, max_codes: int, refine: bool = True,

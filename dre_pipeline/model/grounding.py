@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .codebook import WORDS
+from ..data import text_vocabulary
 
 ROWS_PER_CHUNK = 4096  # dense [rows, M] weights at a time: 128 MiB for an 8,192-word codebook
 
@@ -37,7 +37,7 @@ def hop_keyword_targets(texts: list, codebook_words: list, words: Tensor, edge_i
     column = {word.lower(): j for j, word in enumerate(codebook_words)}
     rows, cols = [], []
     for i, text in enumerate(texts):
-        found = {column[w] for w in WORDS.findall(text.lower()) if w in column}
+        found = {column[w] for w in text_vocabulary([text]) if w in column}
         rows += [i] * len(found)
         cols += sorted(found)
     bag = sparse.csr_matrix((np.ones(len(rows), dtype=np.float32), (rows, cols)),

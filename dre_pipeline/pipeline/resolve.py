@@ -24,11 +24,10 @@ from typing import Optional
 import numpy as np
 
 from .artifacts import Store
-from .config import DataConfig, EncodeConfig
-from ..data import GraphData, load_dataset, make_split
+from .config import EncodeConfig
+from ..data import GraphData, load_dataset, make_split, text_vocabulary
 from .llm import ResolvedLLM, embedding_width, quantization_config, resolve_llm
 from . import metrics_log
-from ..model.codebook import text_vocabulary
 from .placement import CPU, Placement
 from .stages import features
 from .stages.codebook import codebook_key
@@ -66,8 +65,7 @@ def resolve(cfg: EncodeConfig, store: Store, placement: Placement = CPU, quiet: 
         metrics_log.require(log_dir)
     llm = resolve_llm(cfg.llm_path, store)
     quantization_config(placement.quantization, placement.device, llm)  # an impossible placement stops here
-    data, split, text_features = load_graph(cfg, llm, store, quiet, cached_only, placement, graph)
-    vocabulary = text_vocabulary(data.text) if cfg.text_codebook and data.text is not None else None
+    data, split, vocabulary, text_features = load_graph(cfg, llm, store, quiet, cached_only, placement, graph)
     keys = {"features": text_features.key} if text_features is not None else {}
     keys["codebook"] = codebook_key(cfg, llm, vocabulary)
     batch_nodes = mini_batch_size(cfg, data.num_nodes, data.edge_index.size(1), data.x.size(1), embedding_width(llm))
@@ -75,12 +73,14 @@ def resolve(cfg: EncodeConfig, store: Store, placement: Placement = CPU, quiet: 
     return Plan(cfg, store, placement, llm, data, split, vocabulary, keys, batch_nodes, quiet, cached_only, log_dir)
 
 
-def load_graph(cfg: DataConfig, llm: Optional[ResolvedLLM], store: Store, quiet: bool = False,
+def load_graph(cfg: EncodeConfig, llm: Optional[ResolvedLLM], store: Store, quiet: bool = False,
                cached_only: bool = False, placement: Placement = CPU, graph: Optional[GraphData] = None) -> tuple:
-    """(the graph with the features ``--features`` names, its split, their artifact or None for its own);
+    """(the graph with the features ``--features`` names, its split, the words of its text where
+    ``--text-codebook`` narrows the codebook to them (else None), the features' artifact or None for its own);
     ``llm``: the one ``--features llm`` embeds with (None where the features do not need it); ``graph``: the
     graph, where it is not loaded from ``--dataset``."""
     data = graph or load_dataset(cfg.dataset, cfg.data_dir, store.root / "data", seed=cfg.seed)
     split = make_split(data, cfg.split, cfg.seed)
+    vocabulary = text_vocabulary(data.text) if cfg.text_codebook and data.text is not None else None
     data, text_features = features.load(cfg.features, data, llm, store, quiet, cached_only, placement)
-    return data, split, text_features
+    return data, split, vocabulary, text_features
