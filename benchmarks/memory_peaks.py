@@ -61,7 +61,7 @@ def measure(args: list, store: str) -> dict:
     import torch
 
     from dre_pipeline.model.quantizer import search_dtype
-    from dre_pipeline.pipeline.llm import resolved_precision
+    from dre_pipeline.pipeline.placement import resolved_precision
 
     precision = resolved_precision(torch.device("cpu"))  # what auto ran in here
     search = "bf16" if search_dtype(torch.device("cpu")) == torch.bfloat16 else "fp32"  # stage one's code search

@@ -106,7 +106,7 @@ def stage_command(name: str, config_cls, extra: tuple = (), computes: bool = Tru
                 cfg = config_cls(**run_file.with_preset({k: kwargs[k] for k in config_names},
                                                         kwargs.get("preset", "none"), given))
                 if "device" in kwargs:  # a device this machine lacks stops here, not after the work before it
-                    from .pipeline.llm import resolve_device
+                    from .pipeline.placement import resolve_device
 
                     kwargs["device"] = resolve_device(kwargs["device"])
                 store = _store(kwargs["store"])

@@ -16,7 +16,8 @@ import torch.distributed as dist
 from dre_pipeline.pipeline import distributed
 from dre_pipeline.pipeline.artifacts import Store, load_torch, save_torch
 from dre_pipeline.pipeline.config import FinetuneConfig
-from dre_pipeline.pipeline.llm import compute_dtype, load_model, resolve_llm
+from dre_pipeline.pipeline.llm import load_model, resolve_llm
+from dre_pipeline.pipeline.placement import compute_dtype
 from dre_pipeline.hardware import native_bf16
 from dre_pipeline.pipeline.runtime import peak_memory_mb, reset_peak_memory, rng_state, set_rng_state
 from dre_pipeline.pipeline import commands

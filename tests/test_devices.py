@@ -20,7 +20,8 @@ from dre_pipeline.pipeline import distributed, llm, runtime
 from dre_pipeline.pipeline.artifacts import Store, load_torch, save_torch
 from dre_pipeline.harness.markdown import economy_markdown
 from dre_pipeline.pipeline.config import FinetuneConfig
-from dre_pipeline.pipeline.llm import compute_dtype, quantization_config
+from dre_pipeline.pipeline.llm import quantization_config
+from dre_pipeline.pipeline.placement import compute_dtype
 from dre_pipeline.pipeline import commands
 from dre_pipeline.pipeline.llm import resolve_llm
 from dre_pipeline.pipeline.stages.finetune import finetune, predict

@@ -8,8 +8,9 @@ import torch
 
 from dre_pipeline.pipeline.artifacts import Store
 from dre_pipeline.errors import InputError
-from dre_pipeline.pipeline import llm
-from dre_pipeline.pipeline.llm import _check_gguf, embedded_gguf, quantization_config, resolve_device, resolve_llm
+from dre_pipeline.pipeline import llm, placement
+from dre_pipeline.pipeline.llm import _check_gguf, embedded_gguf, quantization_config, resolve_llm
+from dre_pipeline.pipeline.placement import resolve_device
 from dre_pipeline.pipeline import commands
 
 
@@ -117,7 +118,7 @@ def test_an_unquantized_model_loads_straight_onto_its_gpu(tmp_path, tiny_llm, mo
     from transformers import AutoModelForCausalLM
 
     calls, real = [], AutoModelForCausalLM.from_pretrained
-    monkeypatch.setattr(llm, "native_bf16", lambda device: True)  # an A100, say
+    monkeypatch.setattr(placement, "native_bf16", lambda device: True)  # an A100, say
     # without a GPU the weights stay on the CPU; what counts is the placement the load was asked for
     monkeypatch.setattr(AutoModelForCausalLM, "from_pretrained", lambda folder, **kwargs: calls.append(kwargs)
                         or real(folder))

@@ -70,7 +70,7 @@ def test_straight_through_words_are_llm_embeddings_with_gnn_gradient():
     ("DEFAULT", True, True, False),
 ])
 def test_search_precision_follows_cpu_capability(monkeypatch, capability, avx512_bf16, amx, native):
-    from dre_pipeline.pipeline.llm import compute_dtype
+    from dre_pipeline.pipeline.placement import compute_dtype
 
     monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: capability)
     monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: avx512_bf16)

@@ -106,7 +106,7 @@ def machine_memory() -> int:
 
 def target(device: str, device_memory, host_memory, precision: str) -> Target:
     """``--device`` (a device this machine need not have), its memory (default: the device's own, where it is
-    here) and ``--precision``, the compute dtype (``auto``: as :func:`~dre_pipeline.pipeline.llm.compute_dtype`
+    here) and ``--precision``, the compute dtype (``auto``: as :func:`~dre_pipeline.pipeline.placement.compute_dtype`
     picks; a GPU not here is taken to be bf16-capable, Ampere or newer)."""
     import torch
 
@@ -129,7 +129,7 @@ def target(device: str, device_memory, host_memory, precision: str) -> Target:
         raise InputError(f"--device {device}: this machine has no such GPU; give its memory with --device-memory 24GB")
     dtype = precision
     if precision == "auto":
-        from ..pipeline.llm import resolved_precision
+        from ..pipeline.placement import resolved_precision
 
         dtype = resolved_precision(torch.device(device)) if here or device == "cpu" else "bf16"
     kind = "cuda" if device.startswith("cuda") else "cpu"

@@ -10,8 +10,8 @@ from ..data import GraphData
 from ..data.extend import read_new_nodes
 from .artifacts import Artifact, Store
 from .config import CodebookConfig, EncodeConfig, FinetuneConfig
-from .llm import lora_targets, resolve_device, resolve_llm
-from .placement import CPU, Placement
+from .llm import lora_targets, resolve_llm
+from .placement import CPU, Placement, resolve_device
 from .resolve import Plan, resolve
 from .stages import codebook as codebook_stage
 from .stages import encode as encode_stage

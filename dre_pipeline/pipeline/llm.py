@@ -12,7 +12,6 @@ import functools
 import importlib.util
 import json
 import logging
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
@@ -21,7 +20,7 @@ import torch
 
 from .artifacts import Store, digest, file_digest
 from ..errors import InputError
-from ..hardware import native_bf16
+from .placement import auto_quantization, compute_dtype
 
 log = logging.getLogger(__name__)
 
@@ -224,49 +223,6 @@ def load_tokenizer(llm: ResolvedLLM):
     return tokenizer
 
 
-def resolve_device(device) -> torch.device:
-    """``auto``, ``cpu`` or ``cuda[:N]`` as the device it names, refused (one line) where this machine has no such device."""
-    if isinstance(device, torch.device):
-        return device
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    named = re.fullmatch(r"cpu|cuda(?::(\d+))?", device)
-    if named is None:
-        raise InputError(f"--device must be auto, cpu or cuda[:N], got {device!r}")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise InputError(f"--device {device}: CUDA is not available on this machine")
-    if named.group(1) is not None and int(named.group(1)) >= torch.cuda.device_count():
-        raise InputError(f"--device {device}: this machine has {torch.cuda.device_count()} CUDA device(s)")
-    return torch.device(device)
-
-
-PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16}
-
-
-def resolved_precision(device: torch.device, precision: str = "auto") -> str:
-    """``--precision`` on ``device`` as the name of the dtype it computes in (fp32 or bf16): :func:`compute_dtype`."""
-    if precision != "auto":
-        return precision
-    return "bf16" if device.type == "cuda" and native_bf16(device) else "fp32"
-
-
-def compute_dtype(device: torch.device, precision: str = "auto") -> torch.dtype:
-    """The dtype the LLM is loaded and computes in on ``device`` under ``--precision``: ``fp32`` or ``bf16`` as
-    named; ``auto``: bf16 on a GPU that multiplies it natively (:func:`~dre_pipeline.hardware.native_bf16`), fp32
-    everywhere else.
-
-    Not bf16 on CPUs by default yet, although on one with native bf16 (AVX512-BF16 or AMX) ``bench --economy`` on
-    Cora measured it side by side with fp32 (SmolLM2, seed 0, benchmarks/RESULTS.md): 2.1x the training prompts/s
-    and 3.1x the scoring rate, validation accuracy 0.37 points lower (2 of 541 nodes), test 0.18 higher (1 of 542).
-    A default is chosen on the validation data of several graphs, and this is one; ``--precision bf16`` asks for
-    it. The AVX2 class emulates bf16, ~100x slower.
-    Not fp16 on older GPUs (T4, V100): fp16's range (max 65504) lets activations of the frozen layers
-    overflow and small gradients underflow, and this training loop has no loss scaler (``GradScaler``) to
-    guard them; fp32 is slower there but trains the same as on the CPU.
-    """
-    return PRECISIONS[resolved_precision(device, precision)]
-
-
 # bitsandbytes' 4-bit CPU kernels quantize weights in blocks of 64 along each row.
 NF4_CPU_BLOCK = 64
 
@@ -281,7 +237,9 @@ def quantization_config(quantization: str, device: torch.device, llm: "ResolvedL
     checked against ``llm``'s config when given. ``dtype``: the 4-bit layers' compute dtype (default
     :func:`compute_dtype`'s on ``device``).
     """
-    if quantization == "none" or (quantization == "auto" and device.type != "cuda"):
+    if quantization == "auto":
+        quantization = auto_quantization(device.type)
+    if quantization == "none":
         return None
     if device.type not in ("cuda", "cpu"):
         raise InputError(f"--quantization {quantization} runs on CUDA or CPU (bitsandbytes), not on {device}")
