@@ -94,7 +94,7 @@ def measure_size(num_nodes: int, settings: dict, store_root: str, steps: int, qu
 
 
 def training_steps(model, optimizer, data, train_mask, batch_nodes: int, cfg, steps: int) -> dict:
-    """``steps`` mini-batch steps as ``encode`` takes them (seeds from :func:`~..pipeline.stages.encode.epoch_seeds`,
+    """``steps`` mini-batch steps as ``encode`` takes them (its :func:`~..pipeline.stages.encode.training_batches`,
     each layer trimmed to the seeds' reach), after one untimed step that builds the search tables: seconds per
     step, the share of them in the sampler and in the code search, the target nodes each layer computed, and
     the epoch they add up to."""
@@ -106,17 +106,17 @@ def training_steps(model, optimizer, data, train_mask, batch_nodes: int, cfg, st
     from ..pipeline.stages import encode
 
     sampler = NeighborSampler(data.edge_index, data.num_nodes, cfg.neighbors(), seed=0)
-    seeds = encode.epoch_seeds(train_mask, batch_nodes, cfg.reconstruction_seeds, sampler.generator)
+    batches = encode.training_batches(data, sampler, batch_nodes, train_mask, cfg.reconstruction_seeds,
+                                      sampler.generator)
     search_seconds, seconds, sample_seconds, layer_nodes = [], [], 0.0, []
     model.train()
     with clocked(model.encoder.quantizer, "search", search_seconds):
         for step in range(steps + 1):
             log.info("bench --scale %d nodes: training step %d of %d", data.num_nodes, step, steps)
             begun = time.perf_counter()
-            batch = next(seeds)
-            nodes, edges, *hops = sampler.sample_hops(batch)
+            nodes, edges, num_seeds, hops, weight = next(batches)
             sampled = time.perf_counter()
-            encode.train_step(model, optimizer, data, train_mask, nodes, edges, len(batch), cfg, None, hops)
+            encode.train_step(model, optimizer, data, train_mask, nodes, edges, num_seeds, cfg, None, hops, weight)
             if step == 0:  # the search tables are built once per run, not per step
                 search_seconds.clear()
                 continue
