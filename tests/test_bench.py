@@ -3,6 +3,7 @@
 import json
 
 import pytest
+import torch
 
 from dre_pipeline.pipeline.artifacts import Store
 from dre_pipeline.harness.bench import run
@@ -141,30 +142,33 @@ def test_the_papers_numbers_stand_beside_their_own_dataset_only(tmp_path):
 
 
 def test_quick_economy_bench_puts_the_plain_forward_and_quantized_weights_beside_dre(tmp_path):
-    from dre_pipeline.harness.rows import ECONOMY_ROWS
+    from dre_pipeline.harness.rows import economy_rows
+    from dre_pipeline.pipeline.placement import resolved_precision
 
     out = tmp_path / "benchmarks"
     results_file = run(BenchConfig(quick=True, economy=True, out=str(out)), Store(tmp_path / "store"), quiet=True)
     assert results_file.name == "economy-synthetic.json"  # one table per graph
     by = {r["row"]: r for r in json.loads(results_file.read_text())["results"]}
-    assert list(by) == list(ECONOMY_ROWS)
-    for row in ("dre", "plain", "bf16", "plain-bf16", "8bit"):
+    assert list(by) == economy_rows("", resolved_precision(torch.device("cpu")))
+    named = "fp32" if "fp32" in by else "bf16"  # the precision --precision auto does not take here, named
+    for row in ("dre", "plain", named, f"plain-{named}", "8bit"):
         assert by[row]["trained_prompts_per_second"] > 0 and by[row]["peak_memory_mb"] > 0
     # the same scores and loss: the plain forward reaches what Dr.E reaches, up to numerics
     assert abs(by["plain"]["val_accuracy"] - by["dre"]["val_accuracy"]) <= 0.05
     assert "multiples of 64" in by["4bit"]["refused"]  # the tiny Llama's widths: bitsandbytes' CPU 4-bit cannot
     markdown = (out / "RESULTS.md").read_text()
     assert "Token economy, bf16 and 8-/4-bit weights" in markdown and "| 1.00x |" in markdown
-    assert "refused:" in markdown and "x (bf16) |" in markdown  # the bf16 plain row against bf16 Dr.E
+    assert "refused:" in markdown and f"x ({named}) |" in markdown  # that precision's plain row against its Dr.E
 
 
 def test_economy_rows_take_a_subset_in_the_tables_order_and_refuse_an_unknown_one():
     from dre_pipeline.harness.rows import ECONOMY_ROWS, economy_rows
 
-    assert economy_rows("") == list(ECONOMY_ROWS)
-    assert economy_rows("bf16,dre") == ["dre", "bf16"]
+    assert economy_rows("", "bf16") == ["dre", "fp32", "plain", "plain-fp32", "8bit", "4bit"]
+    assert economy_rows("", "fp32") == ["dre", "bf16", "plain", "plain-bf16", "8bit", "4bit"]
+    assert economy_rows("bf16,dre", "bf16") == ["dre", "bf16"] and list(ECONOMY_ROWS)[:3] == ["dre", "fp32", "bf16"]
     with pytest.raises(InputError, match="unknown \\['gcn'\\]"):
-        economy_rows("dre,gcn")
+        economy_rows("dre,gcn", "fp32")
 
 
 def test_each_graphs_economy_table_is_a_section_of_its_own(tmp_path):

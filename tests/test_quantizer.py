@@ -79,7 +79,7 @@ def test_search_precision_follows_cpu_capability(monkeypatch, capability, avx512
     assert native_bf16(cpu) is native
     expected = torch.bfloat16 if native else torch.float32
     assert search_dtype(cpu) == expected
-    assert compute_dtype(cpu) == torch.float32  # stage two's LLM: bf16 on a CPU only when --precision asks
+    assert compute_dtype(cpu) == expected  # stage two's LLM under --precision auto: the search's choice
     assert compute_dtype(cpu, "bf16") == torch.bfloat16
     vq = ResidualVQ(codebook(), num_codes=2)
     vq(torch.randn(5, 16))

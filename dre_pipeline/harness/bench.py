@@ -69,6 +69,7 @@ def run_row(row: str, settings: dict, store_root: str, quiet: bool) -> dict:
             "trained_tokens_per_second": phase["trained_tokens_per_second"],
             "trained_prompts_per_second": phase.get("trained_prompts_per_second"),
             "inference_nodes_per_second": metrics["final"]["inference_nodes_per_second"],
+            "dtype": artifact.manifest.get("dtype"),  # how it ran: --precision auto's choice differs between machines
             "cached": artifact.cached,
             # a cache hit's process did not train: its host peak is the one the training run recorded
             "peak_memory_mb": recorded["cpu"] if artifact.cached and recorded else host_peak_mb(),
@@ -121,7 +122,9 @@ def run(cfg: BenchConfig, store: Store, quiet: bool = False, command: str = "dre
         scale.run(stage_one, store.root, save, sizes=scale.QUICK_SIZES if cfg.quick else scale.SIZES, quiet=quiet)
         return out_dir / "results" / "scale.json"
     if cfg.economy:  # one seed: the rows differ in cost, and in accuracy only by numerics
-        jobs = [(row, 0) for row in economy_rows(cfg.rows)]
+        from ..pipeline.placement import resolve_device, resolved_precision
+
+        jobs = [(row, 0) for row in economy_rows(cfg.rows, resolved_precision(resolve_device("auto")))]
         return run_rows(cfg, f"economy-{settings['dataset']}", jobs, settings, store, quiet, command)
     from ..data import load_dataset
 

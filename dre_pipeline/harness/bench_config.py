@@ -36,7 +36,8 @@ class BenchConfig(LLMConfig):
             "Comma-separated subset of: mlp, gcn, sage, {mlp,gcn,sage}-{bow,sbert,llm}, text, soft, one-view, single-code, "
             "no-inter, no-refine, no-pseudo, dre-words, dre, joint (default: the main rows the graph can run, or with "
             "--extra the others; the -llm, text and dre-words rows need a graph with text). With --economy: a subset of "
-            "dre, bf16, plain, plain-bf16, 8bit, 4bit (default: all)."
+            "dre, fp32, bf16, plain, plain-fp32, plain-bf16, 8bit, 4bit (default: all but the two that name the "
+            "precision --precision auto takes here)."
         ),
     )
     ft_epochs: int = field(

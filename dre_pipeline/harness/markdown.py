@@ -157,19 +157,19 @@ def provenance(payload: dict) -> list:
 def economy_markdown(payload: dict) -> list:
     """Dr.E's token economy against the plain forward, and 8-/4-bit weights: cost and accuracy side by side."""
     by = {r["row"]: r for r in payload["results"]}
-    table = ["| row | val % | test % | fine-tuning s | train prompts/s | of Dr.E's | train tok/s | infer nodes/s | "
-             "peak MB | peak GPU MB |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    table = ["| row | computes in | val % | test % | fine-tuning s | train prompts/s | of Dr.E's | train tok/s | "
+             "infer nodes/s | peak MB | peak GPU MB |", "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for row in ECONOMY_ROWS:
         if row not in by:
             continue
         r = by[row]
         if "refused" in r:
-            table.append(f"| {r['label']} | refused: {r['refused']} |" + " – |" * 8)
+            table.append(f"| {r['label']} | – | refused: {r['refused']} |" + " – |" * 8)
             continue
         prompts, versus = r.get("trained_prompts_per_second"), ECONOMY_ROWS[row].versus
         ours = by.get(versus, {}).get("trained_prompts_per_second")
         ratio = (f"{prompts / ours:.2f}x" + (f" ({versus})" if versus != "dre" else "")) if prompts and ours else "–"
-        table.append(f"| {r['label']} | {100 * r['val_accuracy']:.2f} | {100 * r['test_accuracy']:.2f} | "
+        table.append(f"| {r['label']} | {r.get('dtype') or '–'} | {100 * r['val_accuracy']:.2f} | {100 * r['test_accuracy']:.2f} | "
                      f"{r['seconds']['finetune']:.0f} | {prompts or 0:.2f} | {ratio} | "
                      f"{r['trained_tokens_per_second']:.0f} | {r['inference_nodes_per_second']:.1f} | "
                      f"{r['peak_memory_mb']:.0f} | {gpu_peak(r)} |")
@@ -182,8 +182,8 @@ def economy_markdown(payload: dict) -> list:
         "process of its own, one after the other",
         "- the plain rows compute the same scores and loss (tested); they run each full, padded prompt through "
         "every layer at every step, as a plain PEFT + transformers loop does; of Dr.E's: a row's train prompts/s "
-        "over the Dr.E row's (--precision auto: fp32 on a CPU), or over the row named (the bf16 plain row against "
-        "bf16 Dr.E)",
+        "over the Dr.E row's (--precision auto: its dtype differs between machines, and each row's is in its "
+        "second column), or over the row named (a plain row in a named precision against Dr.E in it)",
         "- train tok/s counts the tokens a step runs through the model (the shared prefix once per batch for "
         "Dr.E, once per prompt for the plain forward); train prompts/s is the rate that compares them; "
         "fine-tuning s includes the validation passes and, for Dr.E, filling the frozen-layer cache",

@@ -40,13 +40,15 @@ ROWS = {
     "dre": Row("Dr.E (full: graph words, and text where the graph has it)", "llm"),
     "joint": Row("Dr.E + joint pass", "llm", {"joint": True}, main=False),
 }
-# bench --economy: Dr.E's token economy against the plain way at the same precision (auto, bf16), and its weights
-# in 8 and 4 bits (on CPU too). "dre" is the bench's own row (the cache they share): auto, fp32 on a CPU.
+# bench --economy: Dr.E's token economy against the plain way at the same precision, each precision named beside
+# auto's, and its weights in 8 and 4 bits (on CPU too). "dre" is the bench's own row (the cache they share).
 PLAIN = "Plain PEFT + transformers forward: full padded prompts every step, no prefix or frozen-layer cache"
 ECONOMY_ROWS = {
     "dre": ROWS["dre"],
+    "fp32": Row("Dr.E in fp32 (--precision fp32)", "llm", {"precision": "fp32"}),
     "bf16": Row("Dr.E in bf16 (--precision bf16)", "llm", {"precision": "bf16"}),
     "plain": Row(PLAIN, "llm", {"token_economy": False}),
+    "plain-fp32": Row(f"{PLAIN}, in fp32", "llm", {"token_economy": False, "precision": "fp32"}, versus="fp32"),
     "plain-bf16": Row(f"{PLAIN}, in bf16", "llm", {"token_economy": False, "precision": "bf16"}, versus="bf16"),
     "8bit": Row("Dr.E, 8-bit weights (bitsandbytes LLM.int8)", "llm", {"quantization": "8bit"}),
     "4bit": Row("Dr.E, 4-bit nf4 weights (bitsandbytes)", "llm", {"quantization": "4bit"}),
@@ -66,10 +68,12 @@ def selected_rows(rows: str, has_text: bool, extra: bool = False, has_features: 
                       and (has_features or spec.kind != "gnn" or "features" in spec.overrides)]
 
 
-def economy_rows(rows: str) -> list:
-    """``--economy --rows``: a subset of the economy rows, in the table's order; none given: all of them."""
-    chosen = chosen_rows(rows, ECONOMY_ROWS)
-    return [r for r in ECONOMY_ROWS if r in chosen or not chosen]
+def economy_rows(rows: str, auto_precision: str) -> list:
+    """``--economy --rows``: a subset of the economy rows, in the table's order; none given: all but the two that
+    name ``auto_precision``, what ``--precision auto`` computes in here (the "dre" and "plain" rows compute that)."""
+    chosen = chosen_rows(rows, ECONOMY_ROWS) or [r for r, spec in ECONOMY_ROWS.items()
+                                                  if spec.overrides.get("precision") != auto_precision]
+    return [r for r in ECONOMY_ROWS if r in chosen]
 
 
 def chosen_rows(rows: str, known: dict) -> list:

@@ -43,19 +43,18 @@ def resolved_precision(device: torch.device, precision: str = "auto") -> str:
     """``--precision`` on ``device`` as the name of the dtype it computes in (fp32 or bf16): :func:`compute_dtype`."""
     if precision != "auto":
         return precision
-    return "bf16" if device.type == "cuda" and native_bf16(device) else "fp32"
+    return "bf16" if native_bf16(device) else "fp32"
 
 
 def compute_dtype(device: torch.device, precision: str = "auto") -> torch.dtype:
     """The dtype the LLM is loaded and computes in on ``device`` under ``--precision``: ``fp32`` or ``bf16`` as
-    named; ``auto``: bf16 on a GPU that multiplies it natively (:func:`~dre_pipeline.hardware.native_bf16`), fp32
-    everywhere else.
+    named; ``auto``: bf16 where ``device`` multiplies it natively (:func:`~dre_pipeline.hardware.native_bf16`: a GPU
+    of compute capability 8.0+, a CPU with AVX512-BF16 or AMX), fp32 everywhere else.
 
-    Not bf16 on CPUs by default yet, although on one with native bf16 (AVX512-BF16 or AMX) ``bench --economy`` on
-    Cora measured it side by side with fp32 (SmolLM2, seed 0, benchmarks/RESULTS.md): 2.1x the training prompts/s
-    and 3.1x the scoring rate, validation accuracy 0.37 points lower (2 of 541 nodes), test 0.18 higher (1 of 542).
-    A default is chosen on the validation data of several graphs, and this is one; ``--precision bf16`` asks for
-    it. The AVX2 class emulates bf16, ~100x slower.
+    On CPUs it was chosen on the validation data of three graphs, ``bench --economy`` with SmolLM2, seed 0, on an
+    AVX-512 EPYC (benchmarks/RESULTS.md): bf16 minus fp32 validation accuracy -0.37 points on Cora, -0.18 on Cora
+    with its text, +0.33 on Cora-ML (mean -0.07), at 1.6-2.3x the training prompts/s and 1.7-3.1x the scoring
+    rate. The AVX2 class emulates bf16, ~100x slower: fp32 there.
     Not fp16 on older GPUs (T4, V100): fp16's range (max 65504) lets activations of the frozen layers
     overflow and small gradients underflow, and this training loop has no loss scaler (``GradScaler``) to
     guard them; fp32 is slower there but trains the same as on the CPU.
