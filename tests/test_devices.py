@@ -93,15 +93,15 @@ def gpus(monkeypatch):
     return torch.device("cuda", 0), torch.device("cuda", 1)
 
 
-def test_bf16_only_on_the_gpu_given_that_multiplies_it_natively(gpus):
+def test_bf16_only_where_the_device_multiplies_it_natively(gpus):
     t4, a100 = gpus
     assert not native_bf16(t4) and native_bf16(a100)
     assert compute_dtype(t4) == torch.float32 and compute_dtype(a100) == torch.bfloat16
     assert quantization_config("4bit", t4).bnb_4bit_compute_dtype == torch.float32
     # --precision names the dtype whatever the device: bf16 on this CPU too, fp32 on the A100
     assert compute_dtype(CPU, "bf16") == torch.bfloat16 and compute_dtype(a100, "fp32") == torch.float32
-    # auto on a CPU: fp32, whatever it multiplies natively (bf16 measured on one graph only: not yet a default)
-    assert compute_dtype(CPU) == torch.float32
+    # auto on a CPU: bf16 where it multiplies bf16 natively, as on a GPU (every CPU class: test_quantizer.py)
+    assert compute_dtype(CPU) == (torch.bfloat16 if native_bf16(CPU) else torch.float32)
     assert Placement.resolve("cpu", "none", "bf16").llm_dtype == torch.bfloat16
 
 
