@@ -169,7 +169,8 @@ def economy_markdown(payload: dict) -> list:
         prompts, versus = r.get("trained_prompts_per_second"), ECONOMY_ROWS[row].versus
         ours = by.get(versus, {}).get("trained_prompts_per_second")
         ratio = (f"{prompts / ours:.2f}x" + (f" ({versus})" if versus != "dre" else "")) if prompts and ours else "–"
-        table.append(f"| {r['label']} | {r.get('dtype') or '–'} | {100 * r['val_accuracy']:.2f} | {100 * r['test_accuracy']:.2f} | "
+        table.append(f"| {r['label']} | {r.get('dtype') or '–'} | {100 * r['val_accuracy']:.2f} | "
+                     f"{100 * r['test_accuracy']:.2f} | "
                      f"{r['seconds']['finetune']:.0f} | {prompts or 0:.2f} | {ratio} | "
                      f"{r['trained_tokens_per_second']:.0f} | {r['inference_nodes_per_second']:.1f} | "
                      f"{r['peak_memory_mb']:.0f} | {gpu_peak(r)} |")
