@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from dre_pipeline.model import quantizer as quantizer_module
 from dre_pipeline.hardware import native_bf16
 from dre_pipeline.model.gnn import MultiViewSAGE, StageOneModel
-from dre_pipeline.model.quantizer import ResidualVQ, perplexity, search_dtype, straight_through_words
+from dre_pipeline.model.quantizer import ResidualVQ, first_argmax, perplexity, search_dtype, straight_through_words
 
 
 def codebook(m=64, d=16, seed=0):
@@ -137,6 +137,18 @@ def test_codes_match_the_exact_search_outside_near_ties(monkeypatch, dtype, unit
         compared += int(decisive.sum())
     # The bound is worst-case (Cauchy-Schwarz); it still leaves many decisions to check.
     assert compared > (0.99 if dtype == torch.float32 else 0.25) * k * len(h)
+
+
+@pytest.mark.parametrize("words", [100, 256, 2048, 2050, 8192 + 37])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_blocked_argmax_is_argmax_ties_included(words, dtype):
+    """The search's argmax, block by block, picks argmax's index: each row's first maximum, even where the
+    maximum recurs (in two blocks, or in a block and the words after the last whole block)."""
+    scores = torch.randn(64, words, generator=torch.Generator().manual_seed(words)).to(dtype)
+    tied = (scores * 2).round()  # a handful of values: every row's maximum recurs
+    tied[0, -1] = tied[0, 0] = tied[0].max()  # first and last word
+    for s in (scores, tied):
+        assert torch.equal(first_argmax(s), s.argmax(dim=-1))
 
 
 def test_perplexity_bounds():

@@ -32,6 +32,8 @@ from ..hardware import native_bf16
 GRAM_MAX_BYTES = 1 << 30
 # Rows searched together: one chunk's [rows, M] scores stay in cache through all K levels.
 SEARCH_CHUNK = 512
+# Words per block of :func:`first_argmax`.
+ARGMAX_BLOCK = 128
 
 
 @dataclass
@@ -98,7 +100,7 @@ class ResidualVQ(nn.Module):
             b = residual.size(0)
             self._score(residual.to(dtype), unit_t, scores[:b], picked[:b])
             for k in range(self.num_codes):
-                code = scores[:b].argmax(dim=-1)
+                code = first_argmax(scores[:b])
                 codes[start:start + b, k] = code
                 if k + 1 == self.num_codes:
                     break
@@ -129,6 +131,29 @@ class ResidualVQ(nn.Module):
         commitment = F.mse_loss(h, z_hat)
         z = h + (z_hat - h).detach()
         return Quantized(h, z, codes, commitment, norms)
+
+
+def first_argmax(scores: Tensor) -> Tensor:
+    """``scores.argmax(-1)`` of ``[b, M]`` scores, each row's first maximum, found block by block.
+
+    torch's CPU argmax over a long row is ~6x slower than its max (512 x 8,192 scores: 5.0 ms against
+    0.8 ms this way, on an AMD EPYC and a Xeon alike) and was a quarter of a mini-batch step: the blocks'
+    maxima come from ``amax``, and argmax runs over them and over the winning block alone. The first block
+    holding the row's maximum holds its first occurrence, so the index is argmax's, ties included.
+    """
+    b, m = scores.shape
+    blocks = m // ARGMAX_BLOCK
+    if blocks < 2:
+        return scores.argmax(dim=-1)
+    head = scores[:, :blocks * ARGMAX_BLOCK].unflatten(1, (blocks, ARGMAX_BLOCK))  # b blocks B
+    block_max = head.amax(dim=-1)
+    block = block_max.argmax(dim=-1)
+    rows = torch.arange(b, device=scores.device)
+    code = head[rows, block].argmax(dim=-1) + block * ARGMAX_BLOCK
+    if blocks * ARGMAX_BLOCK < m:  # the words after the last whole block win only where strictly greater
+        tail_max, tail_code = scores[:, blocks * ARGMAX_BLOCK:].max(dim=-1)
+        code = torch.where(tail_max > block_max[rows, block], tail_code + blocks * ARGMAX_BLOCK, code)
+    return code
 
 
 def straight_through_words(h: Tensor, codes: Tensor, embeddings: Tensor) -> Tensor:
