@@ -61,7 +61,7 @@ def sections(out_dir: Path) -> dict:
 
     return {"economy": economy_markdown, "inductive": inductive_markdown,
             "scale": lambda payload: scale_markdown(payload, out_dir), "trimmed_step": trimmed_step_markdown,
-            "speed": speed_markdown, "targets": targets_markdown, "memory_peaks": None}
+            "word_search": word_search_markdown, "speed": speed_markdown, "targets": targets_markdown, "memory_peaks": None}
 
 
 def section_of(name: str) -> str:
@@ -272,6 +272,34 @@ def trimmed_step_markdown(payload: dict) -> list:
         lines.append(f"| {r['nodes']:,} | {old['seconds_per_step']:.2f} | {new['seconds_per_step']:.2f} | "
                      f"{r['step_speedup']:.1f}x | {old['epoch_seconds_estimate']:,.0f} | "
                      f"{new['epoch_seconds_estimate']:,.0f} | {r['epoch_speedup']:.1f}x | {layers[0]} | {layers[1]} |")
+    return lines + [""]
+
+
+def word_search_markdown(payload: dict) -> list:
+    """Stage one's code search, exact against clustered, side by side in one process (benchmarks/word_search.py)."""
+    lines = ["## Stage one's code search, exact and over clustered words", "", f"- command: `{payload['command']}`",
+             f"- machine: {payload['machine']}", f"- date: {payload['date']}",
+             "- clustered: spherical k-means of the unit words into sqrt(M) clusters, each level searching the words "
+             "of its best eighth of them exactly (an inverted-file index, in torch; benchmarks/word_search.py)",
+             f"- recall: the views of every node and hop of {payload['views_of']}'s exact model, searched both ways "
+             "(K = 4 levels); the share of codes equal to the exact search's", "",
+             "| codebook | words | views | exact s | clustered s | speed-up | recall, levels 1-4 |",
+             "|---|---:|---:|---:|---:|---:|---|"]
+    for r in payload["recall"]:
+        lines.append(f"| {r['codebook']} | {r['words']:,} | {r['views']:,} | {r['exact_seconds']:.2f} | {r['clustered_seconds']:.2f} | "
+                     f"{r['speedup']:.2f}x | {' / '.join(f'{100 * v:.1f} %' for v in r['recall_by_level'])} |")
+    lines += ["", "| graph | search | label head val % | test % | epochs | train s |", "|---|---|---:|---:|---:|---:|"]
+    for dataset, rows in payload["accuracy"].items():
+        for search, r in rows.items():
+            lines.append(f"| {dataset} | {search} | {100 * r['val']:.2f} | {100 * r['test']:.2f} | {r['epochs']} | "
+                         f"{r['train_seconds']:.0f} |")
+    step = payload["step"]
+    lines += ["", f"Mini-batch steps on the generated graph of {step['nodes']:,} nodes (as `bench --scale`):", "",
+              "| search | s/step | search share | epoch estimate s |", "|---|---:|---:|---:|"]
+    for search in ("exact", "clustered"):
+        r = step[search]
+        lines.append(f"| {search} | {r['seconds_per_step']:.2f} | {100 * r['search_share']:.0f} % | "
+                     f"{r['epoch_seconds_estimate']:,.0f} |")
     return lines + [""]
 
 
