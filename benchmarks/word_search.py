@@ -122,10 +122,15 @@ def clustered_search():
         yield
 
 
+def searching(search: str):
+    """The context a run of ``search`` (one of :data:`SEARCHES`) takes place in."""
+    return clustered_search() if search == "clustered" else nullcontext()
+
+
 def accuracy(dataset: str, store: Store) -> dict:
     rows = {}
-    for search, searched in (("exact", store), ("clustered", Store(store.root / "clustered"))):
-        with clustered_search() if search == "clustered" else nullcontext():
+    for search, searched in zip(SEARCHES, (store, Store(store.root / "clustered"))):
+        with searching(search):
             artifact = encode.run(resolve(EncodeConfig(dataset=dataset), searched, quiet=True))
         metrics = json.loads((artifact.path / "metrics.json").read_text())
         rows[search] = {**metrics["label_head_accuracy"], "train_seconds": metrics["train_seconds"],
@@ -173,7 +178,7 @@ def steps(num_nodes: int, store: Store, count: int) -> dict:
         torch.manual_seed(0)
         model = encode.build_model(cfg, data, codebook)
         optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-        with clustered_search() if search == "clustered" else nullcontext():
+        with searching(search):
             rows[search] = training_steps(model, optimizer, data, train_mask, cfg.batch_nodes, cfg, count)
     return {"nodes": num_nodes, **rows}
 

@@ -286,8 +286,8 @@ def word_search_markdown(payload: dict) -> list:
              "| codebook | words | views | exact s | clustered s | speed-up | recall, levels 1-4 |",
              "|---|---:|---:|---:|---:|---:|---|"]
     for r in payload["recall"]:
-        lines.append(f"| {r['codebook']} | {r['words']:,} | {r['views']:,} | {r['exact_seconds']:.2f} | {r['clustered_seconds']:.2f} | "
-                     f"{r['speedup']:.2f}x | {' / '.join(f'{100 * v:.1f} %' for v in r['recall_by_level'])} |")
+        lines.append(f"| {r['codebook']} | {r['words']:,} | {r['views']:,} | {r['exact_seconds']:.2f} | "
+                     f"{r['clustered_seconds']:.2f} | {r['speedup']:.2f}x | {' / '.join(f'{100 * v:.1f} %' for v in r['recall_by_level'])} |")
     lines += ["", "| graph | search | label head val % | test % | epochs | train s |", "|---|---|---:|---:|---:|---:|"]
     for dataset, rows in payload["accuracy"].items():
         for search, r in rows.items():

@@ -137,7 +137,7 @@ def first_argmax(scores: Tensor) -> Tensor:
     """``scores.argmax(-1)`` of ``[b, M]`` scores, each row's first maximum, found block by block.
 
     torch's CPU argmax over a long row is ~6x slower than its max (512 x 8,192 scores: 5.0 ms against
-    0.8 ms this way, on an AMD EPYC and a Xeon alike) and was a quarter of a mini-batch step: the blocks'
+    0.8 ms this way, measured on an Intel Xeon with AVX512) and was a quarter of a mini-batch step: the blocks'
     maxima come from ``amax``, and argmax runs over them and over the winning block alone. The first block
     holding the row's maximum holds its first occurrence, so the index is argmax's, ties included.
     """
