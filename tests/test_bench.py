@@ -184,3 +184,52 @@ def test_each_graphs_economy_table_is_a_section_of_its_own(tmp_path):
     assert "Token economy, bf16 and 8-/4-bit weights: cora\n" in markdown
     assert "Token economy, bf16 and 8-/4-bit weights: cora-ml\n" in markdown
     assert "## Accuracy: economy" not in markdown  # neither is read as a dataset's accuracy table
+
+
+def test_quick_end_to_end_bench_runs_each_stage_as_a_command_of_its_own(tmp_path):
+    import pyarrow.parquet as pq
+
+    out = tmp_path / "benchmarks"
+    results_file = run(BenchConfig(quick=True, end_to_end=True, out=str(out)), Store(tmp_path / "store"), quiet=True)
+    assert results_file.name == "end_to_end.json"
+    result = json.loads(results_file.read_text())["result"]
+    assert list(result["stages"]) == ["generate", "codebook", "encode", "finetune", "predict"]
+    for stage in ("codebook", "encode", "finetune", "predict"):
+        assert result["stages"][stage]["seconds"] > 0 and result["stages"][stage]["peak_memory_mb"] > 0
+    assert result["seconds"] == pytest.approx(sum(s["seconds"] for s in result["stages"].values()))
+    answers = pq.read_table(out / "end-to-end-400" / "test-answers.parquet")
+    test_nodes = (out / "end-to-end-400" / "test-nodes.txt").read_text().split()
+    assert sorted(answers.column("node_id").to_pylist()) == sorted(map(int, test_nodes))  # every test node, once
+    accuracy = result["accuracy"]
+    for model in (accuracy["dre"], accuracy["stage_one_head"], accuracy["sage"]):
+        assert 0 <= model["val"] <= 1 and 0 <= model["test"] <= 1
+    section = (out / "RESULTS.md").read_text().split("## End to end at ogbn-arxiv's size")[1]
+    assert "| predict |" in section and "| GraphSAGE (same features and split) |" in section
+
+
+def test_the_generated_graph_is_a_users_table_whose_edges_and_words_lean_to_the_class(tmp_path):
+    import numpy as np
+
+    from dre_pipeline.data import load_dataset
+    from dre_pipeline.harness import end_to_end
+
+    folder = end_to_end.write_graph(tmp_path / "graph", 2000, seed=0)
+    data = load_dataset(str(folder), None, tmp_path / "cache")
+    assert data.num_nodes == 2000 and len(data.class_names) == len(end_to_end.TOPICS) and len(data.text) == 2000
+    src, dst = data.edge_index.numpy()
+    same_class = (data.y[src] == data.y[dst]).float().mean().item()
+    assert same_class > end_to_end.HOMOPHILY  # the planted edges, and a tenth of the rest by chance
+    own = [np.mean([word in end_to_end.TOPICS[data.class_names[label]].split() for word in text.split()])
+           for text, label in zip(data.text, data.y.tolist())]
+    assert np.mean(own) > end_to_end.OWN_WORDS  # the class's own topic, and its share of any topic's words
+
+
+def test_a_bench_of_a_graph_folder_writes_its_results_under_out_by_the_folders_name(tmp_path):
+    from dre_pipeline.harness import end_to_end
+
+    folder = end_to_end.write_graph(tmp_path / "my-graph", 300, seed=0)
+    out = tmp_path / "benchmarks"
+    run(BenchConfig(dataset=str(folder), rows="gcn", seeds=1, out=str(out)), Store(tmp_path / "store"), quiet=True)
+    assert json.loads((out / "results" / "my-graph.json").read_text())["results"][0]["row"] == "gcn"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["benchmarks", "my-graph", "store"]  # nothing beside it
+    assert "## Accuracy: my-graph\n" in (out / "RESULTS.md").read_text() and (out / "my-graph_accuracy.png").exists()

@@ -22,7 +22,7 @@ from ..pipeline.artifacts import Store, digest
 from ..pipeline.config import EncodeConfig, FinetuneConfig, key_fields
 from ..pipeline.runtime import host_peak_mb, log, progress, setup_logging
 from .bench_config import BenchConfig
-from .markdown import write_markdown
+from .markdown import graph_name, write_markdown
 from .rows import ALL_ROWS, ROWS, economy_rows, selected_rows
 from .runner import in_fresh_process
 
@@ -121,17 +121,29 @@ def run(cfg: BenchConfig, store: Store, quiet: bool = False, command: str = "dre
 
         scale.run(stage_one, store.root, save, sizes=scale.QUICK_SIZES if cfg.quick else scale.SIZES, quiet=quiet)
         return out_dir / "results" / "scale.json"
+    if cfg.end_to_end:
+        from . import end_to_end
+
+        def save(result: dict) -> Path:
+            return write_results(out_dir, "end_to_end", {"command": command, "machine": machine(),
+                                                         "date": time.strftime("%Y-%m-%d"), "result": result})
+
+        row = {k: v for k, v in settings.items() if k not in ("dataset", "data_dir") and v is not None}
+        row.update(end_to_end.QUICK if cfg.quick else end_to_end.SETTINGS)
+        end_to_end.run(row, store.root, out_dir, save, end_to_end.QUICK_NODES if cfg.quick else end_to_end.NODES,
+                       quiet)
+        return out_dir / "results" / "end_to_end.json"
     if cfg.economy:  # one seed: the rows differ in cost, and in accuracy only by numerics
         from ..pipeline.placement import resolve_device, resolved_precision
 
         jobs = [(row, 0) for row in economy_rows(cfg.rows, resolved_precision(resolve_device("auto")))]
-        return run_rows(cfg, f"economy-{settings['dataset']}", jobs, settings, store, quiet, command)
+        return run_rows(cfg, f"economy-{graph_name(settings['dataset'])}", jobs, settings, store, quiet, command)
     from ..data import load_dataset
 
     data = load_dataset(settings["dataset"], settings["data_dir"], store.root / "data")
     jobs = [(row, seed) for row in selected_rows(cfg.rows, data.text is not None, cfg.extra, data.has_features)
             for seed in range(seeds[ROWS[row].main])]
-    return run_rows(cfg, settings["dataset"], jobs, settings, store, quiet, command)
+    return run_rows(cfg, graph_name(settings["dataset"]), jobs, settings, store, quiet, command)
 
 
 def run_rows(cfg: BenchConfig, name: str, jobs: list, settings: dict, store: Store, quiet: bool, command: str) -> Path:

@@ -56,11 +56,13 @@ def write_markdown(out_dir: Path) -> None:
 def sections(out_dir: Path) -> dict:
     """The result files that are not a dataset's accuracy rows, in RESULTS.md's order, and their renderers
     (None: rendered elsewhere, the memory peaks in docs/plan.md)."""
+    from .end_to_end import markdown as end_to_end_markdown
     from .scale import markdown as scale_markdown
     from .speed import markdown as speed_markdown
 
     return {"economy": economy_markdown, "inductive": inductive_markdown,
-            "scale": lambda payload: scale_markdown(payload, out_dir), "trimmed_step": trimmed_step_markdown,
+            "scale": lambda payload: scale_markdown(payload, out_dir), "end_to_end": end_to_end_markdown,
+            "trimmed_step": trimmed_step_markdown,
             "word_search": word_search_markdown, "speed": speed_markdown, "targets": targets_markdown, "memory_peaks": None}
 
 
@@ -69,8 +71,13 @@ def section_of(name: str) -> str:
     return "economy" if name.startswith("economy-") else name
 
 
+def graph_name(dataset: str) -> str:
+    """A dataset's name in result files, charts and headings: a graph folder's or file's own name, not its path."""
+    return Path(dataset).name
+
+
 def accuracy_markdown(payload: dict, out_dir: Path) -> list:
-    lines = summarise(payload["results"])
+    lines, name = summarise(payload["results"]), graph_name(payload["settings"]["dataset"])
     table = ["| row | seeds | test accuracy % | macro-F1 % | stage-one head % | paper % | seconds per stage | "
              "peak MB | train tok/s | infer nodes/s |", "|---|---:|---:|---:|---:|---:|---|---:|---:|---:|"]
     for line in lines:
@@ -84,12 +91,12 @@ def accuracy_markdown(payload: dict, out_dir: Path) -> list:
         seconds = ", ".join(f"{k} {v:.0f}" for k, v in line["seconds"].items())
         tokens = f"{line['train_tokens_per_second']:.0f}" if line["train_tokens_per_second"] else "–"
         table.append(f"| {line['label']} | {line['seeds']} | {accuracy} | {macro_f1} | "
-                     f"{stage_one} | {PAPER.get(payload['settings']['dataset'], {}).get(line['row'], '–')} | {seconds} | {line['peak_memory_mb']:.0f} | "
+                     f"{stage_one} | {PAPER.get(name, {}).get(line['row'], '–')} | {seconds} | {line['peak_memory_mb']:.0f} | "
                      f"{tokens} | {line['inference_nodes_per_second']:.1f} |")
-    chart = out_dir / f"{payload['settings']['dataset']}_accuracy.png"
+    chart = out_dir / f"{name}_accuracy.png"
     plot(lines, chart)
     return [
-        f"## Accuracy: {payload['settings']['dataset']}",
+        f"## Accuracy: {name}",
         "",
         *provenance(payload),
         *wall_time_markdown(payload["results"]),
@@ -175,7 +182,7 @@ def economy_markdown(payload: dict) -> list:
                      f"{r['trained_tokens_per_second']:.0f} | {r['inference_nodes_per_second']:.1f} | "
                      f"{r['peak_memory_mb']:.0f} | {gpu_peak(r)} |")
     return [
-        f"## Token economy, bf16 and 8-/4-bit weights: {payload['settings']['dataset']}",
+        f"## Token economy, bf16 and 8-/4-bit weights: {graph_name(payload['settings']['dataset'])}",
         "",
         *provenance(payload),
         f"- LLM: {payload['settings']['llm_path'] or 'embedded SmolLM2-135M-Instruct'}; seed 0; "

@@ -1,0 +1,195 @@
+"""``dre-pipeline bench --end-to-end``: the whole pipeline on a generated graph of ogbn-arxiv's size.
+
+The graph is written as a user holds one (``nodes.csv`` with ``node_id, label, text`` and ``edges.csv``), so
+every stage reads it as it would a user's: planted communities (``HOMOPHILY`` of each node's edges stay inside
+its class) and text whose words lean to the node's class (``OWN_WORDS`` of them from its class's topic, the
+rest from any topic or filler), so that neither the text nor the graph alone gives every label away. Features
+come from the text, as ``--features auto`` makes them for a graph of text alone.
+
+Each stage runs as its own ``dre-pipeline`` command, one after the other (they share the cores): wall seconds
+and the process's peak resident memory per stage; then Dr.E's validation and test accuracy from its metrics,
+beside GraphSAGE trained on the same features and split.
+"""
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from .runner import in_fresh_process
+
+NODES = 169_343  # ogbn-arxiv's
+QUICK_NODES = 400
+# Stage two reads a class-stratified sample of the training nodes each epoch, for at most 3 epochs (each one
+# scored on all 33,869 validation nodes): all 101,606 prompts an epoch, 20 epochs, would take a day here.
+SETTINGS = {"ft_prompts_per_epoch": 8192, "ft_epochs": 3}
+QUICK = {"ft_prompts_per_epoch": 64}
+EDGES_PER_NODE, HOMOPHILY = 10, 0.7
+WORDS_PER_TEXT, OWN_WORDS, FILLER_WORDS = 8, 0.15, 0.3
+TOPICS = {
+    "astronomy": "star planet galaxy comet orbit telescope nebula moon asteroid eclipse",
+    "botany": "leaf root flower seed petal stem pollen fern moss orchid",
+    "chemistry": "molecule acid atom reaction catalyst electron solvent crystal bond polymer",
+    "geology": "rock mineral fossil volcano granite sediment quartz erosion magma basalt",
+    "music": "melody rhythm chord violin harmony tempo piano guitar symphony chorus",
+    "medicine": "patient vaccine surgery tumor virus clinic dose therapy nurse fever",
+    "economics": "market price trade inflation bank tax budget credit labor demand",
+    "sports": "football tennis goal coach league stadium race sprint match trophy",
+    "cooking": "recipe oven flour sauce butter spice bread soup garlic dough",
+    "law": "court judge contract lawsuit verdict statute appeal witness attorney clause",
+}
+FILLER = "the a study new analysis results method report notes observation of with on for".split()
+
+
+def write_graph(folder: Path, num_nodes: int, seed: int = 0) -> Path:
+    """``folder/nodes.csv`` and ``folder/edges.csv`` of a learnable graph of ``num_nodes`` (see the module)."""
+    import numpy as np
+    import pyarrow as pa
+    from pyarrow import csv
+
+    rng = np.random.default_rng(seed)
+    names, words = list(TOPICS), [topic.split() for topic in TOPICS.values()]
+    y = rng.integers(len(names), size=num_nodes)
+    by_class = [np.flatnonzero(y == c) for c in range(len(names))]
+    src = rng.integers(num_nodes, size=num_nodes * EDGES_PER_NODE // 2)
+    dst = rng.integers(num_nodes, size=len(src))
+    for c in range(len(names)):  # a same-class partner for the edges that stay inside their class
+        picked = (rng.random(len(src)) < HOMOPHILY) & (y[src] == c)
+        dst[picked] = rng.choice(by_class[c], size=int(picked.sum()))
+    keep = src != dst
+    draw = rng.random((num_nodes, WORDS_PER_TEXT))
+    topic = np.where(draw < OWN_WORDS, y[:, None], rng.integers(len(names), size=(num_nodes, WORDS_PER_TEXT)))
+    word = rng.integers(len(words[0]), size=(num_nodes, WORDS_PER_TEXT))
+    filler = rng.integers(len(FILLER), size=(num_nodes, WORDS_PER_TEXT))
+    is_filler = draw > 1 - FILLER_WORDS
+    text = [" ".join(FILLER[filler[i, j]] if is_filler[i, j] else words[topic[i, j]][word[i, j]]
+                     for j in range(WORDS_PER_TEXT)) for i in range(num_nodes)]
+    folder.mkdir(parents=True, exist_ok=True)
+    csv.write_csv(pa.table({"node_id": np.arange(num_nodes), "label": [names[c] for c in y], "text": text}),
+                  folder / "nodes.csv")
+    csv.write_csv(pa.table({"src": src[keep], "dst": dst[keep]}), folder / "edges.csv")
+    return folder
+
+
+def timed_command(args: list, log_file) -> dict:
+    """``dre-pipeline *args`` in a process of its own: its wall seconds, peak resident memory and last line."""
+    started = time.perf_counter()
+    process = subprocess.Popen([sys.executable, "-m", "dre_pipeline.cli", *args], stdout=subprocess.PIPE,
+                               stderr=log_file, text=True)
+    printed = process.stdout.read()
+    _, status, usage = os.wait4(process.pid, 0)  # the child's own rusage, not every child's so far
+    process.returncode = os.waitstatus_to_exitcode(status)
+    if process.returncode:
+        raise RuntimeError(f"dre-pipeline {' '.join(args)} exited {process.returncode} (see {log_file.name})")
+    lines = printed.strip().splitlines()
+    return {"seconds": time.perf_counter() - started, "peak_memory_mb": usage.ru_maxrss / 1024,
+            "printed": lines[-1] if lines else ""}
+
+
+def options(settings: dict, config=None) -> list:
+    """``settings`` as command-line options; with ``config``, those of its fields only."""
+    return [part for name, value in settings.items() if config is None or name in config.__dataclass_fields__
+            for part in (f"--{name.replace('_', '-')}", str(value))]
+
+
+def accuracies(settings: dict, store_root: str, quiet: bool) -> dict:
+    """In a fresh process: Dr.E's val and test accuracy (its cached fine-tuning) and GraphSAGE's, same split."""
+    import json
+
+    from ..pipeline import commands
+    from ..pipeline.artifacts import Store
+    from ..pipeline.config import FinetuneConfig
+    from ..pipeline.placement import Placement
+    from ..pipeline.resolve import resolve
+    from ..pipeline.runtime import host_peak_mb, setup_logging
+    from .baselines import train_gnn
+
+    setup_logging(quiet)
+    cfg, store = FinetuneConfig(**settings), Store(Path(store_root))
+    artifact = commands.finetune(cfg, store, quiet=quiet)
+    final = json.loads((artifact.path / "metrics.json").read_text())["final"]
+    encode = store.find("encode", artifact.manifest["encode"])
+    plan = resolve(cfg, store, Placement.resolve("auto", cfg.quantization), quiet)
+    sage = train_gnn("sage", plan.data, plan.split, cfg.seed)
+    return {"dre": {"val": final["val"]["accuracy"], "test": final["test"]["accuracy"],
+                    "inference_nodes_per_second": final["inference_nodes_per_second"],
+                    "dtype": artifact.manifest.get("dtype")},
+            "stage_one_head": encode.manifest["label_head_accuracy"],
+            "sage": {"val": sage["val"]["accuracy"], "test": sage["test"]["accuracy"],
+                     "train_seconds": sage["train_seconds"], "peak_memory_mb": host_peak_mb()}}
+
+
+def run(settings: dict, store_root: Path, out_dir: Path, save, num_nodes: int = NODES, quiet: bool = False) -> dict:
+    """Generate, then codebook → encode → finetune → predict (the test nodes, streamed to Parquet), each a command
+    of its own; ``save(result)`` after each stage, so a stopped run keeps what it measured."""
+    import numpy as np
+
+    from ..pipeline.config import CodebookConfig, EncodeConfig, FinetuneConfig
+    from ..pipeline.runtime import log
+
+    work = out_dir / f"end-to-end-{num_nodes}"
+    started = time.perf_counter()
+    folder = write_graph(work / "graph", num_nodes)
+    result = {"nodes": num_nodes, "settings": settings, "stages": {"generate": {"seconds": time.perf_counter() - started}}}
+    store = ["--store", str(store_root)] + (["--quiet"] if quiet else [])
+    graph = ["--dataset", str(folder)]
+    test_nodes = work / "test-nodes.txt"
+    stages = {
+        "codebook": ["codebook", *store, *options(settings, CodebookConfig)],
+        "encode": ["encode", *store, *graph, *options(settings, EncodeConfig)],
+        "finetune": ["finetune", *store, *graph, *options(settings, FinetuneConfig)],
+        "predict": ["predict", *store, *graph, *options(settings, FinetuneConfig), "--node-file", str(test_nodes),
+                    "--out", str(work / "test-answers.parquet")],
+    }
+    with open(work / "stages.log", "a") as log_file:
+        for stage, args in stages.items():
+            if stage == "predict":  # the split finetune drew, as the store keeps it
+                split = in_fresh_process(split_of, {**settings, "dataset": str(folder)}, str(store_root))
+                test_nodes.write_text("\n".join(map(str, np.flatnonzero(split == 2))) + "\n")
+            log.info("bench --end-to-end %d nodes: %s", num_nodes, stage)
+            (work / "test-answers.parquet").unlink(missing_ok=True)
+            result["stages"][stage] = timed_command(args, log_file)
+            save(result)
+    result["accuracy"] = in_fresh_process(accuracies, {**settings, "dataset": str(folder)}, str(store_root), quiet)
+    result["seconds"] = sum(s["seconds"] for s in result["stages"].values())
+    save(result)
+    return result
+
+
+def split_of(settings: dict, store_root: str):
+    """The split a run of ``settings`` uses (train 0, val 1, test 2)."""
+    from ..pipeline.artifacts import Store
+    from ..pipeline.config import FinetuneConfig
+    from ..pipeline.placement import Placement
+    from ..pipeline.resolve import resolve
+
+    return resolve(FinetuneConfig(**settings), Store(Path(store_root)), Placement.resolve("auto", "none"), True).split
+
+
+def markdown(payload: dict) -> list:
+    """The end-to-end section of RESULTS.md: seconds and peak memory per stage, and the accuracies."""
+    r = payload["result"]
+    lines = [f"## End to end at ogbn-arxiv's size (a generated graph of {r['nodes']:,} nodes with text)", "",
+             f"- command: `{payload['command']}`", f"- machine: {payload['machine']}", f"- date: {payload['date']}",
+             f"- graph: {len(TOPICS)} classes, about {EDGES_PER_NODE} edges per node, {100 * HOMOPHILY:.0f} % of "
+             f"them planted inside the node's class; text of {WORDS_PER_TEXT} words, {100 * OWN_WORDS:.0f} % drawn "
+             "from the class's topic, the rest from any topic or filler; features from the text (`--features auto`); "
+             "a random 60/20/20 split",
+             "- each stage is a `dre-pipeline` command of its own, default options but "
+             f"`{' '.join(options({k: v for k, v in r['settings'].items() if k != 'llm_path'}))}`; peak: the process's resident "
+             "memory; predict answers the test nodes, streamed to Parquet",
+             "", "| stage | seconds | peak MB | printed |", "|---|---:|---:|---|"]
+    for stage, s in r["stages"].items():
+        peak = f"{s['peak_memory_mb']:,.0f}" if "peak_memory_mb" in s else "–"  # generate runs in the bench's process
+        lines.append(f"| {stage} | {s['seconds']:,.0f} | {peak} | {s.get('printed', '')} |")
+    if "seconds" in r:
+        lines.append(f"| all | {r['seconds']:,.0f} | | |")
+    if "accuracy" in r:
+        a = r["accuracy"]
+        lines += ["", "| model | val % | test % |", "|---|---:|---:|",
+                  f"| Dr.E ({a['dre']['dtype']}) | {100 * a['dre']['val']:.2f} | {100 * a['dre']['test']:.2f} |",
+                  f"| its stage-one label head | {100 * a['stage_one_head']['val']:.2f} | "
+                  f"{100 * a['stage_one_head']['test']:.2f} |",
+                  f"| GraphSAGE (same features and split) | {100 * a['sage']['val']:.2f} | {100 * a['sage']['test']:.2f} |"]
+    return lines + [""]
