@@ -286,8 +286,11 @@ def train(cfg: EncodeConfig, data: GraphData, graph: GraphData, split: torch.Ten
     bar = progress(range(start_epoch, cfg.epochs), quiet=quiet, desc="encode epoch")
     for epoch in bar:
         model.train()
-        for nodes, edges, num_seeds, hops, weight in training_batches(graph, sampler, batch_nodes, train_mask,
-                                                                      cfg.reconstruction_seeds, order):
+        # a mini-batch epoch of a large graph runs for many minutes: its steps show progress of their own
+        steps = progress(training_batches(graph, sampler, batch_nodes, train_mask, cfg.reconstruction_seeds, order),
+                         quiet=quiet or sampler is None, desc="encode step",
+                         total=sampler and steps_per_epoch(int(train_mask.sum()), batch_nodes, cfg.reconstruction_seeds))
+        for nodes, edges, num_seeds, hops, weight in steps:
             losses_since_eval.append(train_step(model, optimizer, graph, train_mask, nodes, edges, num_seeds, cfg,
                                                 keyword_targets, hops, weight))
         if (epoch + 1) % cfg.eval_epochs and epoch + 1 < cfg.epochs:
