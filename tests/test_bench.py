@@ -233,3 +233,17 @@ def test_a_bench_of_a_graph_folder_writes_its_results_under_out_by_the_folders_n
     assert json.loads((out / "results" / "my-graph.json").read_text())["results"][0]["row"] == "gcn"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["benchmarks", "my-graph", "store"]  # nothing beside it
     assert "## Accuracy: my-graph\n" in (out / "RESULTS.md").read_text() and (out / "my-graph_accuracy.png").exists()
+
+
+def test_a_stopped_end_to_end_run_shows_what_it_measured_and_a_dash_for_the_rest():
+    from dre_pipeline.harness.end_to_end import markdown
+
+    result = {"nodes": 10, "settings": {"epochs": 1}, "stages": {"generate": {"seconds": 1.0},
+                                                                 "encode": {"seconds": 5.0, "peak_memory_mb": 7.0}},
+              "stopped": {"stage": "finetune", "log": "epoch 1's validation accuracy 0.9"},
+              "accuracy": {"dre": {"val": 0.9, "test": None, "dtype": "bf16"},
+                           "stage_one_head": {"val": 0.8, "test": 0.7}, "sage": {"val": 0.6, "test": 0.5}}}
+    lines = markdown({"command": "c", "machine": "m", "date": "d", "result": result})
+    assert "| generate | 1 | – |  |" in lines and "| encode | 5 | 7 |  |" in lines
+    assert "Stopped in finetune: epoch 1's validation accuracy 0.9" in lines and "| Dr.E (bf16) | 90.00 | – |" in lines
+    assert "| GraphSAGE (same features and split) | 60.00 | 50.00 |" in lines

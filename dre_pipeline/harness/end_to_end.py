@@ -101,24 +101,33 @@ def accuracies(settings: dict, store_root: str, quiet: bool) -> dict:
     from ..pipeline import commands
     from ..pipeline.artifacts import Store
     from ..pipeline.config import FinetuneConfig
-    from ..pipeline.placement import Placement
-    from ..pipeline.resolve import resolve
-    from ..pipeline.runtime import host_peak_mb, setup_logging
-    from .baselines import train_gnn
+    from ..pipeline.runtime import setup_logging
 
     setup_logging(quiet)
-    cfg, store = FinetuneConfig(**settings), Store(Path(store_root))
-    artifact = commands.finetune(cfg, store, quiet=quiet)
+    store = Store(Path(store_root))
+    artifact = commands.finetune(FinetuneConfig(**settings), store, quiet=quiet)
     final = json.loads((artifact.path / "metrics.json").read_text())["final"]
     encode = store.find("encode", artifact.manifest["encode"])
-    plan = resolve(cfg, store, Placement.resolve("auto", cfg.quantization), quiet)
-    sage = train_gnn("sage", plan.data, plan.split, cfg.seed)
     return {"dre": {"val": final["val"]["accuracy"], "test": final["test"]["accuracy"],
                     "inference_nodes_per_second": final["inference_nodes_per_second"],
                     "dtype": artifact.manifest.get("dtype")},
-            "stage_one_head": encode.manifest["label_head_accuracy"],
-            "sage": {"val": sage["val"]["accuracy"], "test": sage["test"]["accuracy"],
-                     "train_seconds": sage["train_seconds"], "peak_memory_mb": host_peak_mb()}}
+            "stage_one_head": encode.manifest["label_head_accuracy"], "sage": graphsage(settings, store_root, quiet)}
+
+
+def graphsage(settings: dict, store_root: str, quiet: bool) -> dict:
+    """GraphSAGE on the features and split of a run of ``settings``: val and test accuracy, seconds, peak MB."""
+    from ..pipeline.artifacts import Store
+    from ..pipeline.config import FinetuneConfig
+    from ..pipeline.placement import Placement
+    from ..pipeline.resolve import resolve
+    from ..pipeline.runtime import host_peak_mb
+    from .baselines import train_gnn
+
+    cfg = FinetuneConfig(**settings)
+    plan = resolve(cfg, Store(Path(store_root)), Placement.resolve("auto", cfg.quantization), quiet)
+    sage = train_gnn("sage", plan.data, plan.split, cfg.seed)
+    return {"val": sage["val"]["accuracy"], "test": sage["test"]["accuracy"], "train_seconds": sage["train_seconds"],
+            "peak_memory_mb": host_peak_mb()}
 
 
 def run(settings: dict, store_root: Path, out_dir: Path, save, num_nodes: int = NODES, quiet: bool = False) -> dict:
@@ -168,6 +177,11 @@ def split_of(settings: dict, store_root: str):
     return resolve(FinetuneConfig(**settings), Store(Path(store_root)), Placement.resolve("auto", "none"), True).split
 
 
+def percent(accuracy) -> str:
+    """An accuracy in %, or "–" where a stopped run has none."""
+    return "–" if accuracy is None else f"{100 * accuracy:.2f}"
+
+
 def markdown(payload: dict) -> list:
     """The end-to-end section of RESULTS.md: seconds and peak memory per stage, and the accuracies."""
     r = payload["result"]
@@ -186,11 +200,12 @@ def markdown(payload: dict) -> list:
         lines.append(f"| {stage} | {s['seconds']:,.0f} | {peak} | {s.get('printed', '')} |")
     if "seconds" in r:
         lines.append(f"| all | {r['seconds']:,.0f} | | |")
+    if "stopped" in r:  # a run cut short: what its stage log showed of the stage it was in
+        lines += ["", f"Stopped in {r['stopped']['stage']}: {r['stopped']['log']}"]
     if "accuracy" in r:
         a = r["accuracy"]
-        lines += ["", "| model | val % | test % |", "|---|---:|---:|",
-                  f"| Dr.E ({a['dre']['dtype']}) | {100 * a['dre']['val']:.2f} | {100 * a['dre']['test']:.2f} |",
-                  f"| its stage-one label head | {100 * a['stage_one_head']['val']:.2f} | "
-                  f"{100 * a['stage_one_head']['test']:.2f} |",
-                  f"| GraphSAGE (same features and split) | {100 * a['sage']['val']:.2f} | {100 * a['sage']['test']:.2f} |"]
+        lines += ["", "| model | val % | test % |", "|---|---:|---:|"]
+        for label, model in ((f"Dr.E ({a['dre']['dtype']})", "dre"), ("its stage-one label head", "stage_one_head"),
+                             ("GraphSAGE (same features and split)", "sage")):
+            lines.append(f"| {label} | {percent(a[model]['val'])} | {percent(a[model]['test'])} |")
     return lines + [""]
