@@ -116,16 +116,11 @@ def accuracies(settings: dict, store_root: str, quiet: bool) -> dict:
 
 def graphsage(settings: dict, store_root: str, quiet: bool) -> dict:
     """GraphSAGE on the features and split of a run of ``settings``: val and test accuracy, seconds, peak MB."""
-    from ..pipeline.artifacts import Store
-    from ..pipeline.config import FinetuneConfig
-    from ..pipeline.placement import Placement
-    from ..pipeline.resolve import resolve
     from ..pipeline.runtime import host_peak_mb
     from .baselines import train_gnn
 
-    cfg = FinetuneConfig(**settings)
-    plan = resolve(cfg, Store(Path(store_root)), Placement.resolve("auto", cfg.quantization), quiet)
-    sage = train_gnn("sage", plan.data, plan.split, cfg.seed)
+    plan = plan_of(settings, store_root, quiet)
+    sage = train_gnn("sage", plan.data, plan.split, plan.cfg.seed)
     return {"val": sage["val"]["accuracy"], "test": sage["test"]["accuracy"], "train_seconds": sage["train_seconds"],
             "peak_memory_mb": host_peak_mb()}
 
@@ -169,12 +164,18 @@ def run(settings: dict, store_root: Path, out_dir: Path, save, num_nodes: int = 
 
 def split_of(settings: dict, store_root: str):
     """The split a run of ``settings`` uses (train 0, val 1, test 2)."""
+    return plan_of(settings, store_root, True).split
+
+
+def plan_of(settings: dict, store_root: str, quiet: bool):
+    """The plan of a fine-tuning run of ``settings`` in ``store_root``: its graph, features and split."""
     from ..pipeline.artifacts import Store
     from ..pipeline.config import FinetuneConfig
     from ..pipeline.placement import Placement
     from ..pipeline.resolve import resolve
 
-    return resolve(FinetuneConfig(**settings), Store(Path(store_root)), Placement.resolve("auto", "none"), True).split
+    cfg = FinetuneConfig(**settings)
+    return resolve(cfg, Store(Path(store_root)), Placement.resolve("auto", cfg.quantization), quiet)
 
 
 def percent(accuracy) -> str:
