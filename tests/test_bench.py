@@ -205,6 +205,14 @@ def test_quick_end_to_end_bench_runs_each_stage_as_a_command_of_its_own(tmp_path
         assert 0 <= model["val"] <= 1 and 0 <= model["test"] <= 1
     section = (out / "RESULTS.md").read_text().split("## End to end at ogbn-arxiv's size")[1]
     assert "| predict |" in section and "| GraphSAGE (same features and split) |" in section
+    # a rerun over the warm store reports what each stage it found cost the run that built it
+    run(BenchConfig(quick=True, end_to_end=True, out=str(out)), Store(tmp_path / "store"), quiet=True)
+    again = json.loads(results_file.read_text())["result"]
+    for stage in ("codebook", "encode", "finetune"):
+        assert again["stages"][stage]["seconds"] == result["stages"][stage]["seconds"]
+        assert 0 < again["stages"][stage]["cache_hit_seconds"]
+    assert "cache_hit_seconds" not in again["stages"]["predict"]  # it computes its answers anew
+    assert "built by an earlier run; found in the store in" in (out / "RESULTS.md").read_text()
 
 
 def test_the_generated_graph_is_a_users_table_whose_edges_and_words_lean_to_the_class(tmp_path):

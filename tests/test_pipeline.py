@@ -18,6 +18,7 @@ from dre_pipeline.pipeline.stages.code_table import read_codes, write_codes
 from dre_pipeline.pipeline.stages.finetune import finetune, node_tokens, predict, training, workspace
 from dre_pipeline.pipeline import commands
 from dre_pipeline.pipeline.resolve import resolve
+from dre_pipeline.model.sampling import stratified_sample
 from dre_pipeline.pipeline.llm import resolve_llm
 
 # fp32 on every CPU: these tests hold two code paths to each other's scores, which bf16's rounding would blur
@@ -633,12 +634,12 @@ def test_a_prompt_budget_samples_each_epoch_by_class_share_and_covers_every_node
     classes = np.zeros(400, dtype=int)
     classes[100:160], classes[160:250] = 1, 2  # shares 60 / 90 / 150 of 300
     generator = np.random.default_rng(0)
-    first, second = (training.epoch_sample(nodes, classes, 50, generator) for _ in range(2))
+    first, second = (stratified_sample(nodes, classes, 50, generator) for _ in range(2))
     for sample in (first, second):
         assert len(sample) == len(set(sample)) == 50 and set(sample) <= set(nodes)
         assert np.bincount(classes[sample], minlength=3).tolist() == [25, 10, 15]  # 50 x 150/300, 60/300, 90/300
     assert set(first) != set(second)  # drawn anew each epoch
-    everything = training.epoch_sample(nodes, classes, len(nodes), generator)
+    everything = stratified_sample(nodes, classes, len(nodes), generator)
     assert sorted(everything) == nodes.tolist() and (everything != nodes).any()  # all of them, shuffled
 
 
@@ -650,3 +651,22 @@ def test_finetune_trains_the_prompt_budget_per_epoch(run):
                                          ft_prompts_per_epoch=budget), store, quiet=True, device="cpu")
     steps = json.loads((artifact.path / "metrics.json").read_text())["finetune"]["steps"]
     assert steps == epochs * -(-budget // cfg.batch_size)
+
+
+def test_finetune_scores_a_stratified_validation_sample_and_every_test_node(run):
+    cfg, store, _ = run
+    sampled = replace(cfg, joint=False, ft_epochs=1, ft_val_nodes=20)
+    ws = commands.workspace(sampled, store, quiet=True)
+    val, test = (np.flatnonzero(ws.split == part) for part in (1, 2))
+    assert len(val) > 20 and set(ws.scored_nodes("val")) < set(val)
+    assert np.array_equal(ws.scored_nodes("test"), test)
+    shares = np.bincount(ws.data.y.numpy()[ws.scored_nodes("val")], minlength=ws.data.num_classes) / 20
+    assert np.abs(shares - np.bincount(ws.data.y.numpy()[val], minlength=ws.data.num_classes) / len(val)).max() < 0.06
+    artifact = commands.finetune(sampled, store, quiet=True, device="cpu")
+    table = pq.read_table(artifact.path / "predictions.parquet").to_pandas()
+    assert sorted(table[table.split == "val"].node_id) == sorted(ws.data.node_ids[ws.scored_nodes("val")])
+    assert sorted(table[table.split == "test"].node_id) == sorted(ws.data.node_ids[test])
+    metrics = json.loads((artifact.path / "metrics.json").read_text())
+    assert np.sum(metrics["final"]["val"]["confusion"]) == 20
+    everything = commands.workspace(replace(sampled, ft_val_nodes=0), store, quiet=True)
+    assert np.array_equal(everything.scored_nodes("val"), val) and everything.key != ws.key

@@ -12,10 +12,12 @@ beside GraphSAGE trained on the same features and split.
 """
 
 import os
+import re
 import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Optional
 
 from .runner import in_fresh_process
 
@@ -23,9 +25,10 @@ NODES = 169_343  # ogbn-arxiv's
 QUICK_NODES = 400
 # A budget for these 2 cores, not a tuning: stage one one epoch of mini-batches (794 steps of 256 seeds; full batch,
 # its default at this size, takes 140 s a step here and learns one step an epoch), stage two 2 epochs of a
-# class-stratified sample of the training nodes (each epoch scored on all 33,869 validation nodes).
-SETTINGS = {"batch_nodes": 256, "epochs": 1, "ft_prompts_per_epoch": 8192, "ft_epochs": 2}
-QUICK = {"ft_prompts_per_epoch": 64}
+# class-stratified sample of the training nodes, each epoch scored on 2,048 of the 33,869 validation nodes
+# (scoring all of them took 1,518 s an epoch here; at 98 % accuracy a sample of 2,048 has a standard error of 0.3).
+SETTINGS = {"batch_nodes": 256, "epochs": 1, "ft_prompts_per_epoch": 8192, "ft_val_nodes": 2048, "ft_epochs": 2}
+QUICK = {"ft_prompts_per_epoch": 64, "ft_val_nodes": 40}
 EDGES_PER_NODE, HOMOPHILY = 10, 0.7
 WORDS_PER_TEXT, OWN_WORDS, FILLER_WORDS = 8, 0.15, 0.3
 TOPICS = {
@@ -134,6 +137,7 @@ def run(settings: dict, store_root: Path, out_dir: Path, save, num_nodes: int = 
     from ..pipeline.runtime import log
 
     work = out_dir / f"end-to-end-{num_nodes}"
+    earlier = earlier_stages(out_dir / "results" / "end_to_end.json", num_nodes)
     started = time.perf_counter()
     folder = write_graph(work / "graph", num_nodes)
     result = {"nodes": num_nodes, "settings": settings, "stages": {"generate": {"seconds": time.perf_counter() - started}}}
@@ -154,12 +158,41 @@ def run(settings: dict, store_root: Path, out_dir: Path, save, num_nodes: int = 
                 test_nodes.write_text("\n".join(map(str, np.flatnonzero(split == 2))) + "\n")
             log.info("bench --end-to-end %d nodes: %s", num_nodes, stage)
             (work / "test-answers.parquet").unlink(missing_ok=True)
-            result["stages"][stage] = timed_command(args, log_file)
+            began = time.time()
+            result["stages"][stage] = measured(timed_command(args, log_file), earlier.get(stage), began)
             save(result)
     result["accuracy"] = in_fresh_process(accuracies, {**settings, "dataset": str(folder)}, str(store_root), quiet)
     result["seconds"] = sum(s["seconds"] for s in result["stages"].values())
     save(result)
     return result
+
+
+def earlier_stages(results_file: Path, num_nodes: int) -> dict:
+    """The stages an earlier run of this row (at ``num_nodes``) measured, from its result file, by name."""
+    import json
+
+    if not results_file.exists():
+        return {}
+    earlier = json.loads(results_file.read_text())["result"]
+    return earlier["stages"] if earlier["nodes"] == num_nodes else {}
+
+
+def measured(fresh: dict, earlier: Optional[dict], began: float) -> dict:
+    """A stage's measurement: ``fresh``; or, where its command found in the store the artifact that an earlier run
+    of the row built and measured (the same artifact, written before this command began), that run's, so that a
+    rerun over a warm store still says what the stage costs, with this run's seconds beside it."""
+    built = artifact_printed(fresh["printed"])
+    if earlier and built and built == artifact_printed(earlier.get("printed", "")):
+        manifest = Path(built) / "manifest.json"
+        if manifest.exists() and manifest.stat().st_mtime < began:
+            return {**earlier, "cache_hit_seconds": fresh["seconds"]}
+    return fresh
+
+
+def artifact_printed(line: str) -> Optional[str]:
+    """The artifact a stage's last printed line names (``… → path`` when built, ``artifact: path`` when found)."""
+    found = re.search(r"(?:→ |^artifact: )(\S+)$", line)
+    return found and found.group(1)
 
 
 def split_of(settings: dict, store_root: str):
@@ -198,7 +231,9 @@ def markdown(payload: dict) -> list:
              "", "| stage | seconds | peak MB | printed |", "|---|---:|---:|---|"]
     for stage, s in r["stages"].items():
         peak = f"{s['peak_memory_mb']:,.0f}" if "peak_memory_mb" in s else "–"  # generate runs in the bench's process
-        lines.append(f"| {stage} | {s['seconds']:,.0f} | {peak} | {s.get('printed', '')} |")
+        reused = (f" (built by an earlier run; found in the store in {s['cache_hit_seconds']:,.0f} s)"
+                  if "cache_hit_seconds" in s else "")
+        lines.append(f"| {stage} | {s['seconds']:,.0f} | {peak} | {s.get('printed', '')}{reused} |")
     if "seconds" in r:
         lines.append(f"| all | {r['seconds']:,.0f} | | |")
     if "stopped" in r:  # a run cut short: what its stage log showed of the stage it was in

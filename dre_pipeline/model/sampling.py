@@ -4,8 +4,12 @@ Each hop draws up to ``num_neighbors[l]`` in-neighbours of every node the previo
 reached, uniformly without replacement, as PyG's ``NeighborLoader`` does. PyG needs
 ``pyg-lib`` or ``torch-sparse`` for it, and neither installs here (no wheel for this torch),
 so this is the same sampling in plain torch, vectorised over the whole frontier.
+
+:func:`stratified_sample` draws the class-stratified node samples of stage two's budgets (training
+prompts per epoch, validation nodes scored).
 """
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -63,3 +67,18 @@ class NeighborSampler:
         nodes = torch.cat(nodes)
         self.local[nodes] = -1
         return nodes, torch.stack([torch.cat(sources), torch.cat(targets)]), num_sampled_nodes, num_sampled_edges
+
+
+def stratified_sample(nodes: np.ndarray, classes: np.ndarray, size: int, generator: np.random.Generator) -> np.ndarray:
+    """``nodes`` in a random order: all of them, or where ``size`` is fewer, a sample of ``size`` without
+    replacement, stratified by ``classes`` ([N]): each class's quota is its share of ``size``, rounded by largest
+    remainder (Hamilton's method), so the sample's class counts are the nodes'."""
+    if size >= len(nodes):
+        return generator.permutation(nodes)
+    labels = classes[nodes]
+    kinds, counts = np.unique(labels, return_counts=True)
+    exact = size * counts / len(nodes)
+    quota = np.floor(exact).astype(int)
+    quota[np.argsort(quota - exact, kind="stable")[: size - quota.sum()]] += 1
+    picked = [generator.choice(nodes[labels == kind], count, replace=False) for kind, count in zip(kinds, quota)]
+    return generator.permutation(np.concatenate(picked))

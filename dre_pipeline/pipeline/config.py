@@ -285,6 +285,12 @@ class FinetuneConfig(EncodeConfig):
                        "class (each class in its share), drawn anew each epoch; 0 = every training node.",
                        check="non-negative", neutral=0),
     )
+    ft_val_nodes: int = field(
+        default=0,
+        metadata=_help("Validation nodes scored, for large graphs: a sample of the validation nodes stratified by "
+                       "class, drawn once from --seed, for every evaluation and the final report; 0 = every "
+                       "validation node. The test nodes are always all scored.", check="non-negative", neutral=0),
+    )
     ft_patience: int = field(
         default=2,
         metadata=_help("Stop after this many evaluations without a better val accuracy.", check="at-least-1"),

@@ -21,6 +21,7 @@ from ...metrics_log import ScalarLog
 from ....data import SPLIT_NAMES
 from ....model.evaluation import classification_report
 from ....model.predictor import GraphWordPredictor
+from ....model.sampling import stratified_sample
 from ...runtime import EarlyStopping, TrainingState, log, progress, snapshot
 from .workspace import Workspace
 
@@ -45,9 +46,10 @@ def score(predictor: GraphWordPredictor, node_tokens: nn.Module, ws: Workspace, 
 
 
 def evaluate(predictor, node_tokens: nn.Module, ws: Workspace, quiet: bool, parts=("val", "test")) -> tuple:
-    """Scores of the nodes of ``parts`` and a report per part (early stopping asks for val only)."""
+    """Scores of the nodes of ``parts`` (validation's: its ``--ft-val-nodes`` sample where set) and a report per
+    part (early stopping asks for val only)."""
     wanted = [SPLIT_NAMES.index(p) for p in parts]
-    nodes = np.flatnonzero(np.isin(ws.split, wanted))
+    nodes = np.sort(np.concatenate([ws.scored_nodes(p) for p in parts]))
     started = time.time()
     scores = score(predictor, node_tokens, ws, nodes, quiet)
     pred, true, part = scores.argmax(1).numpy(), ws.data.y.numpy()[nodes], ws.split[nodes]
@@ -94,7 +96,7 @@ def train(predictor: GraphWordPredictor, node_tokens: nn.Module, ws: Workspace, 
         stopper.update(start_accuracy)
     for epoch in range(start_epoch, epochs):
         epoch_start, losses, batches = time.time(), [], train_batches(
-            epoch_sample(train_nodes, classes, epoch_prompts, generator), cfg.batch_size)
+            stratified_sample(train_nodes, classes, epoch_prompts, generator), cfg.batch_size)
         for i, batch in enumerate(progress(batches, quiet=quiet, desc=f"{phase} epoch {epoch + 1}"), start=1):
             loss, batch_tokens, gnn_norm = train_step(predictor, node_tokens, optimizer, scheduler, batch,
                                                       targets, weights, cfg)
@@ -236,21 +238,6 @@ def lr_scheduler(optimizer, cfg: FinetuneConfig, total_steps: int):
     name = "constant_with_warmup" if cfg.lr_schedule == "constant" else cfg.lr_schedule
     return get_scheduler(name, optimizer, num_warmup_steps=round(cfg.warmup_ratio * total_steps),
                          num_training_steps=total_steps)
-
-
-def epoch_sample(nodes: np.ndarray, classes: np.ndarray, size: int, generator: np.random.Generator) -> np.ndarray:
-    """One epoch's training nodes in a random order: all of ``nodes``, or where ``size`` is fewer, a sample
-    of ``size`` without replacement, stratified by ``classes`` ([N]): each class's quota is its share of
-    ``size``, rounded by largest remainder (Hamilton's method), so the sample's class counts are the nodes'."""
-    if size >= len(nodes):
-        return generator.permutation(nodes)
-    labels = classes[nodes]
-    kinds, counts = np.unique(labels, return_counts=True)
-    exact = size * counts / len(nodes)
-    quota = np.floor(exact).astype(int)
-    quota[np.argsort(quota - exact, kind="stable")[: size - quota.sum()]] += 1
-    picked = [generator.choice(nodes[labels == kind], count, replace=False) for kind, count in zip(kinds, quota)]
-    return generator.permutation(np.concatenate(picked))
 
 
 def train_batches(nodes: np.ndarray, batch_size: int) -> list:

@@ -4,6 +4,7 @@ codebook, the tokenizer, the prompt template, the nodes' text tokens and stage t
 import hashlib
 import json
 from dataclasses import asdict, dataclass, replace
+from functools import cached_property
 from typing import Optional
 
 import numpy as np
@@ -13,11 +14,12 @@ from torch import nn
 from ...artifacts import Artifact, artifact_key, load_torch
 from ....model.codebook import Codebook
 from ...config import FinetuneConfig, key_fields
-from ....data import GraphData, title_and_rest
+from ....data import SPLIT_NAMES, GraphData, title_and_rest
 from ....errors import InputError
 from ...llm import ResolvedLLM, load_tokenizer
 from ....model.predictor import FullPromptPredictor, GraphWordPredictor
 from ....model.prompts import PromptTemplate, build_template, node_suffix, node_text
+from ....model.sampling import stratified_sample
 from ...resolve import Plan
 from .. import codebook as codebook_stage
 from ..encode import build_model
@@ -27,9 +29,9 @@ from ..encode import build_model
 # settings (--use-text, --max-text-tokens) enter through the prompts they make, so a graph without text gets the
 # same key whatever they say.
 KEY_FIELDS = ("lora_r", "lora_alpha", "lora_dropout", "lora_targets", "lora_layers", "token_economy", "batch_size",
-              "ft_epochs", "ft_prompts_per_epoch", "ft_patience", "eval_every", "llm_lr", "lr_schedule", "warmup_ratio",
-              "max_grad_norm", "code_samples", "ft_loss", "distill_weight", "gnn_lr", "ft_weight_decay", "node_tokens", "joint",
-              "joint_epochs", "joint_stage_one_weight", "quantization", "precision")
+              "ft_epochs", "ft_prompts_per_epoch", "ft_val_nodes", "ft_patience", "eval_every", "llm_lr", "lr_schedule",
+              "warmup_ratio", "max_grad_norm", "code_samples", "ft_loss", "distill_weight", "gnn_lr", "ft_weight_decay",
+              "node_tokens", "joint", "joint_epochs", "joint_stage_one_weight", "quantization", "precision")
 
 
 @dataclass(frozen=True)
@@ -60,6 +62,16 @@ class Workspace:
     @property
     def split(self) -> np.ndarray:
         return self.plan.split
+
+    def scored_nodes(self, part: str) -> np.ndarray:
+        """The nodes of ``part`` that evaluations score, in order: all, but validation's ``--ft-val-nodes``."""
+        return self._validation_sample if part == "val" else np.flatnonzero(self.split == SPLIT_NAMES.index(part))
+
+    @cached_property
+    def _validation_sample(self) -> np.ndarray:
+        nodes = np.flatnonzero(self.split == SPLIT_NAMES.index("val"))
+        size = self.cfg.ft_val_nodes or len(nodes)
+        return np.sort(stratified_sample(nodes, self.data.y.numpy(), size, np.random.default_rng(self.cfg.seed)))
 
 
 def prompts_with_text(plan: Plan) -> bool:
