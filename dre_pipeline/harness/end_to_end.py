@@ -244,4 +244,7 @@ def markdown(payload: dict) -> list:
         for label, model in ((f"Dr.E ({a['dre']['dtype']})", "dre"), ("its stage-one label head", "stage_one_head"),
                              ("GraphSAGE (same features and split)", "sage")):
             lines.append(f"| {label} | {percent(a[model]['val'])} | {percent(a[model]['test'])} |")
+        if r["settings"].get("ft_val_nodes"):
+            lines += ["", f"Dr.E's val %: on the {r['settings']['ft_val_nodes']:,} validation nodes it scored "
+                          "(`--ft-val-nodes`); the others' on every validation node. Test %: every test node."]
     return lines + [""]
