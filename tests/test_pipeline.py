@@ -18,7 +18,6 @@ from dre_pipeline.pipeline.stages.code_table import read_codes, write_codes
 from dre_pipeline.pipeline.stages.finetune import finetune, node_tokens, predict, training, workspace
 from dre_pipeline.pipeline import commands
 from dre_pipeline.pipeline.resolve import resolve
-from dre_pipeline.model.sampling import stratified_sample
 from dre_pipeline.pipeline.llm import resolve_llm
 
 # fp32 on every CPU: these tests hold two code paths to each other's scores, which bf16's rounding would blur
@@ -627,20 +626,6 @@ def test_joint_pass_codes_of_the_whole_graph_in_node_chunks_are_the_whole_graphs
     with torch.no_grad():
         whole = torch.stack([v.codes for v in loop.encoder(data.x, data.edge_index)], dim=1).numpy()
     assert np.array_equal(loop.all_codes(chunk=41), whole) and np.array_equal(loop.all_codes(), whole)
-
-
-def test_a_prompt_budget_samples_each_epoch_by_class_share_and_covers_every_node_without_one():
-    nodes = np.arange(100, 400)
-    classes = np.zeros(400, dtype=int)
-    classes[100:160], classes[160:250] = 1, 2  # shares 60 / 90 / 150 of 300
-    generator = np.random.default_rng(0)
-    first, second = (stratified_sample(nodes, classes, 50, generator) for _ in range(2))
-    for sample in (first, second):
-        assert len(sample) == len(set(sample)) == 50 and set(sample) <= set(nodes)
-        assert np.bincount(classes[sample], minlength=3).tolist() == [25, 10, 15]  # 50 x 150/300, 60/300, 90/300
-    assert set(first) != set(second)  # drawn anew each epoch
-    everything = stratified_sample(nodes, classes, len(nodes), generator)
-    assert sorted(everything) == nodes.tolist() and (everything != nodes).any()  # all of them, shuffled
 
 
 def test_finetune_trains_the_prompt_budget_per_epoch(run):

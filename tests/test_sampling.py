@@ -1,7 +1,9 @@
-"""Mini-batch stage one: the neighbour sampler, trimmed steps, their seeds, and whole-graph inference hop by hop."""
+"""Sampling: the neighbour sampler of mini-batch stage one, trimmed steps, their seeds, whole-graph inference hop
+by hop, and the class-stratified samples of stage two's budgets."""
 
 from dataclasses import replace
 
+import numpy as np
 import pyarrow.parquet as pq
 import torch
 from torch_geometric.utils import to_undirected
@@ -11,7 +13,7 @@ from dre_pipeline.pipeline.config import EncodeConfig
 from dre_pipeline.data import load_dataset
 from dre_pipeline.model import losses
 from dre_pipeline.model.gnn import MultiViewSAGE, StageOneModel
-from dre_pipeline.model.sampling import NeighborSampler
+from dre_pipeline.model.sampling import NeighborSampler, stratified_sample
 from dre_pipeline.pipeline.stages import codebook as codebook_stage, encode
 from dre_pipeline.pipeline import commands
 
@@ -190,3 +192,17 @@ def test_a_process_whose_share_of_a_step_is_empty_takes_a_seed_at_weight_zero(mo
     train = torch.tensor([True, False, False, False])
     (nodes, _, num_seeds, _, weight), = encode.training_batches(data, sampler, 4, train, 0.0, torch.Generator())
     assert num_seeds == 1 and nodes[0] == 0 and weight == 0
+
+
+def test_a_stratified_sample_keeps_each_class_share_and_is_drawn_anew_or_is_every_node_shuffled():
+    nodes = np.arange(100, 400)
+    classes = np.zeros(400, dtype=int)
+    classes[100:160], classes[160:250] = 1, 2  # shares 60 / 90 / 150 of 300
+    generator = np.random.default_rng(0)
+    first, second = (stratified_sample(nodes, classes, 50, generator) for _ in range(2))
+    for sample in (first, second):
+        assert len(sample) == len(set(sample)) == 50 and set(sample) <= set(nodes)
+        assert np.bincount(classes[sample], minlength=3).tolist() == [25, 10, 15]  # 50 x 150/300, 60/300, 90/300
+    assert set(first) != set(second)  # drawn anew each epoch
+    everything = stratified_sample(nodes, classes, len(nodes), generator)
+    assert sorted(everything) == nodes.tolist() and (everything != nodes).any()  # all of them, shuffled
