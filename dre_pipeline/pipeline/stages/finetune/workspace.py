@@ -70,8 +70,10 @@ class Workspace:
     @cached_property
     def _validation_sample(self) -> np.ndarray:
         nodes = np.flatnonzero(self.split == SPLIT_NAMES.index("val"))
-        size = self.cfg.ft_val_nodes or len(nodes)
-        return np.sort(stratified_sample(nodes, self.data.y.numpy(), size, np.random.default_rng(self.cfg.seed)))
+        if not self.cfg.ft_val_nodes:
+            return nodes
+        return np.sort(stratified_sample(nodes, self.data.y.numpy(), self.cfg.ft_val_nodes,
+                                         np.random.default_rng(self.cfg.seed)))
 
 
 def prompts_with_text(plan: Plan) -> bool:
