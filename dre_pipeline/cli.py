@@ -23,7 +23,7 @@ from .harness.bench_config import BenchConfig
 from .pipeline.config import PRESETS, CodebookConfig, EncodeConfig, FinetuneConfig, StoreConfig
 from .errors import InputError
 from .pipeline import run_file
-from .pipeline.runtime import check_environment, setup_logging
+from .pipeline.runtime import check_environment, keep_freed_memory, setup_logging
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Dr.E: graphs as words for LLMs.")
 
@@ -393,6 +393,7 @@ def bench(cfg: BenchConfig, store: Store, quiet: bool):
 
 
 def main() -> None:
+    keep_freed_memory()
     app()
 
 

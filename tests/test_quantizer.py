@@ -18,8 +18,9 @@ def test_residual_norm_shrinks_with_each_code():
     cb = codebook(m=256, d=64)
     words = torch.stack([torch.randperm(256, generator=torch.Generator().manual_seed(i))[:4] for i in range(50)])
     h = cb[words].sum(1)  # each view is a sum of four words
-    out = ResidualVQ(cb, num_codes=4)(h)
-    norms = out.residual_norms
+    vq = ResidualVQ(cb, num_codes=4)
+    out = vq(h)
+    norms = vq.residual_norms(h, out.codes)
     assert norms.shape == (50, 5)
     assert torch.all(norms[:, 1:] < norms[:, :-1])
     assert norms[:, -1].max() < 1e-3  # four codes explain it fully
@@ -31,6 +32,18 @@ def test_quantized_view_is_the_sum_of_code_words():
     h = torch.randn(30, 16)
     out = ResidualVQ(cb, num_codes=3)(h)
     assert torch.allclose(out.z, cb[out.codes].sum(1), atol=1e-5)
+
+
+def test_quantized_view_sums_the_words_exactly_as_gathering_them_level_by_level():
+    # z_hat is one embedding_bag: the same fp32 sums, in the same order, as K row gathers added to zeros
+    cb = codebook(m=512, d=96)
+    h = torch.randn(300, 96, requires_grad=True)
+    out = ResidualVQ(cb, num_codes=4)(h)
+    z_hat = torch.zeros(300, 96)
+    for k in range(4):
+        z_hat += cb.index_select(0, out.codes[:, k])
+    assert torch.equal(out.z.detach(), (h + (z_hat - h)).detach())
+    assert torch.equal(out.commitment, F.mse_loss(h, z_hat))
 
 
 def test_first_code_is_the_most_cosine_similar_word():

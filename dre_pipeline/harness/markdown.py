@@ -62,7 +62,7 @@ def sections(out_dir: Path) -> dict:
 
     return {"economy": economy_markdown, "inductive": inductive_markdown,
             "scale": lambda payload: scale_markdown(payload, out_dir), "end_to_end": end_to_end_markdown,
-            "trimmed_step": trimmed_step_markdown,
+            "trimmed_step": trimmed_step_markdown, "step_allocations": step_allocations_markdown,
             "word_search": word_search_markdown, "speed": speed_markdown, "targets": targets_markdown, "memory_peaks": None}
 
 
@@ -279,6 +279,30 @@ def trimmed_step_markdown(payload: dict) -> list:
         lines.append(f"| {r['nodes']:,} | {old['seconds_per_step']:.2f} | {new['seconds_per_step']:.2f} | "
                      f"{r['step_speedup']:.1f}x | {old['epoch_seconds_estimate']:,.0f} | "
                      f"{new['epoch_seconds_estimate']:,.0f} | {r['epoch_speedup']:.1f}x | {layers[0]} | {layers[1]} |")
+    return lines + [""]
+
+
+def step_allocations_markdown(payload: dict) -> list:
+    """Stage one's trimmed step before and after its allocation cuts, in fresh processes taking turns
+    (benchmarks/step_allocations.py)."""
+    lines = ["## Stage one's step before and after its allocation cuts, side by side", "",
+             f"- command: `{payload['command']}`", f"- machine: {payload['machine']}", f"- date: {payload['date']}",
+             "- before (54ba6f1): z_hat from zeros and K row gathers, every view's residual norms in training too, "
+             "glibc's default allocator; gathered: z_hat in one embedding_bag, the norms only for encode's metrics; "
+             "kept: the same, freed blocks kept for reuse as every CLI process does (`runtime.keep_freed_memory`); "
+             "the same codes and losses in all three",
+             "- the settings take turns in fresh processes; s/step: the mean of every timed step; epoch: encode's "
+             "steps per epoch times it; peak: the largest resident set of a process (graph, model and all)", "",
+             "| nodes | before s/step | gathered | kept | speed-up, gathered / kept | steps/epoch "
+             "| epoch before s | kept s | peak MB before / gathered / kept |",
+             "|---:|---:|---:|---:|---|---:|---:|---:|---|"]
+    for r in payload["rows"]:
+        before, gathered, kept = r["before"], r["gathered"], r["kept"]
+        peaks = " / ".join(f"{r[s]['peak_rss_mb']:,.0f}" for s in ("before", "gathered", "kept"))
+        lines.append(f"| {r['nodes']:,} | {before['seconds_per_step']:.2f} | {gathered['seconds_per_step']:.2f} | "
+                     f"{kept['seconds_per_step']:.2f} | {gathered['speedup']:.2f}x / {kept['speedup']:.2f}x | "
+                     f"{r['steps_per_epoch']:,} | {before['epoch_seconds_estimate']:,.0f} | "
+                     f"{kept['epoch_seconds_estimate']:,.0f} | {peaks} |")
     return lines + [""]
 
 

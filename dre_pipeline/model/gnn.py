@@ -150,7 +150,7 @@ class StageOneModel(nn.Module):
                 view, following[rows] = self.encoder.hop(t, (x, x[rows]), edges)
                 codes[rows, t] = view.codes
                 logits[rows] += view.z @ head.T
-                norms += view.residual_norms.sum(0)
+                norms += self.encoder.quantizer.residual_norms(view.h, view.codes).sum(0)
             x = following
         return codes, logits, norms / (n * num_views)
 
