@@ -1,8 +1,9 @@
 """Measured peak memory of ``encode`` and ``finetune`` on the CPU, for ``dre-pipeline plan`` to be checked against.
 
-Each run is a fresh Python process: it imports everything the stage imports, notes its resident size
-(the *baseline*: interpreter, torch, transformers, PEFT), runs the stage's CLI command with ``--force``
-(the upstream stages already in the store), and reports ``VmHWM`` (the process's peak resident
+Each run is a fresh Python process, its allocator set up as the CLI's
+(:func:`dre_pipeline.pipeline.runtime.keep_freed_memory`): it imports everything the stage imports, notes its
+resident size (the *baseline*: interpreter, torch, transformers, PEFT), runs the stage's CLI command with
+``--force`` (the upstream stages already in the store), and reports ``VmHWM`` (the process's peak resident
 size) less the baseline. That difference is what the plan estimates: the memory the stage's own
 tensors and objects take above a loaded interpreter.
 
@@ -35,6 +36,7 @@ import peft, transformers, wordfreq, sklearn.feature_extraction.text
 import zarr, pyarrow.dataset, torch.onnx, torch.profiler  # imported on the way: the store's arrays, the tables
 from transformers import AutoModelForCausalLM, AutoTokenizer
 import transformers.models.llama.modeling_llama
+dre_pipeline.pipeline.runtime.keep_freed_memory()  # as dre_pipeline.cli.main sets every CLI process up
 def resident():
     with open('/proc/self/statm') as f:
         return int(f.read().split()[1]) * resource.getpagesize()
