@@ -47,12 +47,9 @@ def forward_before(self, h):
 
 def measure(setting: str, num_nodes: int, steps: int, store_root: str) -> dict:
     """In a fresh process: ``steps`` trimmed training steps under ``setting``, after an untimed one."""
-    import torch
+    from trimmed_step import training_setup
 
-    from dre_pipeline.data import make_split
-    from dre_pipeline.harness.scale import generated_graph
     from dre_pipeline.model import quantizer
-    from dre_pipeline.model.sampling import NeighborSampler
     from dre_pipeline.pipeline.artifacts import Store
     from dre_pipeline.pipeline.config import EncodeConfig
     from dre_pipeline.pipeline.llm import resolve_llm
@@ -65,13 +62,7 @@ def measure(setting: str, num_nodes: int, steps: int, store_root: str) -> dict:
     cfg = EncodeConfig(batch_nodes=SEEDS)
     store = Store(Path(store_root))
     codebook = codebook_stage.load(codebook_stage.run(cfg, resolve_llm(cfg.llm_path, store), store))
-    data = generated_graph(num_nodes)
-    train_mask = torch.from_numpy(make_split(data, "random", 0)).long() == 0
-    torch.manual_seed(0)
-    model = encode.build_model(cfg, data, codebook)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    model.train()
-    sampler = NeighborSampler(data.edge_index, num_nodes, cfg.neighbors(), seed=0)
+    data, train_mask, model, optimizer, sampler = training_setup(cfg, codebook, num_nodes)
     seeds = encode.epoch_seeds(train_mask, SEEDS, cfg.reconstruction_seeds, sampler.generator)
     seconds = []
     for _ in range(steps + 1):

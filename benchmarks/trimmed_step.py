@@ -68,19 +68,25 @@ def timed_step(model, optimizer, data, train_mask, seeds, sampler, cfg, trimmed:
     return {"seconds": seconds, "subgraph_nodes": len(nodes), "layer_nodes": per_layer}
 
 
+def training_setup(cfg: EncodeConfig, codebook, num_nodes: int) -> tuple:
+    """bench --scale's generated graph of ``num_nodes``, its training mask, stage one's model and optimizer in
+    training mode (seeded), and the neighbour sampler."""
+    data = generated_graph(num_nodes)
+    train_mask = torch.from_numpy(make_split(data, "random", 0)).long() == 0
+    torch.manual_seed(0)
+    model = encode.build_model(cfg, data, codebook)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    model.train()
+    return data, train_mask, model, optimizer, NeighborSampler(data.edge_index, num_nodes, cfg.neighbors(), seed=0)
+
+
 def steps(sizes: list, repeats: int, store_root: Path) -> list:
     cfg = EncodeConfig(batch_nodes=SEEDS)
     store = Store(store_root)
     codebook = codebook_stage.load(codebook_stage.run(cfg, resolve_llm(cfg.llm_path, store), store))
     rows = []
     for num_nodes in sizes:
-        data = generated_graph(num_nodes)
-        train_mask = torch.from_numpy(make_split(data, "random", 0)).long() == 0
-        torch.manual_seed(0)
-        model = encode.build_model(cfg, data, codebook)
-        optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-        model.train()
-        sampler = NeighborSampler(data.edge_index, num_nodes, cfg.neighbors(), seed=0)
+        data, train_mask, model, optimizer, sampler = training_setup(cfg, codebook, num_nodes)
         trimmed_seeds = encode.epoch_seeds(train_mask, SEEDS, cfg.reconstruction_seeds, sampler.generator)
         timed_step(model, optimizer, data, train_mask, next(trimmed_seeds), sampler, cfg, True)  # builds the search tables
         new = [timed_step(model, optimizer, data, train_mask, next(trimmed_seeds), sampler, cfg, True)
