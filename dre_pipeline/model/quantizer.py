@@ -121,8 +121,9 @@ class ResidualVQ(nn.Module):
 
     def forward(self, h: Tensor) -> Quantized:
         codes = self.search(h.detach())
-        # z_hat = e_{c_1} + .. + e_{c_K} in one gather-and-sum, no [N, K, d] tensor held: the same sums, added in
-        # the same order, as K row gathers added to zeros, ~10x faster on CPU (22 against 218 ms, 21k x 576, K = 4)
+        # z_hat = e_{c_1} + .. + e_{c_K} in one gather-and-sum, no [N, K, d] tensor held: on the CPU the same sums,
+        # added in the same order, as K row gathers added to zeros (tested), and ~10x faster (22 against 218 ms with
+        # the residual norms, 21k x 576, K = 4)
         z_hat = F.embedding_bag(codes, self.words, mode="sum")
         commitment = F.mse_loss(h, z_hat)
         z = h + (z_hat - h).detach()
