@@ -16,7 +16,6 @@ steps after an untimed one. The epoch estimate is encode's steps per epoch times
 """
 
 import argparse
-import datetime
 import json
 import resource
 import tempfile
@@ -99,8 +98,7 @@ def run(sizes: list, rounds: int, steps: int, store_root: str) -> list:
 
 
 def main() -> None:
-    from dre_pipeline.harness.markdown import write_markdown
-    from trimmed_step import machine
+    from trimmed_step import save_rows
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--sizes", default="100000,1000000", help="graph sizes, comma-separated")
@@ -110,13 +108,9 @@ def main() -> None:
     args = parser.parse_args()
     sizes = [int(s) for s in args.sizes.split(",")]
     store = args.store or tempfile.mkdtemp(prefix="step-allocations-")
-    rows = run(sizes, args.rounds, args.steps, store)
-    results = Path(__file__).parent
-    payload = {"rows": rows, "machine": machine(), "date": datetime.date.today().isoformat(),
-               "command": f"PYTHONPATH=. python benchmarks/step_allocations.py --sizes {args.sizes} "
-                          f"--rounds {args.rounds} --steps {args.steps}"}
-    (results / "results" / "step_allocations.json").write_text(json.dumps(payload, indent=2) + "\n")
-    write_markdown(results)
+    save_rows("step_allocations", run(sizes, args.rounds, args.steps, store),
+              f"PYTHONPATH=. python benchmarks/step_allocations.py --sizes {args.sizes} --rounds {args.rounds} "
+              f"--steps {args.steps}")
 
 
 if __name__ == "__main__":

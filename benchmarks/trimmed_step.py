@@ -80,6 +80,19 @@ def training_setup(cfg: EncodeConfig, codebook, num_nodes: int) -> tuple:
     return data, train_mask, model, optimizer, NeighborSampler(data.edge_index, num_nodes, cfg.neighbors(), seed=0)
 
 
+def save_rows(name: str, rows: list, command: str) -> None:
+    """``rows`` with this machine, today and ``command`` into ``benchmarks/results/<name>.json``; RESULTS.md
+    rewritten with it."""
+    import datetime
+
+    from dre_pipeline.harness.markdown import write_markdown
+
+    results = Path(__file__).parent
+    payload = {"rows": rows, "machine": machine(), "date": datetime.date.today().isoformat(), "command": command}
+    (results / "results" / f"{name}.json").write_text(json.dumps(payload, indent=2) + "\n")
+    write_markdown(results)
+
+
 def steps(sizes: list, repeats: int, store_root: Path) -> list:
     cfg = EncodeConfig(batch_nodes=SEEDS)
     store = Store(store_root)

@@ -186,6 +186,20 @@ def test_each_graphs_economy_table_is_a_section_of_its_own(tmp_path):
     assert "## Accuracy: economy" not in markdown  # neither is read as a dataset's accuracy table
 
 
+def test_the_freed_blocks_table_sets_each_setting_against_glibcs_default_of_its_own_size(tmp_path):
+    from dre_pipeline.harness.bench import write_results
+
+    def row(threshold, nodes, step, encode, peak):
+        return {"threshold": threshold, "nodes": nodes, "train": {"seconds_per_step": step, "epoch_seconds_estimate": 10 * step},
+                "encode": {"seconds": encode}, "peak_memory_mb": peak}
+
+    rows = [row("default", 1000, 2.0, 20.0, 1000), row("64", 1000, 1.0, 10.0, 1500), row("default", 9000, 4.0, 40.0, 4000)]
+    write_results(tmp_path, "freed_blocks", {"command": "c", "machine": "m", "date": "d", "rows": rows})
+    section = (tmp_path / "RESULTS.md").read_text().split("## Freed blocks kept for reuse")[1]
+    assert "| 1,000 | up to 64 MB | 1.00 | 10 | 10 | 1,500 | 0.50 | 0.50 | 1.50 |" in section
+    assert "| 9,000 | glibc default | 4.00 | 40 | 40 | 4,000 | 1.00 | 1.00 | 1.00 |" in section
+
+
 def test_quick_end_to_end_bench_runs_each_stage_as_a_command_of_its_own(tmp_path):
     import pyarrow.parquet as pq
 

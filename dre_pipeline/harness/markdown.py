@@ -63,7 +63,7 @@ def sections(out_dir: Path) -> dict:
     return {"economy": economy_markdown, "inductive": inductive_markdown,
             "scale": lambda payload: scale_markdown(payload, out_dir), "end_to_end": end_to_end_markdown,
             "trimmed_step": trimmed_step_markdown, "step_allocations": step_allocations_markdown,
-            "word_search": word_search_markdown, "speed": speed_markdown, "targets": targets_markdown, "memory_peaks": None}
+            "freed_blocks": freed_blocks_markdown, "word_search": word_search_markdown, "speed": speed_markdown, "targets": targets_markdown, "memory_peaks": None}
 
 
 def section_of(name: str) -> str:
@@ -282,11 +282,16 @@ def trimmed_step_markdown(payload: dict) -> list:
     return lines + [""]
 
 
+def side_by_side_header(title: str, payload: dict) -> list:
+    """A benchmark script's section title, and the one command, machine and date behind all its rows."""
+    return [f"## {title}", "", f"- command: `{payload['command']}`", f"- machine: {payload['machine']}",
+            f"- date: {payload['date']}"]
+
+
 def step_allocations_markdown(payload: dict) -> list:
     """Stage one's trimmed step before and after its allocation cuts, in fresh processes taking turns
     (benchmarks/step_allocations.py)."""
-    lines = ["## Stage one's step before and after its allocation cuts, side by side", "",
-             f"- command: `{payload['command']}`", f"- machine: {payload['machine']}", f"- date: {payload['date']}",
+    lines = [*side_by_side_header("Stage one's step before and after its allocation cuts, side by side", payload),
              "- before (54ba6f1): z_hat from zeros and K row gathers, every view's residual norms in training too, "
              "glibc's default allocator; gathered: z_hat in one embedding_bag, the norms only for encode's metrics; "
              "kept: the same, freed blocks kept for reuse as every CLI process does (`runtime.keep_freed_memory`); "
@@ -303,6 +308,29 @@ def step_allocations_markdown(payload: dict) -> list:
                      f"{kept['seconds_per_step']:.2f} | {gathered['speedup']:.2f}x / {kept['speedup']:.2f}x | "
                      f"{r['steps_per_epoch']:,} | {before['epoch_seconds_estimate']:,.0f} | "
                      f"{kept['epoch_seconds_estimate']:,.0f} | {peaks} |")
+    return lines + [""]
+
+
+def freed_blocks_markdown(payload: dict) -> list:
+    """bench --scale's rows under each size of freed block kept for reuse, in fresh processes taking turns
+    (benchmarks/freed_blocks.py)."""
+    lines = [*side_by_side_header("Freed blocks kept for reuse: stage one's speed against its peak memory, side by side",
+                                  payload),
+             "- each row: `bench --scale`'s measurement of one size (3 training steps after one untimed, every node "
+             "encoded, the search timed) in a fresh process whose glibc keeps freed blocks up to the size given "
+             "(default: glibc's own, every block above 32 MB mapped afresh); the same codes and losses in all; "
+             "against default: its time or peak over the default's", "",
+             "| nodes | blocks kept | train s/step | epoch estimate s | encode s | peak MB | step against default "
+             "| encode against default | peak against default |", "|---:|---|---:|---:|---:|---:|---:|---:|---:|"]
+    default = {r["nodes"]: r for r in payload["rows"] if r["threshold"] == "default"}
+    for r in payload["rows"]:
+        base, t = default[r["nodes"]], r["train"]
+        kept = "glibc default" if r["threshold"] == "default" else f"up to {r['threshold']} MB"
+        lines.append(f"| {r['nodes']:,} | {kept} | {t['seconds_per_step']:.2f} | {t['epoch_seconds_estimate']:,.0f} | "
+                     f"{r['encode']['seconds']:.0f} | {r['peak_memory_mb']:,.0f} | "
+                     f"{t['seconds_per_step'] / base['train']['seconds_per_step']:.2f} | "
+                     f"{r['encode']['seconds'] / base['encode']['seconds']:.2f} | "
+                     f"{r['peak_memory_mb'] / base['peak_memory_mb']:.2f} |")
     return lines + [""]
 
 

@@ -30,19 +30,20 @@ def seed_everything(seed: int) -> None:
 # glibc's malloc maps every block above its threshold (32 MB at most, by default) afresh from the kernel and unmaps
 # it when freed, so each [N, d] temporary of a stage-one step (48 MB at 21k x 576) is faulted in page by page
 # again: 21 ms for a product that takes 5 ms in a reused buffer (AMD EPYC). Blocks up to this size stay in the
-# heap for reuse; the heap's free top is given back above twice it.
-KEEP_FREED_BLOCKS_BYTES = 256 << 20
+# heap for reuse; the heap's free top is given back above twice it. 64 MB holds a step's temporaries and keeps
+# whole-graph [N, d] blocks out of the heap: as fast a step as 256 MB, at 1.19x glibc's peak at 100k nodes where
+# 256 MB took 1.53x (benchmarks/freed_blocks.py).
+KEEP_FREED_BLOCKS_BYTES = 64 << 20
 M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # glibc's <malloc.h>
 
 
-def keep_freed_memory() -> bool:
-    """Keep freed blocks of up to :data:`KEEP_FREED_BLOCKS_BYTES` for reuse, for the whole process (the CLI's
-    processes set it as they start); False where the C library is not glibc, which is then left as it is."""
+def keep_freed_memory(block_bytes: int = KEEP_FREED_BLOCKS_BYTES) -> bool:
+    """Keep freed blocks of up to ``block_bytes`` for reuse, for the whole process (the CLI's processes set it as
+    they start); False where the C library is not glibc, which is then left as it is."""
     libc = ctypes.CDLL(None) if sys.platform.startswith("linux") else None
     if libc is None or not hasattr(libc, "gnu_get_libc_version"):  # musl, macOS, Windows: other allocators
         return False
-    return bool(libc.mallopt(M_MMAP_THRESHOLD, KEEP_FREED_BLOCKS_BYTES)
-                and libc.mallopt(M_TRIM_THRESHOLD, 2 * KEEP_FREED_BLOCKS_BYTES))
+    return bool(libc.mallopt(M_MMAP_THRESHOLD, block_bytes) and libc.mallopt(M_TRIM_THRESHOLD, 2 * block_bytes))
 
 
 def checkpoint_seconds() -> float:
