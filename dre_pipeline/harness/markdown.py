@@ -63,7 +63,8 @@ def sections(out_dir: Path) -> dict:
     return {"economy": economy_markdown, "inductive": inductive_markdown,
             "scale": lambda payload: scale_markdown(payload, out_dir), "end_to_end": end_to_end_markdown,
             "trimmed_step": trimmed_step_markdown, "step_allocations": step_allocations_markdown,
-            "freed_blocks": freed_blocks_markdown, "word_search": word_search_markdown, "speed": speed_markdown, "targets": targets_markdown, "memory_peaks": None}
+            "freed_blocks": freed_blocks_markdown, "word_search": word_search_markdown, "speed": speed_markdown,
+            "targets": targets_markdown, "memory_peaks": None}
 
 
 def section_of(name: str) -> str:
@@ -269,8 +270,7 @@ def inductive_markdown(payload: dict) -> list:
 
 def trimmed_step_markdown(payload: dict) -> list:
     """Stage one's mini-batch step as it was and trimmed, side by side in one process (benchmarks/trimmed_step.py)."""
-    lines = ["## Stage one's step as it was and trimmed, side by side", "", f"- command: `{payload['command']}`",
-             f"- machine: {payload['machine']}", f"- date: {payload['date']}", f"- {payload['note']}", "",
+    lines = [*side_by_side_header("Stage one's step as it was and trimmed, side by side", payload), f"- {payload['note']}", "",
              "| nodes | step as it was s | trimmed s | step speed-up | epoch as it was s | trimmed s | epoch speed-up "
              "| layer nodes as it was | trimmed |", "|---:|---:|---:|---:|---:|---:|---:|---|---|"]
     for r in payload["rows"]:
@@ -336,8 +336,7 @@ def freed_blocks_markdown(payload: dict) -> list:
 
 def word_search_markdown(payload: dict) -> list:
     """Stage one's code search, exact against clustered, side by side in one process (benchmarks/word_search.py)."""
-    lines = ["## Stage one's code search, exact and over clustered words", "", f"- command: `{payload['command']}`",
-             f"- machine: {payload['machine']}", f"- date: {payload['date']}",
+    lines = [*side_by_side_header("Stage one's code search, exact and over clustered words", payload),
              "- clustered: spherical k-means of the unit words into sqrt(M) clusters, each level searching the words "
              "of its best eighth of them exactly (an inverted-file index, in torch; benchmarks/word_search.py)",
              f"- recall: the views of every node and hop of {payload['views_of']}'s exact model, searched both ways "
