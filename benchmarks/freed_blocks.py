@@ -14,8 +14,6 @@ The codes and losses are the same under every setting; only time and resident me
 import argparse
 import json
 import tempfile
-from concurrent.futures import ProcessPoolExecutor
-from multiprocessing import get_context
 
 
 def measure(threshold: str, num_nodes: int, store_root: str) -> dict:
@@ -29,11 +27,12 @@ def measure(threshold: str, num_nodes: int, store_root: str) -> dict:
 
 
 def run(sizes: list, thresholds: list, store_root: str) -> list:
+    from trimmed_step import in_glibc_default_process
+
     rows = []
     for num_nodes in sizes:
         for threshold in thresholds:
-            with ProcessPoolExecutor(1, mp_context=get_context("spawn")) as pool:  # glibc's defaults, untouched
-                found = pool.submit(measure, threshold, num_nodes, store_root).result()
+            found = in_glibc_default_process(measure, threshold, num_nodes, store_root)
             print(json.dumps(found), flush=True)
             rows.append(found)
     return rows

@@ -20,8 +20,6 @@ import json
 import resource
 import tempfile
 import time
-from concurrent.futures import ProcessPoolExecutor
-from multiprocessing import get_context
 from pathlib import Path
 
 SEEDS = 256
@@ -75,13 +73,14 @@ def measure(setting: str, num_nodes: int, steps: int, store_root: str) -> dict:
 
 
 def run(sizes: list, rounds: int, steps: int, store_root: str) -> list:
+    from trimmed_step import in_glibc_default_process
+
     rows = []
     for num_nodes in sizes:
         runs = {setting: [] for setting in SETTINGS}
         for round_ in range(rounds):
             for setting in SETTINGS if round_ % 2 == 0 else SETTINGS[::-1]:
-                with ProcessPoolExecutor(1, mp_context=get_context("spawn")) as pool:  # glibc's defaults, untouched
-                    found = pool.submit(measure, setting, num_nodes, steps, store_root).result()
+                found = in_glibc_default_process(measure, setting, num_nodes, steps, store_root)
                 print(json.dumps(found), flush=True)
                 runs[setting].append(found)
         row = {"nodes": num_nodes, "steps_per_epoch": runs["before"][0]["steps_per_epoch"]}

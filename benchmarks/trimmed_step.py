@@ -80,6 +80,15 @@ def training_setup(cfg: EncodeConfig, codebook, num_nodes: int) -> tuple:
     return data, train_mask, model, optimizer, NeighborSampler(data.edge_index, num_nodes, cfg.neighbors(), seed=0)
 
 
+def in_glibc_default_process(fn, *args):
+    """``fn(*args)`` in a spawned process whose allocator is glibc's own, not the CLI's (``fn`` sets its own)."""
+    from concurrent.futures import ProcessPoolExecutor
+    from multiprocessing import get_context
+
+    with ProcessPoolExecutor(1, mp_context=get_context("spawn")) as pool:
+        return pool.submit(fn, *args).result()
+
+
 def save_rows(name: str, rows: list, command: str) -> None:
     """``rows`` with this machine, today and ``command`` into ``benchmarks/results/<name>.json``; RESULTS.md
     rewritten with it."""
