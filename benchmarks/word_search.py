@@ -53,6 +53,9 @@ SEARCHES = ("exact", "clustered")
 # random words plus noise; 1/16 gave 75 %, 1/4 95 % at about twice the products).
 PROBED_SHARE = 1 / 8
 KMEANS_ITERATIONS = 10
+# The codebooks searched for recall: (name, the options that build it)
+CODEBOOKS = (("default", EncodeConfig()), ("every refined word, --max-codes 0", EncodeConfig(max_codes=0)),
+             ("the whole vocabulary, --no-refine --max-codes 0", EncodeConfig(refine=False, max_codes=0)))
 
 
 class WordClusters:
@@ -157,8 +160,13 @@ def timed(search, h: torch.Tensor) -> tuple:
     return codes, time.perf_counter() - begun
 
 
+def codebook_vectors(cfg: EncodeConfig, store: Store) -> Tensor:
+    """``[M, d]``: the codebook ``cfg`` names, built into ``store`` if it is not there."""
+    return codebook_stage.load(codebook_stage.run(cfg, resolve_llm(cfg.llm_path, store), store)).vectors
+
+
 def recall(h: torch.Tensor, store: Store, codebook_name: str, cfg: EncodeConfig) -> dict:
-    codebook = codebook_stage.load(codebook_stage.run(cfg, resolve_llm(cfg.llm_path, store), store)).vectors
+    codebook = codebook_vectors(cfg, store)
     vq = ResidualVQ(codebook, cfg.codes_per_view)
     exact, exact_seconds = timed(vq.search, h)
     with clustered_search():
@@ -198,9 +206,7 @@ def main() -> None:
         "command": "DRE_DATA_DIR=../shared/datasets/planetoid PYTHONPATH=. python benchmarks/word_search.py "
                    f"--datasets {args.datasets} --nodes {args.nodes} --steps {args.steps}",
         "machine": machine(), "date": datetime.date.today().isoformat(), "views_of": datasets[0],
-        "recall": [recall(h, store, name, cfg) for name, cfg in (
-            ("default", EncodeConfig()), ("every refined word, --max-codes 0", EncodeConfig(max_codes=0)),
-            ("the whole vocabulary, --no-refine --max-codes 0", EncodeConfig(refine=False, max_codes=0)))],
+        "recall": [recall(h, store, name, cfg) for name, cfg in CODEBOOKS],
         "accuracy": {dataset: accuracy(dataset, store) for dataset in datasets},
         "step": steps(args.nodes, store, args.steps),
     }

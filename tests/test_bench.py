@@ -200,6 +200,22 @@ def test_the_freed_blocks_table_sets_each_setting_against_glibcs_default_of_its_
     assert "| 9,000 | glibc default | 4.00 | 40 | 40 | 4,000 | 1.00 | 1.00 | 1.00 |" in section
 
 
+def test_the_faiss_table_gives_each_index_its_speed_up_and_recall_against_the_exact_search(tmp_path):
+    from dre_pipeline.harness.bench import write_results
+
+    def row(index, parameter, seconds, recall):
+        return {"views_of": "cora", "codebook": "default", "words": 8192, "views": 8124, "index": index,
+                "parameter": parameter, "build_seconds": 0.5, "exact_seconds": 0.4, "faiss_seconds": seconds,
+                "speedup": 0.4 / seconds, "recall_by_level": recall}
+
+    rows = [row("Flat", None, 2.0, [1.0, 0.99, 0.98, 0.9]), row("IVF362,Flat", "nprobe 8", 0.8, [0.5] * 4)]
+    write_results(tmp_path, "faiss_search", {"command": "c", "machine": "m", "date": "d", "rows": rows})
+    section = (tmp_path / "RESULTS.md").read_text().split("## Stage one's code search, exact and with FAISS")[1]
+    assert "cora's exact model" in section
+    assert "| default | 8,192 | 8,124 | Flat | – | 0.5 | 0.40 | 2.00 | 0.20x | 100.0 % / 99.0 % / 98.0 % / 90.0 % |" in section
+    assert "| IVF362,Flat | nprobe 8 | 0.5 | 0.40 | 0.80 | 0.50x | 50.0 % / 50.0 % / 50.0 % / 50.0 % |" in section
+
+
 def test_quick_end_to_end_bench_runs_each_stage_as_a_command_of_its_own(tmp_path):
     import pyarrow.parquet as pq
 

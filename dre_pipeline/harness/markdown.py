@@ -63,7 +63,8 @@ def sections(out_dir: Path) -> dict:
     return {"economy": economy_markdown, "inductive": inductive_markdown,
             "scale": lambda payload: scale_markdown(payload, out_dir), "end_to_end": end_to_end_markdown,
             "trimmed_step": trimmed_step_markdown, "step_allocations": step_allocations_markdown,
-            "freed_blocks": freed_blocks_markdown, "word_search": word_search_markdown, "speed": speed_markdown,
+            "freed_blocks": freed_blocks_markdown, "word_search": word_search_markdown,
+            "faiss_search": faiss_search_markdown, "speed": speed_markdown,
             "targets": targets_markdown, "memory_peaks": None}
 
 
@@ -358,6 +359,26 @@ def word_search_markdown(payload: dict) -> list:
         r = step[search]
         lines.append(f"| {search} | {r['seconds_per_step']:.2f} | {100 * r['search_share']:.0f} % | "
                      f"{r['epoch_seconds_estimate']:,.0f} |")
+    return lines + [""]
+
+
+def faiss_search_markdown(payload: dict) -> list:
+    """Stage one's code search, exact against FAISS's indexes, side by side in one process
+    (benchmarks/faiss_search.py)."""
+    rows = payload["rows"]
+    lines = [*side_by_side_header("Stage one's code search, exact and with FAISS's indexes", payload),
+             "- each index holds the unit words under the inner product and searches each level's residual afresh; "
+             "Flat: every word in fp32, so its recall counts the codes that the exact search's bf16 products round "
+             "differently; IVF: 4 sqrt(M) k-means lists, nprobe of them searched; HNSW32: a graph over the words",
+             f"- recall: the views of every node and hop of {rows[0]['views_of']}'s exact model (K = 4 levels), the "
+             "share of codes equal to the exact search's (`ResidualVQ.search`); speed-up: exact seconds over FAISS's, "
+             "the index built beforehand (build s)", "",
+             "| codebook | words | views | index | setting | build s | exact s | FAISS s | speed-up | "
+             "recall, levels 1-4 |", "|---|---:|---:|---|---|---:|---:|---:|---:|---|"]
+    for r in rows:
+        lines.append(f"| {r['codebook']} | {r['words']:,} | {r['views']:,} | {r['index']} | {r['parameter'] or '–'} | "
+                     f"{r['build_seconds']:.1f} | {r['exact_seconds']:.2f} | {r['faiss_seconds']:.2f} | "
+                     f"{r['speedup']:.2f}x | {' / '.join(f'{100 * v:.1f} %' for v in r['recall_by_level'])} |")
     return lines + [""]
 
 
