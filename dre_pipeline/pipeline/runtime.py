@@ -31,8 +31,8 @@ def seed_everything(seed: int) -> None:
 # it when freed, so each [N, d] temporary of a stage-one step (48 MB at 21k x 576) is faulted in page by page
 # again: 21 ms for a product that takes 5 ms in a reused buffer (AMD EPYC). Blocks up to this size stay in the
 # heap for reuse; the heap's free top is given back above twice it. 64 MB holds a step's temporaries and keeps
-# whole-graph [N, d] blocks out of the heap: as fast a step as 256 MB, at 1.19x glibc's peak at 100k nodes where
-# 256 MB took 1.53x (benchmarks/freed_blocks.py).
+# whole-graph [N, d] blocks out of the heap: a step 0.80-0.83x as long as under glibc's default at 100k-1M nodes,
+# at 1.06-1.20x its peak, where 256 MB took 1.27-1.40x (benchmarks/freed_blocks.py).
 KEEP_FREED_BLOCKS_BYTES = 64 << 20
 M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # glibc's <malloc.h>
 
