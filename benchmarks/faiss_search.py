@@ -14,7 +14,7 @@ so each level searches its residual afresh:
 - ``HNSW32,Flat``: a graph over the words, ``efSearch`` candidates kept per query.
 
 Recall: the share of codes equal to the exact search's (``ResidualVQ.search``), level by level, on the views of
-every node and hop of the first graph's exact model (as ``benchmarks/word_search.py``), on the default codebook,
+every node and hop of ``--dataset``'s exact model (as ``benchmarks/word_search.py``), on the default codebook,
 every refined word and the whole vocabulary. FAISS runs on as many threads as torch.
 
     pip install -e '.[faiss]'

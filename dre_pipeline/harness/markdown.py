@@ -335,6 +335,11 @@ def freed_blocks_markdown(payload: dict) -> list:
     return lines + [""]
 
 
+def recall_by_level(row: dict) -> str:
+    """A search row's recall of the exact codes, level by level: ``60.2 % / 36.2 % / ...``."""
+    return " / ".join(f"{100 * v:.1f} %" for v in row["recall_by_level"])
+
+
 def word_search_markdown(payload: dict) -> list:
     """Stage one's code search, exact against clustered, side by side in one process (benchmarks/word_search.py)."""
     lines = [*side_by_side_header("Stage one's code search, exact and over clustered words", payload),
@@ -346,7 +351,7 @@ def word_search_markdown(payload: dict) -> list:
              "|---|---:|---:|---:|---:|---:|---|"]
     for r in payload["recall"]:
         lines.append(f"| {r['codebook']} | {r['words']:,} | {r['views']:,} | {r['exact_seconds']:.2f} | "
-                     f"{r['clustered_seconds']:.2f} | {r['speedup']:.2f}x | {' / '.join(f'{100 * v:.1f} %' for v in r['recall_by_level'])} |")
+                     f"{r['clustered_seconds']:.2f} | {r['speedup']:.2f}x | {recall_by_level(r)} |")
     lines += ["", "| graph | search | label head val % | test % | epochs | train s |", "|---|---|---:|---:|---:|---:|"]
     for dataset, rows in payload["accuracy"].items():
         for search, r in rows.items():
@@ -378,7 +383,7 @@ def faiss_search_markdown(payload: dict) -> list:
     for r in rows:
         lines.append(f"| {r['codebook']} | {r['words']:,} | {r['views']:,} | {r['index']} | {r['parameter'] or '–'} | "
                      f"{r['build_seconds']:.1f} | {r['exact_seconds']:.2f} | {r['faiss_seconds']:.2f} | "
-                     f"{r['speedup']:.2f}x | {' / '.join(f'{100 * v:.1f} %' for v in r['recall_by_level'])} |")
+                     f"{r['speedup']:.2f}x | {recall_by_level(r)} |")
     return lines + [""]
 
 
