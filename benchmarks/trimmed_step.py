@@ -6,13 +6,14 @@ nodes within its remaining hops of the seeds, seeds from the training nodes plus
 of the others, every loss on the seeds (``encode.train_step`` with the sampler's per-hop counts).
 
     PYTHONPATH=. python benchmarks/trimmed_step.py steps --sizes 100000,1000000
-    PYTHONPATH=. python benchmarks/trimmed_step.py accuracy --nodes 2000 --epochs 30 --patience 30 --shares 0.25,0.5
+    PYTHONPATH=. python benchmarks/trimmed_step.py accuracy --nodes 100000 --shares full,0.5 --epochs 20 --patience 6
 
 ``steps``: on ``bench --scale``'s generated graphs with the embedded SmolLM2's codebook (576 dimensions, 8,192
 words), 256 seeds, 15,10,5 neighbours: seconds per step, the nodes each layer computes, and the epoch they add
-up to. ``accuracy``: stage one trained to its stopping point by ``encode.train`` on a generated graph, batched,
-with a tiny random Llama's codebook (so that the old epochs fit these cores): the label head's test accuracy
-and the mean step time, as it was and at each share.
+up to. ``accuracy``: stage one trained to its stopping point by ``encode.train`` on a generated graph with
+noised features, with a tiny random Llama's codebook (so that the old steps and full-batch epochs fit these cores):
+the label head's val and test accuracy and the mean step time, in full batch, as it was and at each share, the
+rows side by side in processes of their own (into ``benchmarks/results/stage_one_accuracy.json``).
 """
 
 import argparse
@@ -148,33 +149,56 @@ def write_steps(rows: list, sizes: list, repeats: int, results: Path) -> None:
     write_markdown(results)
 
 
-def accuracy(num_nodes: int, shares: list, epochs: int, patience: int, noise: float, store_root: Path,
-             old: bool = True) -> list:
+def accuracy_row(num_nodes: int, share, epochs: int, patience: int, noise: float, store_root: Path,
+                 threads: int) -> dict:
+    """One row of ``accuracy`` in a process of its own: stage one trained to its stopping point by
+    ``encode.train`` on the noised generated graph. ``share``: "full" (full batch), None (the mini-batch steps as
+    they were) or a ``--reconstruction-seeds`` value (the trimmed steps)."""
+    from dre_pipeline.pipeline.runtime import keep_freed_memory
+
+    keep_freed_memory()  # as every CLI process
+    torch.set_num_threads(threads)
     store = Store(store_root)
-    llm = build_tiny_llama(store_root / "tiny-llama", width=64)
     data = generated_graph(num_nodes)
     # bench --scale's features separate its classes alone (test accuracy 1.0): noise leaves the graph work to do
     data.x += noise * torch.randn(data.x.shape, generator=torch.Generator().manual_seed(1))
-    split_np = make_split(data, "random", 0)
-    split = torch.from_numpy(split_np).long()
-    rows = []
-    for share in [None, *shares] if old else shares:  # None: as it was
-        cfg = EncodeConfig(llm_path=str(llm), batch_nodes=SEEDS, max_codes=1024, epochs=epochs, patience=patience,
-                           reconstruction_seeds=share or 0.0)
-        codebook = codebook_stage.load(codebook_stage.run(cfg, resolve_llm(cfg.llm_path, store), store))
-        times, name = [], "as it was" if share is None else f"trimmed, share {share}"
-        batches = mock.patch.object(encode, "training_batches", batches_as_they_were) if share is None else nullcontext()
-        with clocked(encode, "train_step", times), batches:
-            key = f"bench-{num_nodes}-{noise}-{epochs}-{name}"  # never one another's checkpoint to resume
-            model, history, seconds = encode.train(cfg, data, data, split, codebook, store, key, True, SEEDS)
-        _, logits, _ = model.inference(data.x, data.edge_index)
-        acc = split_accuracy(logits.argmax(-1), data.y, split)
-        row = {"row": name, "nodes": num_nodes, "noise": noise, "test_accuracy": acc["test"], "val_accuracy": acc["val"],
-               "epochs_run": history[-1]["epoch"], "steps": len(times), "seconds_per_step": sum(times) / len(times),
-               "train_seconds": seconds}
-        print(json.dumps(row), flush=True)
-        rows.append(row)
-    return rows
+    split = torch.from_numpy(make_split(data, "random", 0)).long()
+    full = share == "full"
+    batch_nodes = 0 if full else SEEDS
+    cfg = EncodeConfig(llm_path=str(store_root / "tiny-llama"), batch_nodes=batch_nodes, max_codes=1024,
+                       epochs=epochs, patience=patience, reconstruction_seeds=0.0 if full or share is None else share)
+    codebook = codebook_stage.load(codebook_stage.run(cfg, resolve_llm(cfg.llm_path, store), store))
+    times = []
+    name = "full batch" if full else "as it was" if share is None else f"trimmed, share {share}"
+    batches = mock.patch.object(encode, "training_batches", batches_as_they_were) if share is None else nullcontext()
+    with clocked(encode, "train_step", times), batches:
+        key = f"bench-{num_nodes}-{noise}-{epochs}-{name}"  # never one another's checkpoint to resume
+        model, history, seconds = encode.train(cfg, data, data, split, codebook, store, key, True, batch_nodes)
+    _, logits, _ = model.inference(data.x, data.edge_index)
+    acc = split_accuracy(logits.argmax(-1), data.y, split)
+    row = {"row": name, "nodes": num_nodes, "noise": noise, "test_accuracy": acc["test"], "val_accuracy": acc["val"],
+           "epochs": epochs, "patience": patience, "epochs_run": history[-1]["epoch"],
+           "best_epoch": max(history, key=lambda h: h["accuracy"]["val"])["epoch"], "steps": len(times),
+           "seconds_per_step": sum(times) / len(times), "train_seconds": seconds, "threads": threads}
+    print(json.dumps(row), flush=True)
+    return row
+
+
+def accuracy(num_nodes: int, rows: list, store_root: Path) -> list:
+    """``rows`` ((share, epochs, patience, noise) each, :func:`accuracy_row`) side by side: each in a spawned
+    process of its own, all at once, the cores shared out among them. The codebook is a tiny random Llama's (64
+    dimensions, 1,024 words), so that full-batch epochs of 100k nodes fit these cores."""
+    from concurrent.futures import ProcessPoolExecutor
+    from multiprocessing import get_context
+
+    store = Store(store_root)
+    llm = build_tiny_llama(store_root / "tiny-llama", width=64)
+    codebook_stage.run(EncodeConfig(llm_path=str(llm), max_codes=1024), resolve_llm(str(llm), store), store)
+    threads = max(1, torch.get_num_threads() // len(rows))
+    with ProcessPoolExecutor(len(rows), mp_context=get_context("spawn")) as pool:
+        futures = [pool.submit(accuracy_row, num_nodes, share, epochs, patience, noise, store_root, threads)
+                   for share, epochs, patience, noise in rows]
+        return [f.result() for f in futures]
 
 
 def main() -> None:
@@ -183,11 +207,15 @@ def main() -> None:
     parser.add_argument("--sizes", default="100000,1000000", help="steps: graph sizes, comma-separated")
     parser.add_argument("--repeats", type=int, default=2, help="steps: timed steps per size and row")
     parser.add_argument("--nodes", type=int, default=20000, help="accuracy: the graph's size")
-    parser.add_argument("--shares", default="0,0.25,0.5", help="accuracy: --reconstruction-seeds values")
+    parser.add_argument("--shares", default="old,0,0.25,0.5",
+                        help="accuracy: the rows, comma-separated: --reconstruction-seeds values of the trimmed "
+                             "steps, 'old' for the steps as they were, 'full' for full batch")
     parser.add_argument("--noise", type=float, default=12.0, help="accuracy: extra feature noise (standard deviation)")
-    parser.add_argument("--epochs", type=int, default=40)
-    parser.add_argument("--patience", type=int, default=10)
-    parser.add_argument("--no-old", action="store_true", help="accuracy: the trimmed rows only")
+    parser.add_argument("--epochs", type=int, default=40, help="accuracy: the mini-batch rows' most epochs")
+    parser.add_argument("--patience", type=int, default=10, help="accuracy: the mini-batch rows' patience")
+    defaults = EncodeConfig()
+    parser.add_argument("--full-epochs", type=int, default=defaults.epochs, help="accuracy: full batch's most epochs")
+    parser.add_argument("--full-patience", type=int, default=defaults.patience, help="accuracy: full batch's patience")
     parser.add_argument("--store", default=None, help="a store holding the de-quantized SmolLM2 (default: a fresh one)")
     args = parser.parse_args()
     print(machine(), flush=True)
@@ -195,9 +223,14 @@ def main() -> None:
     if args.mode == "steps":
         sizes = [int(s) for s in args.sizes.split(",")]
         write_steps(steps(sizes, args.repeats, root), sizes, args.repeats, Path(__file__).parent)
-    else:
-        accuracy(args.nodes, [float(s) for s in args.shares.split(",")], args.epochs, args.patience, args.noise, root,
-                 not args.no_old)
+        return
+    rows = [("full", args.full_epochs, args.full_patience, args.noise) if share == "full" else
+            (None if share == "old" else float(share), args.epochs, args.patience, args.noise)
+            for share in args.shares.split(",")]
+    command = (f"PYTHONPATH=. python benchmarks/trimmed_step.py accuracy --nodes {args.nodes} --shares {args.shares} "
+               f"--epochs {args.epochs} --patience {args.patience} --full-epochs {args.full_epochs} "
+               f"--full-patience {args.full_patience} --noise {args.noise}")
+    save_rows("stage_one_accuracy", accuracy(args.nodes, rows, root), command)
 
 
 if __name__ == "__main__":

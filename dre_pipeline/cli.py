@@ -28,9 +28,10 @@ from .pipeline.runtime import check_environment, keep_freed_memory, setup_loggin
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Dr.E: graphs as words for LLMs.")
 
 
-def _option(name: str, annotation, default, help: str) -> inspect.Parameter:
+def _option(name: str, annotation, default, help: str, *flags: str) -> inspect.Parameter:
+    """A keyword option; ``flags``: its spelling where it is not the name's (``--device`` for ``target_device``)."""
     return inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, annotation=annotation,
-                             default=typer.Option(default, help=help))
+                             default=typer.Option(default, *flags, help=help))
 
 
 RUN_OPTIONS = [
@@ -310,7 +311,7 @@ def status(cfg: StoreConfig, store: Store, quiet: bool):
     typer.echo(status_text(inventory(cfg, store), store.root))
 
 
-@stage_command("clean", FinetuneConfig, extra=(
+@stage_command("clean", StoreConfig, extra=(
     _option("dry_run", bool, False, "Only list what would be removed."),
     _option("stage", Optional[str], None, "Only this stage: llm | codebook | encode | finetune."),
     _option("stale_only", bool, False, "Only artifacts that are stale for this graph and LLM (see status)."),
@@ -334,15 +335,10 @@ def clean(cfg: StoreConfig, store: Store, quiet: bool, dry_run: bool, stage: Opt
         raise typer.Exit(1)
 
 
-def _named_option(name: str, flag: str, annotation, default, help: str) -> inspect.Parameter:
-    return inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, annotation=annotation,
-                             default=typer.Option(default, flag, help=help))
-
-
 @stage_command("plan", FinetuneConfig, extra=(
     # not DEVICE: a plan may be for a GPU this machine lacks
-    _named_option("target_device", "--device", str, "auto", "auto | cpu | cuda[:N]: where the LLM stages will run "
-                  "(this machine need not have it)."),
+    _option("target_device", str, "auto", "auto | cpu | cuda[:N]: where the LLM stages will run (this machine need "
+            "not have it).", "--device"),
     _option("device_memory", Optional[str], None, "The device's memory, e.g. 24GB or 80GB (default: the device's "
             "own, where this machine has it; a CPU's is the host's)."),
     _option("host_memory", Optional[str], None, "The host's memory, where stage one runs (default: this machine's)."),

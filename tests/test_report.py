@@ -91,8 +91,10 @@ def test_status_marks_artifacts_stale_when_the_graph_they_were_built_from_change
 
 def test_status_and_clean_take_no_training_setting(run):
     cfg, store, _ = run
-    result = runner.invoke(app, ["status", "--codes-per-view", "2", "--store", str(store.root)])
-    assert result.exit_code == 2 and "No such option: --codes-per-view" in result.output
+    for command in (["status"], ["clean", "--dry-run"]):
+        for option in ("--codes-per-view", "--lr", "--ft-epochs"):  # stage one's and stage two's settings
+            result = runner.invoke(app, [*command, option, "2", "--store", str(store.root)])
+            assert result.exit_code == 2 and f"No such option: {option}" in result.output, (command, option)
 
 
 def test_an_artifact_whose_upstream_is_gone_is_stale(run, tmp_path):
