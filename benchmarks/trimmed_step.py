@@ -1,4 +1,4 @@
-"""Stage one's mini-batch step as it was and trimmed, side by side in one process.
+"""Stage one's mini-batch step as it was and trimmed, side by side; and its accuracy against full batch.
 
 As it was (fb0c622): every node once a seed per epoch, every layer and its code search over the whole
 sampled subgraph, the reconstruction losses over the whole subgraph. Trimmed: each layer only for the
@@ -90,15 +90,16 @@ def in_glibc_default_process(fn, *args):
         return pool.submit(fn, *args).result()
 
 
-def save_rows(name: str, rows: list, command: str) -> None:
-    """``rows`` with this machine, today and ``command`` into ``benchmarks/results/<name>.json``; RESULTS.md
-    rewritten with it."""
+def save_rows(name: str, rows: list, command: str, **more) -> None:
+    """``rows`` with this machine, today, ``command`` and ``more`` into ``benchmarks/results/<name>.json``;
+    RESULTS.md rewritten with it."""
     import datetime
 
     from dre_pipeline.harness.markdown import write_markdown
 
     results = Path(__file__).parent
-    payload = {"rows": rows, "machine": machine(), "date": datetime.date.today().isoformat(), "command": command}
+    payload = {"rows": rows, "machine": machine(), "date": datetime.date.today().isoformat(), "command": command,
+               **more}
     (results / "results" / f"{name}.json").write_text(json.dumps(payload, indent=2) + "\n")
     write_markdown(results)
 
@@ -130,23 +131,6 @@ def steps(sizes: list, repeats: int, store_root: Path) -> list:
         rows.append(row)
         del data, model, optimizer, sampler
     return rows
-
-
-def write_steps(rows: list, sizes: list, repeats: int, results: Path) -> None:
-    """``rows`` into ``<results>/results/trimmed_step.json``, and RESULTS.md rewritten with it."""
-    import datetime
-
-    from dre_pipeline.harness.markdown import write_markdown
-
-    payload = {"rows": rows, "machine": machine(), "date": datetime.date.today().isoformat(),
-               "command": f"PYTHONPATH=. python benchmarks/trimmed_step.py steps --sizes {','.join(map(str, sizes))} "
-                          f"--repeats {repeats}",
-               "note": f"bench --scale's generated graphs, the embedded SmolLM2's codebook, {SEEDS} seeds, 15,10,5 "
-                       f"neighbours, the mean of {repeats} steps per row after one untimed; as it was (fb0c622): every "
-                       "layer and its search over the whole sampled subgraph, every node a seed once per epoch; "
-                       "trimmed: encode's step today (training-node seeds, --reconstruction-seeds 0.5)"}
-    (results / "results" / "trimmed_step.json").write_text(json.dumps(payload, indent=2) + "\n")
-    write_markdown(results)
 
 
 def accuracy_row(num_nodes: int, share, epochs: int, patience: int, noise: float, store_root: Path,
@@ -221,8 +205,12 @@ def main() -> None:
     print(machine(), flush=True)
     root = Path(args.store or tempfile.mkdtemp(prefix="trimmed-step-"))
     if args.mode == "steps":
-        sizes = [int(s) for s in args.sizes.split(",")]
-        write_steps(steps(sizes, args.repeats, root), sizes, args.repeats, Path(__file__).parent)
+        save_rows("trimmed_step", steps([int(s) for s in args.sizes.split(",")], args.repeats, root),
+                  f"PYTHONPATH=. python benchmarks/trimmed_step.py steps --sizes {args.sizes} --repeats {args.repeats}",
+                  note=f"bench --scale's generated graphs, the embedded SmolLM2's codebook, {SEEDS} seeds, 15,10,5 "
+                       f"neighbours, the mean of {args.repeats} steps per row after one untimed; as it was (fb0c622): "
+                       "every layer and its search over the whole sampled subgraph, every node a seed once per epoch; "
+                       "trimmed: encode's step today (training-node seeds, --reconstruction-seeds 0.5)")
         return
     rows = [("full", args.full_epochs, args.full_patience, args.noise) if share == "full" else
             (None if share == "old" else float(share), args.epochs, args.patience, args.noise)
