@@ -216,6 +216,22 @@ def test_the_faiss_table_gives_each_index_its_speed_up_and_recall_against_the_ex
     assert "| IVF362,Flat | nprobe 8 | 0.5 | 0.40 | 0.80 | 0.50x | 50.0 % / 50.0 % / 50.0 % / 50.0 % |" in section
 
 
+def test_the_stage_one_accuracy_table_sets_full_batch_beside_the_mini_batch_rows(tmp_path):
+    from dre_pipeline.harness.bench import write_results
+
+    def row(name, val, test, epochs, steps):
+        return {"row": name, "nodes": 100000, "noise": 12.0, "val_accuracy": val, "test_accuracy": test,
+                "epochs": epochs, "patience": 20, "epochs_run": epochs, "best_epoch": epochs - 2, "steps": steps,
+                "seconds_per_step": 0.25, "train_seconds": 1234.5, "threads": 1}
+
+    rows = [row("full batch", 0.9912, 0.9905, 300, 300), row("trimmed, share 0.5", 0.9976, 0.9973, 12, 5628)]
+    write_results(tmp_path, "stage_one_accuracy", {"command": "c", "machine": "m", "date": "d", "rows": rows})
+    section = (tmp_path / "RESULTS.md").read_text().split("## Stage one in full batch and in mini-batches")[1]
+    assert "generated graph of 100,000 nodes" in section and "standard deviation 12)" in section
+    assert "| full batch | 99.12 | 99.05 | 300 | 20 | 300 | 298 | 300 | 0.25 | 1,234 | 1 |" in section
+    assert "| trimmed, share 0.5 | 99.76 | 99.73 | 12 | 20 | 12 | 10 | 5,628 | 0.25 | 1,234 | 1 |" in section
+
+
 def test_quick_end_to_end_bench_runs_each_stage_as_a_command_of_its_own(tmp_path):
     import pyarrow.parquet as pq
 
