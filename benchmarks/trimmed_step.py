@@ -10,7 +10,7 @@ of the others, every loss on the seeds (``encode.train_step`` with the sampler's
 
 ``steps``: on ``bench --scale``'s generated graphs with the embedded SmolLM2's codebook (576 dimensions, 8,192
 words), 256 seeds, 15,10,5 neighbours: seconds per step, the nodes each layer computes, and the epoch they add
-up to. ``accuracy``: stage one trained to its stopping point by ``encode.train`` on a generated graph with
+up to. ``accuracy``: stage one trained by ``encode.train`` (patience or its most epochs) on a generated graph with
 noised features, with a tiny random Llama's codebook (so that the old steps and full-batch epochs fit these cores):
 the label head's val and test accuracy and the mean step time, in full batch, as it was and at each share, the
 rows side by side in processes of their own (into ``benchmarks/results/stage_one_accuracy.json``).
@@ -135,8 +135,8 @@ def steps(sizes: list, repeats: int, store_root: Path) -> list:
 
 def accuracy_row(num_nodes: int, share, epochs: int, patience: int, noise: float, store_root: Path,
                  threads: int) -> dict:
-    """One row of ``accuracy`` in a process of its own: stage one trained to its stopping point by
-    ``encode.train`` on the noised generated graph. ``share``: "full" (full batch), None (the mini-batch steps as
+    """One row of ``accuracy`` in a process of its own: stage one trained by ``encode.train`` until its patience
+    or its most epochs run out, on the noised generated graph. ``share``: "full" (full batch), None (the mini-batch steps as
     they were) or a ``--reconstruction-seeds`` value (the trimmed steps)."""
     from dre_pipeline.pipeline.runtime import keep_freed_memory
 

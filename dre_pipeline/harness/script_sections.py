@@ -17,16 +17,16 @@ def trimmed_step(payload: dict) -> list:
 
 
 def stage_one_accuracy(payload: dict) -> list:
-    """Stage one's label head trained to its stopping point in full batch and in mini-batches, side by side
+    """Stage one's label head trained in full batch and in mini-batches, side by side
     (benchmarks/trimmed_step.py accuracy)."""
     rows = payload["rows"]
     lines = [*side_by_side_header("Stage one in full batch and in mini-batches: accuracy, side by side", payload),
              f"- graph: `bench --scale`'s generated graph of {rows[0]['nodes']:,} nodes, its features noised (standard "
              f"deviation {rows[0]['noise']:g}) so that the graph has work to do; a random 60/20/20 split; the codebook "
              "of a tiny random Llama (64 dimensions, 1,024 words), so that full-batch epochs fit these cores",
-             "- each row: `encode`'s training loop to its stopping point (the model at its best validation accuracy), "
-             "in a spawned process of its own, the rows at the same time, the cores shared out; mini-batch: 256 seeds, "
-             "15,10,5 neighbours; a full-batch step is an epoch", "",
+             "- each row: `encode`'s training loop until its patience or its most epochs run out (the model at its "
+             "best validation accuracy), in a spawned process of its own, the rows at the same time, the cores shared "
+             "out (threads: each row's); mini-batch: 256 seeds, 15,10,5 neighbours; a full-batch step is an epoch", "",
              "| training | val % | test % | most epochs | patience | epochs run | best epoch | steps | s/step "
              "| train s | threads |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
