@@ -22,7 +22,7 @@ from .pipeline.artifacts import Store
 from .harness.bench_config import BenchConfig
 from .pipeline.config import PRESETS, CodebookConfig, EncodeConfig, FinetuneConfig, StoreConfig
 from .errors import InputError
-from .pipeline import run_file
+from .pipeline import distributed, run_file
 from .pipeline.runtime import check_environment, keep_freed_memory, setup_logging
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Dr.E: graphs as words for LLMs.")
@@ -151,7 +151,7 @@ LOG_DIR = _option("log_dir", Optional[Path], None, "Write the training curves as
 @stage_command("encode", EncodeConfig, extra=(DEVICE, QUANTIZATION, LOG_DIR))
 def encode(cfg: EncodeConfig, store: Store, force: bool, quiet: bool, device, quantization: str, log_dir):
     """Stage one: multi-view GNN with dual-level residual VQ; writes codes.parquet."""
-    from .pipeline import commands, distributed
+    from .pipeline import commands
     from .pipeline.placement import Placement
 
     artifact = commands.encode(cfg, store, force, quiet, Placement.resolve(device, quantization), log_dir)
@@ -165,7 +165,6 @@ def finetune(cfg: FinetuneConfig, store: Store, force: bool, quiet: bool, device
     """Stage two: LoRA-finetune the LLM on graph-word prompts (runs missing upstream stages)."""
     from .api import DrE
     from .harness.status import summary_table
-    from .pipeline import distributed
 
     artifact = DrE.from_config(cfg, store, device, quiet, log_dir).fit(force=force).artifact
     if distributed.is_main():  # under torchrun, one summary
@@ -241,8 +240,6 @@ def predict(cfg: FinetuneConfig, store: Store, quiet: bool, node_ids: Optional[s
             model: Optional[Path], device: str, given: set):
     """Answer for some nodes with the saved adapter of the same settings, without retraining; --new-nodes answers
     for nodes that were not in the graph (inductive)."""
-    from .pipeline import distributed
-
     _check_format(format, out, given)
     if out is not None:
         from .api import check_answers_path, write_answers
@@ -390,7 +387,8 @@ def bench(cfg: BenchConfig, store: Store, quiet: bool):
 
 def main() -> None:
     keep_freed_memory()
-    app()
+    with distributed.leaving_together():
+        app()
 
 
 if __name__ == "__main__":

@@ -17,6 +17,7 @@ every tensor a collective here builds goes on :func:`collective_device`. Without
 
 import logging
 import os
+from contextlib import contextmanager
 
 import torch
 import torch.distributed as dist
@@ -112,6 +113,20 @@ def agree(value):
 def barrier() -> None:
     if world() > 1:
         dist.barrier()
+
+
+@contextmanager
+def leaving_together():
+    """Run a command; under torchrun, when it ends well (click's exit code 0), leave the process group together,
+    once every process is done: a process whose peer exits while gloo still holds their connection can abort in
+    gloo's teardown (SIGABRT, "terminate called without an active exception")."""
+    try:
+        yield
+    except SystemExit as end:
+        if not end.code and dist.is_initialized():
+            dist.barrier()
+            dist.destroy_process_group()
+        raise
 
 
 def same_start(params: list) -> None:
