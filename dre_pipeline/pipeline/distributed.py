@@ -124,7 +124,7 @@ def leaving_together():
         yield
     except SystemExit as end:
         if not end.code and dist.is_initialized():
-            dist.barrier()
+            barrier()
             dist.destroy_process_group()
         raise
 
