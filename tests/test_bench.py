@@ -232,6 +232,18 @@ def test_the_stage_one_accuracy_table_sets_full_batch_beside_the_mini_batch_rows
     assert "| trimmed, share 0.5 | 99.76 | 99.73 | 12 | 20 | 12 | 10 | 5,628 | 0.25 | 1,234 | 1 |" in section
 
 
+def test_the_economy_depth_table_gives_each_depths_costs_and_ratios(tmp_path):
+    from dre_pipeline.harness.bench import write_results
+
+    row = {"lora_layers": 8, "frozen_layers": 22, "batch_size": 8, "fill_seconds": 0.9, "step_seconds": 1.0,
+           "plain_seconds": 4.5, "steady_ratio": 4.5, "ratio_2_epochs": 9 / 2.9, "ratio_20_epochs": 90 / 20.9}
+    payload = {"command": "c", "machine": "m", "date": "d", "dataset": "cora", "threads": 2, "rows": [row]}
+    write_results(tmp_path, "economy_depth", payload)
+    section = (tmp_path / "RESULTS.md").read_text().split("## Token economy by LoRA depth")[1]
+    assert "cora's prompts" in section and "batches of 8 training nodes" in section
+    assert "| 8 | 22 | 0.90 | 1.00 | 4.50 | 4.50x | 3.10x | 4.31x |" in section
+
+
 def test_quick_end_to_end_bench_runs_each_stage_as_a_command_of_its_own(tmp_path):
     import pyarrow.parquet as pq
 

@@ -61,7 +61,7 @@ def sections(out_dir: Path) -> dict:
     from .scale import markdown as scale_markdown
     from .speed import markdown as speed_markdown
 
-    return {"economy": economy_markdown, "inductive": inductive_markdown,
+    return {"economy": economy_markdown, "economy_depth": script.economy_depth, "inductive": inductive_markdown,
             "scale": lambda payload: scale_markdown(payload, out_dir), "end_to_end": end_to_end_markdown,
             "trimmed_step": script.trimmed_step, "stage_one_accuracy": script.stage_one_accuracy,
             "step_allocations": script.step_allocations, "freed_blocks": script.freed_blocks,
