@@ -9,8 +9,8 @@ top L of the 30 decoder layers), on real prompts of ``--dataset`` (its stage one
 - ``step``: Dr.E's training step, cache warm (the shared prefix once, the top L layers, backward through them);
 - ``plain``: the plain row's step (``--no-token-economy``): every full padded prompt through every layer.
 
-Each is the median of ``--repeats`` batches of ``--batch-size`` training nodes after one untimed, the three in
-turn per batch, one model per depth. A run of E epochs over n batches then costs about
+Each is the median of ``--repeats`` batches of training nodes (the fine-tuning batch size, 8) after one untimed,
+the three in turn per batch, one model per depth. A run of E epochs over n batches then costs about
 :math:`n(\mathrm{fill} + E\,\mathrm{step})` against :math:`nE\,\mathrm{plain}`, so its ratio is
 
 .. math::
@@ -46,12 +46,6 @@ from trimmed_step import save_rows
 EPOCHS = (2, 20)  # the bench's fine-tuning epochs, and the CLI's most
 
 
-def timed(fn) -> float:
-    started = time.perf_counter()
-    fn()
-    return time.perf_counter() - started
-
-
 def costs(ws, depth: int, batches: list, repeats: int) -> dict:
     """Median seconds of ``fill``, ``step`` and ``plain`` per batch at LoRA depth ``depth`` (the first batch untimed)."""
     cfg = replace(ws.cfg, lora_layers=depth)
@@ -65,8 +59,10 @@ def costs(ws, depth: int, batches: list, repeats: int) -> dict:
     targets, weights = training_targets(ws, None)
     seconds = {"fill": [], "step": [], "plain": []}
     for i, batch in enumerate(batches[: repeats + 1]):
-        def step(predictor):
-            return timed(lambda: train_step(predictor, node_tokens, optimizer, scheduler, batch, targets, weights, cfg))
+        def step(predictor) -> float:
+            started = time.perf_counter()
+            train_step(predictor, node_tokens, optimizer, scheduler, batch, targets, weights, cfg)
+            return time.perf_counter() - started
 
         new_prompts = step(dre)  # fills the cache with the batch's prompts, then trains
         measured = {"step": step(dre), "plain": step(plain)}
